@@ -1,0 +1,227 @@
+package zodb
+
+import (
+	"context"
+	"math"
+)
+
+// EndOfTime is the largest tid; pass it as the upper bound of Iterate for
+// "no bound".
+var EndOfTime = TIDFromUint64(math.MaxUint64)
+
+// Revision is one stored revision of an object as returned by LoadBefore.
+type Revision struct {
+	Data []byte
+	// TID is the transaction that wrote this revision.
+	TID TID
+	// End is the tid of the next revision, or ZeroTID if this revision is
+	// current. Returning ZeroTID for a revision that is not current is the
+	// data-corruption bug ZEO clients cannot recover from.
+	End TID
+}
+
+// HistoryEntry describes one revision of an object, newest first.
+type HistoryEntry struct {
+	TID  TID
+	Meta TxnMeta
+	// Size is the length of the record's data.
+	Size int
+}
+
+// UndoEntry describes one undoable transaction.
+type UndoEntry struct {
+	// ID is the undo id to pass back in an OpUndo: FileStorage's base64 of
+	// the tid, which is the same on every storage holding the same tids.
+	ID   []byte
+	TID  TID
+	Meta TxnMeta
+	Size int
+}
+
+// DataRecord is one record of a transaction, as iterated.
+type DataRecord struct {
+	OID  OID
+	TID  TID
+	Data []byte
+	// NoData marks a record without data (a deletion or an undone
+	// creation).
+	NoData bool
+	// DataTxn is a hint that identical data was stored by that earlier
+	// transaction, or ZeroTID.
+	DataTxn TID
+}
+
+// TransactionRecord is one transaction with its records, as iterated.
+type TransactionRecord struct {
+	TID     TID
+	Status  byte
+	Meta    TxnMeta
+	Records []DataRecord
+}
+
+// CurrentRecord is one current object record, for record_iternext.
+type CurrentRecord struct {
+	OID  OID
+	TID  TID
+	Data []byte
+}
+
+// StorageInfo is what a storage reports about itself (ZEO get_info).
+type StorageInfo struct {
+	Name string
+	// Length is the approximate number of objects, Size the approximate
+	// size in bytes.
+	Length, Size int64
+	SupportsUndo bool
+	ReadOnly     bool
+}
+
+// Loader reads objects.
+type Loader interface {
+	// LoadBefore returns the revision of oid with the greatest tid strictly
+	// below before, with the tid of the following revision (ZeroTID if it
+	// is current). It returns (nil, nil) when the object exists but has no
+	// revision before that tid, and a *POSKeyError when oid is unknown or
+	// the chosen revision is a deletion or an undone creation.
+	LoadBefore(ctx context.Context, oid OID, before TID) (*Revision, error)
+	// LoadSerial returns the data of exactly that revision, or a
+	// *POSKeyError.
+	LoadSerial(ctx context.Context, oid OID, serial TID) ([]byte, error)
+	// LastTransaction returns the last committed tid, ZeroTID if none.
+	LastTransaction(ctx context.Context) (TID, error)
+}
+
+// Committer runs the storage half of two-phase commit.
+type Committer interface {
+	// NewOIDs returns n oids that were never handed out before.
+	NewOIDs(ctx context.Context, n int) ([]OID, error)
+	// Vote takes the storage's commit lock (waiting for it), applies the
+	// transaction's operations in order and votes. On success the lock is
+	// held until Finish or Abort, and Finish will not fail for reasons of
+	// the transaction's content. On error the transaction is aborted and the
+	// lock released.
+	Vote(ctx context.Context, txn *Transaction) (VoteResult, error)
+	// Finish commits a voted transaction and returns its tid. Subscribers
+	// get the CommitEvent before Finish returns.
+	Finish(ctx context.Context, txn *Transaction) (TID, error)
+	// Abort forgets the transaction and releases the lock. Aborting a
+	// transaction that is not current is a no-op.
+	Abort(ctx context.Context, txn *Transaction) error
+}
+
+// Historian answers history questions.
+type Historian interface {
+	// History returns up to size revisions of oid, newest first, or a
+	// *POSKeyError.
+	History(ctx context.Context, oid OID, size int) ([]HistoryEntry, error)
+}
+
+// Undoer lists undoable transactions. Undoing itself is an OpUndo.
+type Undoer interface {
+	// UndoLog returns transaction descriptions newest first, skipping the
+	// first `first` that match filter (nil matches all); last >= 0 is the
+	// index to stop before, last < 0 means at most -last entries.
+	UndoLog(ctx context.Context, first, last int, filter func(*UndoEntry) bool) ([]UndoEntry, error)
+}
+
+// Iterator walks history.
+type Iterator interface {
+	// Iterate returns the transactions with start <= tid <= stop in tid
+	// order (stop EndOfTime: no bound).
+	Iterate(ctx context.Context, start, stop TID) (TransactionIterator, error)
+	// RecordIterNext returns the current record with the smallest oid >=
+	// from, and the oid of the one after it (more false at the end).
+	RecordIterNext(ctx context.Context, from OID) (rec CurrentRecord, next OID, more bool, err error)
+}
+
+// TransactionIterator yields transactions in tid order.
+type TransactionIterator interface {
+	// Next returns the next transaction, or (nil, nil) at the end.
+	Next(ctx context.Context) (*TransactionRecord, error)
+	Close() error
+}
+
+// Packer removes history.
+type Packer interface {
+	// Pack removes revisions that are not needed to read at or after
+	// packTID, and objects unreachable from the root as of packTID where the
+	// storage garbage-collects.
+	Pack(ctx context.Context, packTID TID) error
+}
+
+// Watcher announces commits.
+type Watcher interface {
+	// Subscribe calls fn for every commit from now on, in tid order, one call
+	// at a time. fn must not block for long and must not call back into the
+	// storage's commit methods. The returned function cancels.
+	Subscribe(fn func(CommitEvent)) (cancel func())
+}
+
+// Storage is the whole contract a ZEO server serves and a ZEO client
+// provides: everything a ZEO 5/6 ClientStorage can call. Methods a storage
+// cannot support return an *Unsupported error.
+type Storage interface {
+	Loader
+	Committer
+	Historian
+	Undoer
+	Iterator
+	Packer
+	Watcher
+	// Info reports name, size and capabilities. It must be cheap; servers
+	// call it after every commit.
+	Info(ctx context.Context) (StorageInfo, error)
+	Close() error
+}
+
+// UndoID returns the undo id FileStorage gives the transaction tid: its
+// base64 encoding without the trailing newline.
+func UndoID(tid TID) []byte {
+	const enc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	// 8 bytes -> 12 characters, the last one '='.
+	out := make([]byte, 0, 12)
+	b := tid[:]
+	for i := 0; i < 6; i += 3 {
+		n := uint(b[i])<<16 | uint(b[i+1])<<8 | uint(b[i+2])
+		out = append(out, enc[n>>18&63], enc[n>>12&63], enc[n>>6&63], enc[n&63])
+	}
+	n := uint(b[6])<<16 | uint(b[7])<<8
+	out = append(out, enc[n>>18&63], enc[n>>12&63], enc[n>>6&63], '=')
+	return out
+}
+
+// TIDFromUndoID reverses UndoID.
+func TIDFromUndoID(id []byte) (TID, bool) {
+	var t TID
+	if len(id) != 12 || id[11] != '=' {
+		return t, false
+	}
+	val := func(c byte) (uint, bool) {
+		switch {
+		case c >= 'A' && c <= 'Z':
+			return uint(c - 'A'), true
+		case c >= 'a' && c <= 'z':
+			return uint(c-'a') + 26, true
+		case c >= '0' && c <= '9':
+			return uint(c-'0') + 52, true
+		case c == '+':
+			return 62, true
+		case c == '/':
+			return 63, true
+		}
+		return 0, false
+	}
+	var n uint64
+	for _, c := range id[:11] {
+		v, ok := val(c)
+		if !ok {
+			return t, false
+		}
+		n = n<<6 | uint64(v)
+	}
+	// 11 characters carry 66 bits; the last 2 are padding and must be 0.
+	if n&3 != 0 {
+		return t, false
+	}
+	return TIDFromUint64(n >> 2), true
+}

@@ -1,0 +1,122 @@
+package zodb
+
+// TxnMeta is the metadata of a transaction.
+type TxnMeta struct {
+	User        []byte
+	Description []byte
+	// Extension is the transaction's extended info as a pickled dict, the
+	// form FileStorage stores and ZODB's TransactionMetaData.extension_bytes
+	// holds. Empty means {}. Storages keep it verbatim; the wire layer
+	// converts it to and from the dict that travels in ZEO messages.
+	Extension []byte
+}
+
+// Status values of a transaction (one character on the wire).
+const (
+	StatusNormal     byte = ' '
+	StatusPacked     byte = 'p'
+	StatusCheckpoint byte = 'c'
+	StatusUndone     byte = 'u'
+)
+
+// OpKind says what an Op does.
+type OpKind uint8
+
+// The operations a client can queue inside a transaction.
+const (
+	// OpStore stores Data for OID; Serial is the tid the client read
+	// (ZeroTID for a new object). A stale serial is a conflict.
+	OpStore OpKind = iota + 1
+	// OpCheckCurrent asserts that Serial is still the current tid of OID
+	// (checkCurrentSerialInTransaction); a stale one is a read conflict.
+	OpCheckCurrent
+	// OpDelete writes a deletion record for OID (IExternalGC.deleteObject);
+	// Serial must be current.
+	OpDelete
+	// OpRestore writes a record with tid Serial and Data without any
+	// conflict check (IStorageRestoreable.restore); NoData records an
+	// undone creation. PrevTxn is a backpointer hint or ZeroTID.
+	OpRestore
+	// OpUndo undoes the transaction named by UndoID (an id from UndoLog).
+	OpUndo
+)
+
+var opNames = [...]string{"", "store", "checkCurrentSerialInTransaction", "deleteObject", "restore", "undo"}
+
+func (k OpKind) String() string {
+	if int(k) < len(opNames) && k > 0 {
+		return opNames[k]
+	}
+	return "op?"
+}
+
+// Op is one queued operation of a transaction.
+type Op struct {
+	Kind    OpKind
+	OID     OID
+	Serial  TID
+	Data    []byte
+	NoData  bool
+	PrevTxn TID
+	UndoID  []byte
+}
+
+// Transaction is everything a client sent between tpc_begin and vote. ZEO
+// servers buffer it and hand it to the storage whole, at vote, under the
+// commit lock. The pointer identifies the transaction in Vote, Finish and
+// Abort and in the CommitEvent of its commit.
+type Transaction struct {
+	Meta TxnMeta
+	// TID is an explicit transaction id (tpc_begin with tid, used when
+	// copying transactions and by the RAID proxy); ZeroTID lets the storage
+	// choose one. An explicit tid must lie above the storage's last one.
+	TID TID
+	// Status is the transaction status to record with an explicit tid.
+	Status byte
+	Ops    []Op
+	// CollectConflicts selects ZEO's client-side conflict resolution mode:
+	// instead of failing on the first write conflict, Vote collects every
+	// conflicting store into VoteResult.Conflicts (and aborts), so that the
+	// client can resolve them and vote again.
+	CollectConflicts bool
+}
+
+// Conflict is one conflicting store, reported to clients that resolve
+// conflicts themselves.
+type Conflict struct {
+	OID OID
+	// Committed is the tid currently committed for OID, Read the serial the
+	// client's store was based on.
+	Committed, Read TID
+	// Data is the data the client tried to store.
+	Data []byte
+}
+
+// VoteResult is the outcome of a successful vote.
+type VoteResult struct {
+	// Changed lists oids whose stored data differs from what the client
+	// sent (undone objects, conflicts resolved by the storage), so the client
+	// must not cache its own copy.
+	Changed []OID
+	// Conflicts is non-empty only for CollectConflicts transactions. The
+	// storage has then already aborted the transaction and released its
+	// commit lock; Finish must not be called.
+	Conflicts []Conflict
+}
+
+// CommitEvent announces one committed transaction. Storages deliver events
+// in strictly increasing TID order, one at a time, and a read that starts
+// after an event was delivered sees that transaction.
+type CommitEvent struct {
+	TID TID
+	// OIDs are the objects the transaction wrote (stored, restored, deleted
+	// or undone); the list may be empty.
+	OIDs []OID
+	// Txn is the transaction when it was committed through Finish of this
+	// storage object, nil when somebody else committed it.
+	Txn *Transaction
+	// Reset, when true, carries no transaction: the storage may have missed
+	// commits (for example a remote storage that reconnected) and is now at
+	// TID. Subscribers that promised gap-free invalidations must start over.
+	Reset bool
+}
