@@ -157,6 +157,14 @@ type Watcher interface {
 	Subscribe(fn func(CommitEvent)) (cancel func())
 }
 
+// Syncer is implemented by storages that learn of commits made elsewhere
+// (a remote storage, a RAID array). Sync returns once every transaction
+// committed anywhere before the call has been delivered to subscribers; the
+// ZEO server calls it for ping, which clients use as a barrier.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
 // Storage is the whole contract a ZEO server serves and a ZEO client
 // provides: everything a ZEO 5/6 ClientStorage can call. Methods a storage
 // cannot support return an *Unsupported error.

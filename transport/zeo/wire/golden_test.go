@@ -264,8 +264,8 @@ func TestGoldenMessageShapes(t *testing.T) {
 	tid2 := []byte{0x03, 0xe0, 0, 0, 0, 0, 0, 2}
 	maxtid := []byte{0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 	cases := []struct {
-		name string
-		m    Message
+		name  string
+		m     Message
 		z, m5 string
 	}{
 		{"register", NewCall(1, "register", "1", false),

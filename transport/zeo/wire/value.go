@@ -281,3 +281,15 @@ func repr(sb *strings.Builder, v any) {
 func sortDict(d Dict) {
 	sort.SliceStable(d, func(i, j int) bool { return Repr(d[i].Key) < Repr(d[j].Key) })
 }
+
+// NewDict builds a Dict from alternating keys and values.
+func NewDict(kv ...any) Dict {
+	if len(kv)%2 != 0 {
+		panic("wire.NewDict: odd number of arguments")
+	}
+	d := make(Dict, 0, len(kv)/2)
+	for i := 0; i < len(kv); i += 2 {
+		d = append(d, Item{Key: kv[i], Value: kv[i+1]})
+	}
+	return d
+}

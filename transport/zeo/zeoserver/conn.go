@@ -1,0 +1,239 @@
+package zeoserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+)
+
+// conn is one client connection. Its messages are executed in arrival
+// order by its reader goroutine (serve), except that reads run in their
+// own goroutines once every earlier message has been executed, and a vote
+// waits for the commit lock in its own goroutine, so that a pending vote
+// never blocks the connection.
+type conn struct {
+	srv    *Server
+	wc     *wire.Conn
+	log    hclog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Set by register on the reader goroutine before any goroutine that
+	// reads them is started.
+	ss       *storageState
+	readOnly bool
+
+	mu        sync.Mutex
+	txn       *zeoTxn
+	iters     map[int64]*iterState
+	nextIter  int64
+	closeOnce sync.Once
+
+	readSem chan struct{}
+	bg      sync.WaitGroup // reads, votes, packs
+}
+
+// zeoTxn is a client transaction buffered until vote.
+type zeoTxn struct {
+	id     any
+	meta   zodb.TxnMeta
+	tid    zodb.TID
+	status byte
+	ops    []zodb.Op
+
+	zt         *zodb.Transaction // what the storage voted on
+	voting     chan struct{}     // closed when the vote goroutine ends
+	voteCancel context.CancelFunc
+	holdsLock  bool // holds the storage's commit lock
+	voted      bool // the storage voted yes; finish or abort must follow
+}
+
+func newConn(s *Server, wc *wire.Conn) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &conn{
+		srv: s, wc: wc, ctx: ctx, cancel: cancel,
+		log:     s.log.With("remote", wc.NetConn().RemoteAddr().String()),
+		iters:   map[int64]*iterState{},
+		readSem: make(chan struct{}, s.cfg.ReadConcurrency),
+	}
+}
+
+func (c *conn) storageName() string {
+	if c.ss == nil {
+		return ""
+	}
+	return c.ss.name
+}
+
+// send queues a message; a connection that cannot take it is closed by
+// the wire layer.
+func (c *conn) send(m wire.Message) {
+	if err := c.wc.Send(m); err != nil && !errors.Is(err, wire.ErrConnClosed) {
+		c.log.Error("cannot send message", "method", m.Method, "error", err)
+		c.closeWith("cannot send: %v", err)
+	}
+}
+
+// closeWith closes the connection, logging why.
+func (c *conn) closeWith(format string, a ...any) {
+	c.closeOnce.Do(func() {
+		c.log.Info("closing connection", "reason", fmt.Sprintf(format, a...))
+		c.wc.Close(fmt.Errorf(format, a...))
+		c.cancel()
+	})
+}
+
+func (c *conn) serve() {
+	defer c.cleanup()
+	for {
+		m, err := c.wc.Read()
+		if err != nil {
+			select {
+			case <-c.wc.Done():
+			default:
+				var tooLarge *wire.FrameTooLargeError
+				switch {
+				case errors.As(err, &tooLarge):
+					c.log.Warn("frame too large; closing", "error", err)
+				case isEOF(err):
+					c.log.Debug("client disconnected")
+				default:
+					c.log.Warn("bad message; closing", "error", err)
+				}
+			}
+			c.closeWith("read: %v", err)
+			return
+		}
+		if m.IsHeartbeat() {
+			continue
+		}
+		if !c.dispatch(m) {
+			return
+		}
+	}
+}
+
+func isEOF(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncatedFrame) || errors.Is(err, net.ErrClosed)
+}
+
+// cleanup runs when the reader stops: abort the transaction, leave the
+// fan-out, free iterators.
+func (c *conn) cleanup() {
+	c.closeWith("disconnected")
+	if c.ss != nil {
+		c.ss.fan.unregister(c)
+		c.abortTxn(context.Background())
+	}
+	c.bg.Wait()
+	c.mu.Lock()
+	for id, it := range c.iters {
+		it.close()
+		delete(c.iters, id)
+	}
+	c.mu.Unlock()
+}
+
+// dispatch executes one message; false means the connection is closed.
+func (c *conn) dispatch(m wire.Message) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("internal error while handling a call; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
+			c.closeWith("internal error in %s", m.Method)
+			ok = false
+		}
+	}()
+	if m.IsReply() {
+		c.closeWith("client sent a reply (msgid %s)", wire.Repr(m.ID))
+		return false
+	}
+	if m.Method == "register" {
+		if c.ss != nil {
+			// Python drops register from the accepted methods once
+			// registered.
+			c.closeWith("duplicate register() call")
+			return false
+		}
+		res, err := c.register(m.CallArgs())
+		return c.reply(m, res, err)
+	}
+	if c.ss == nil {
+		c.closeWith("%s called before register", m.Method)
+		return false
+	}
+	h, known := methods[m.Method]
+	if !known {
+		if ext, ok := c.srv.cfg.Extensions[m.Method]; ok {
+			res, err := ext(c.ctx, ExtensionCall{Storage: c.ss.name, ReadOnly: c.readOnly, Args: m.CallArgs()})
+			return c.reply(m, res, err)
+		}
+		c.closeWith("unknown method %q", m.Method)
+		return false
+	}
+	switch h.kind {
+	case inline:
+		res, err := h.fn(c, c.ctx, m.CallArgs())
+		return c.reply(m, res, err)
+	case read:
+		select {
+		case c.readSem <- struct{}{}:
+		case <-c.ctx.Done():
+			return false
+		}
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			defer func() { <-c.readSem }()
+			defer func() {
+				if r := recover(); r != nil {
+					c.log.Error("internal error while reading; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
+					c.closeWith("internal error in %s", m.Method)
+				}
+			}()
+			if h.load != nil {
+				h.load(c, m)
+				return
+			}
+			res, err := h.fn(c, c.ctx, m.CallArgs())
+			c.reply(m, res, err)
+		}()
+		return true
+	case custom:
+		// The handler replies itself (possibly later).
+		h.custom(c, m)
+		return true
+	}
+	return true
+}
+
+// reply answers a call: nothing for one-way calls, where an error closes
+// the connection as in Python ("no way to recover").
+func (c *conn) reply(m wire.Message, res any, err error) bool {
+	if m.Flags == wire.FlagOneWay {
+		if err != nil {
+			c.closeWith("one-way %s failed: %v", m.Method, err)
+			return false
+		}
+		return true
+	}
+	if err != nil {
+		c.send(wire.NewErrorReply(m.ID, err))
+		return true
+	}
+	if sendErr := c.wc.Send(wire.NewReply(m.ID, res)); sendErr != nil {
+		if errors.Is(sendErr, wire.ErrConnClosed) {
+			return false
+		}
+		c.log.Error("cannot encode reply", "method", m.Method, "error", sendErr)
+		c.send(wire.NewErrorReply(m.ID, zodb.NewValueError("Couldn't pickle response")))
+	}
+	return true
+}

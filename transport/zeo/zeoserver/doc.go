@@ -1,0 +1,12 @@
+// Package zeoserver is a ZEO 5 server: it serves any zodb.Storage (several
+// named storages) to unmodified ZODB ClientStorage clients, in M5 or Z5.
+//
+// It reproduces what Python's ZEO StorageServer guarantees: per-connection
+// FIFO execution that never blocks a connection's reader on a pending vote,
+// transactions buffered per connection until vote, a commit lock per
+// storage, invalidations to every other connection in strictly increasing
+// tid order (also for commits the storage reports from elsewhere), no
+// stale current revision after an invalidation, ping as a barrier,
+// client-side conflict resolution mode, iterators, undo, pack and extension
+// methods. Malformed input costs only the offending connection.
+package zeoserver

@@ -1,0 +1,425 @@
+package zeoserver
+
+import (
+	"context"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+)
+
+// checkTxn is Python's _check_tid: read-only connections get
+// ReadOnlyError; a missing or different transaction gets
+// StorageTransactionError when strict, else ok=false.
+func (c *conn) checkTxn(id any, strict bool) (*zeoTxn, bool, error) {
+	if c.readOnly {
+		return nil, false, zodb.NewReadOnlyError()
+	}
+	c.mu.Lock()
+	t := c.txn
+	c.mu.Unlock()
+	if t == nil {
+		if strict {
+			return nil, false, &zodb.StorageTransactionError{}
+		}
+		return nil, false, nil
+	}
+	if !wire.Equal(t.id, id) {
+		if strict {
+			return nil, false, stErr(t.id, id)
+		}
+		return nil, false, nil
+	}
+	return t, true, nil
+}
+
+// stErr builds StorageTransactionError(current, given) like Python.
+func stErr(current, given any) error {
+	e, _ := zodb.ArgsError("ZODB.POSException.StorageTransactionError", []any{current, given})
+	return e
+}
+
+func noTxnErr(id any) error { return stErr(nil, id) }
+
+func (c *conn) tpcBegin(ctx context.Context, args []any) (any, error) {
+	if err := argc("tpc_begin", args, 4, 6); err != nil {
+		return nil, err
+	}
+	if c.readOnly {
+		return nil, zodb.NewReadOnlyError()
+	}
+	id := args[0]
+	c.mu.Lock()
+	cur := c.txn
+	c.mu.Unlock()
+	if cur != nil {
+		if wire.Equal(cur.id, id) {
+			c.log.Info("duplicate tpc_begin", "txn", wire.Repr(id))
+			return nil, nil
+		}
+		return nil, zodb.NewStorageTransactionError("Multiple simultaneous tpc_begin requests from one client.")
+	}
+	t := &zeoTxn{id: id, status: zodb.StatusNormal}
+	var err error
+	if t.meta.User, err = metaBytes(args[1]); err != nil {
+		return nil, typeErr("tpc_begin user", err)
+	}
+	if t.meta.Description, err = metaBytes(args[2]); err != nil {
+		return nil, typeErr("tpc_begin description", err)
+	}
+	if t.meta.Extension, err = wire.ExtensionFromValue(args[3]); err != nil {
+		return nil, typeErr("tpc_begin", err)
+	}
+	if len(args) > 4 {
+		if t.tid, _, err = wire.AsOptTID(args[4]); err != nil {
+			return nil, typeErr("tpc_begin tid", err)
+		}
+	}
+	if len(args) > 5 && args[5] != nil {
+		s, err := wire.AsText(args[5])
+		if err != nil || len(s) != 1 {
+			return nil, zodb.NewTypeError("tpc_begin: status must be one character, got %s", wire.Repr(args[5]))
+		}
+		t.status = s[0]
+	}
+	c.mu.Lock()
+	c.txn = t
+	c.mu.Unlock()
+	c.ss.stats.mu.Lock()
+	c.ss.stats.activeTxns++
+	c.ss.stats.mu.Unlock()
+	return nil, nil
+}
+
+// addOp appends an operation to the current transaction.
+func (c *conn) addOp(name string, id any, op zodb.Op) (any, error) {
+	t, _, err := c.checkTxn(id, false)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, noTxnErr(id)
+	}
+	c.mu.Lock()
+	t.ops = append(t.ops, op)
+	c.mu.Unlock()
+	if op.Kind == zodb.OpStore || op.Kind == zodb.OpRestore || op.Kind == zodb.OpDelete {
+		c.ss.stats.mu.Lock()
+		c.ss.stats.stores++
+		c.ss.stats.mu.Unlock()
+	}
+	return nil, nil
+}
+
+func oidSerial(name string, a, b any) (zodb.OID, zodb.TID, error) {
+	oid, err := wire.AsOID(a)
+	if err != nil {
+		return oid, zodb.TID{}, typeErr(name, err)
+	}
+	serial, _, err := wire.AsOptTID(b)
+	if err != nil {
+		return oid, serial, typeErr(name, err)
+	}
+	return oid, serial, nil
+}
+
+func (c *conn) storea(ctx context.Context, args []any) (any, error) {
+	if err := argc("storea", args, 4, 4); err != nil {
+		return nil, err
+	}
+	oid, serial, err := oidSerial("storea", args[0], args[1])
+	if err != nil {
+		return nil, err
+	}
+	data, err := wire.AsBytes(args[2])
+	if err != nil {
+		return nil, typeErr("storea", err)
+	}
+	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial, Data: data})
+}
+
+func (c *conn) checkCurrent(ctx context.Context, args []any) (any, error) {
+	if err := argc("checkCurrentSerialInTransaction", args, 3, 3); err != nil {
+		return nil, err
+	}
+	oid, serial, err := oidSerial("checkCurrentSerialInTransaction", args[0], args[1])
+	if err != nil {
+		return nil, err
+	}
+	return c.addOp("checkCurrentSerialInTransaction", args[2], zodb.Op{Kind: zodb.OpCheckCurrent, OID: oid, Serial: serial})
+}
+
+func (c *conn) deleteObject(ctx context.Context, args []any) (any, error) {
+	if err := argc("deleteObject", args, 3, 3); err != nil {
+		return nil, err
+	}
+	oid, serial, err := oidSerial("deleteObject", args[0], args[1])
+	if err != nil {
+		return nil, err
+	}
+	return c.addOp("deleteObject", args[2], zodb.Op{Kind: zodb.OpDelete, OID: oid, Serial: serial})
+}
+
+func (c *conn) restorea(ctx context.Context, args []any) (any, error) {
+	if err := argc("restorea", args, 5, 5); err != nil {
+		return nil, err
+	}
+	oid, serial, err := oidSerial("restorea", args[0], args[1])
+	if err != nil {
+		return nil, err
+	}
+	op := zodb.Op{Kind: zodb.OpRestore, OID: oid, Serial: serial}
+	if args[2] == nil {
+		op.NoData = true
+	} else if op.Data, err = wire.AsBytes(args[2]); err != nil {
+		return nil, typeErr("restorea", err)
+	}
+	if op.PrevTxn, _, err = wire.AsOptTID(args[3]); err != nil {
+		return nil, typeErr("restorea", err)
+	}
+	return c.addOp("restorea", args[4], op)
+}
+
+func (c *conn) undoa(ctx context.Context, args []any) (any, error) {
+	if err := argc("undoa", args, 2, 2); err != nil {
+		return nil, err
+	}
+	id, err := wire.AsBytes(args[0])
+	if err != nil {
+		return nil, typeErr("undoa", err)
+	}
+	return c.addOp("undoa", args[1], zodb.Op{Kind: zodb.OpUndo, UndoID: id})
+}
+
+// vote waits for the storage's commit lock in a goroutine (the reader goes
+// on), applies the buffered transaction and replies.
+func (c *conn) vote(m wire.Message) {
+	args := m.CallArgs()
+	if err := argc("vote", args, 1, 1); err != nil {
+		c.reply(m, nil, err)
+		return
+	}
+	t, _, err := c.checkTxn(args[0], true)
+	if err != nil {
+		c.reply(m, nil, err)
+		return
+	}
+	c.mu.Lock()
+	if t.voting != nil {
+		select {
+		case <-t.voting:
+		default:
+			c.mu.Unlock()
+			c.reply(m, nil, zodb.NewStorageTransactionError("vote already in progress"))
+			return
+		}
+	}
+	if t.voted {
+		c.mu.Unlock()
+		c.reply(m, nil, zodb.NewStorageTransactionError("transaction already voted"))
+		return
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	t.voting = make(chan struct{})
+	t.voteCancel = cancel
+	zt := &zodb.Transaction{
+		Meta: t.meta, TID: t.tid, Status: t.status,
+		Ops:              append([]zodb.Op(nil), t.ops...),
+		CollectConflicts: c.srv.cfg.ClientConflictResolution,
+	}
+	t.zt = zt
+	c.mu.Unlock()
+
+	ss := c.ss
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		defer close(t.voting)
+		defer cancel()
+		res, err := c.runVote(ctx, ss, t, zt)
+		if err != nil {
+			if zodb.IsConflict(err) {
+				ss.stats.mu.Lock()
+				ss.stats.conflicts++
+				ss.stats.mu.Unlock()
+			}
+			c.reply(m, nil, err)
+			return
+		}
+		c.reply(m, res, nil)
+	}()
+}
+
+func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zodb.Transaction) (any, error) {
+	ss.stats.mu.Lock()
+	ss.stats.waiting++
+	ss.stats.mu.Unlock()
+	select {
+	case ss.lock <- struct{}{}:
+	case <-ctx.Done():
+		ss.stats.mu.Lock()
+		ss.stats.waiting--
+		ss.stats.mu.Unlock()
+		return nil, zodb.NewStorageTransactionError("transaction aborted while waiting for the commit lock")
+	}
+	now := time.Now()
+	ss.stats.mu.Lock()
+	ss.stats.waiting--
+	ss.stats.lockTime = &now
+	ss.stats.mu.Unlock()
+	c.mu.Lock()
+	t.holdsLock = true
+	c.mu.Unlock()
+
+	res, err := ss.st.Vote(ctx, zt)
+	if err != nil || len(res.Conflicts) > 0 {
+		c.mu.Lock()
+		c.releaseLock(t)
+		if err != nil && c.txn == t {
+			// Python forgets the transaction after a failed vote; the
+			// client's tpc_abort then finds none.
+			c.txn = nil
+			c.countTxnEnd()
+		}
+		c.mu.Unlock()
+	} else {
+		c.mu.Lock()
+		t.voted = true
+		c.mu.Unlock()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(res.Conflicts) > 0 {
+		// Client-side conflict resolution: the client resolves, stores
+		// again and votes again; the transaction stays open.
+		out := make(wire.List, len(res.Conflicts))
+		for i, cf := range res.Conflicts {
+			out[i] = wire.NewDict(
+				"oid", cf.OID,
+				"serials", wire.Tuple{cf.Committed, cf.Read},
+				"data", nonNil(cf.Data),
+			)
+		}
+		return out, nil
+	}
+	return wire.OIDList(res.Changed), nil
+}
+
+// releaseLock gives up the commit lock if t holds it; c.mu is held.
+func (c *conn) releaseLock(t *zeoTxn) {
+	if t.holdsLock {
+		t.holdsLock = false
+		ss := c.ss
+		ss.stats.mu.Lock()
+		ss.stats.lockTime = nil
+		ss.stats.mu.Unlock()
+		<-ss.lock
+	}
+}
+
+func (c *conn) countTxnEnd() {
+	c.ss.stats.mu.Lock()
+	c.ss.stats.activeTxns--
+	c.ss.stats.mu.Unlock()
+}
+
+// tpcFinish commits the voted transaction. It runs on the reader and
+// replies itself, because the reply must be queued before the commit lock
+// is released: no invalidation of a later transaction may precede it.
+func (c *conn) tpcFinish(m wire.Message) {
+	args := m.CallArgs()
+	if err := argc("tpc_finish", args, 1, 1); err != nil {
+		c.reply(m, nil, err)
+		return
+	}
+	t, ok, err := c.checkTxn(args[0], false)
+	if err != nil || !ok {
+		c.reply(m, nil, err) // Python returns None for an unknown transaction
+		return
+	}
+	c.mu.Lock()
+	voting := t.voting
+	c.mu.Unlock()
+	if voting != nil {
+		<-voting
+	}
+	c.mu.Lock()
+	voted := t.voted
+	c.mu.Unlock()
+	if !voted {
+		c.reply(m, nil, zodb.NewStorageTransactionError("tpc_finish without a successful vote"))
+		return
+	}
+	ss := c.ss
+	// Finishing is not interrupted by a disconnect: the outcome must be
+	// decided by the storage, not by the client's socket.
+	fctx := context.WithoutCancel(c.ctx)
+	ss.fan.setCommitter(t.zt, c)
+	tid, err := ss.st.Finish(fctx, t.zt)
+	ss.fan.setCommitter(t.zt, nil)
+	if err != nil {
+		c.log.Error("tpc_finish failed after a successful vote", "error", err)
+	} else {
+		ss.stats.mu.Lock()
+		ss.stats.commits++
+		ss.stats.mu.Unlock()
+		if info, ierr := ss.st.Info(fctx); ierr == nil {
+			c.send(wire.NewOneWay("info", sizeInfo(info)))
+		}
+	}
+	c.reply(m, tid, err)
+	c.mu.Lock()
+	t.voted = false
+	c.releaseLock(t)
+	if c.txn == t {
+		c.txn = nil
+		c.countTxnEnd()
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) tpcAbort(ctx context.Context, args []any) (any, error) {
+	if err := argc("tpc_abort", args, 1, 1); err != nil {
+		return nil, err
+	}
+	_, ok, err := c.checkTxn(args[0], false)
+	if err != nil || !ok {
+		return nil, err
+	}
+	c.abortTxn(ctx)
+	return nil, nil
+}
+
+// abortTxn aborts the current transaction, whatever its state: cancels a
+// pending vote, aborts the storage's vote, releases the lock.
+func (c *conn) abortTxn(ctx context.Context) {
+	c.mu.Lock()
+	t := c.txn
+	if t == nil {
+		c.mu.Unlock()
+		return
+	}
+	voting, cancel := t.voting, t.voteCancel
+	c.mu.Unlock()
+	if voting != nil {
+		cancel()
+		<-voting
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.voted {
+		if err := c.ss.st.Abort(context.WithoutCancel(ctx), t.zt); err != nil {
+			c.log.Error("storage abort failed", "error", err)
+		}
+		t.voted = false
+	}
+	c.releaseLock(t)
+	if c.txn == t {
+		c.txn = nil
+		c.countTxnEnd()
+		c.ss.stats.mu.Lock()
+		c.ss.stats.aborts++
+		c.ss.stats.mu.Unlock()
+	}
+}
