@@ -84,8 +84,12 @@ func (c *conn) send(m wire.Message) {
 
 // closeWith closes the connection, logging why.
 func (c *conn) closeWith(format string, a ...any) {
+	c.closeLevel(hclog.Info, format, a...)
+}
+
+func (c *conn) closeLevel(level hclog.Level, format string, a ...any) {
 	c.closeOnce.Do(func() {
-		c.log.Info("closing connection", "reason", fmt.Sprintf(format, a...))
+		c.log.Log(level, "closing connection", "reason", fmt.Sprintf(format, a...))
 		c.wc.Close(fmt.Errorf(format, a...))
 		c.cancel()
 	})
@@ -104,7 +108,8 @@ func (c *conn) serve() {
 				case errors.As(err, &tooLarge):
 					c.log.Warn("frame too large; closing", "error", err)
 				case isEOF(err):
-					c.log.Debug("client disconnected")
+					c.closeLevel(hclog.Debug, "client disconnected")
+					return
 				default:
 					c.log.Warn("bad message; closing", "error", err)
 				}
@@ -128,7 +133,7 @@ func isEOF(err error) bool {
 // cleanup runs when the reader stops: abort the transaction, leave the
 // fan-out, free iterators.
 func (c *conn) cleanup() {
-	c.closeWith("disconnected")
+	c.closeLevel(hclog.Debug, "disconnected")
 	if c.ss != nil {
 		c.ss.fan.unregister(c)
 		c.abortTxn(context.Background())

@@ -1,0 +1,53 @@
+// Command zeoraid is the single zeoraid binary. Its subcommands run the
+// pieces of the system; see "zeoraid help".
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set by the build (-ldflags "-X main.version=...").
+var version = "dev"
+
+type command struct {
+	name, summary string
+	run           func(args []string) int
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"demo", "start a ZEO server over an in-memory storage on loopback (grows into the 3-proxy demo)", runDemo},
+		{"version", "print the version", func([]string) int { fmt.Println("zeoraid", version); return 0 }},
+	}
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: zeoraid <command> [flags]\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(os.Stderr, "\nRun \"zeoraid <command> -h\" for a command's flags.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	name := os.Args[1]
+	if name == "help" || name == "-h" || name == "--help" {
+		usage()
+		return
+	}
+	for _, c := range commands {
+		if c.name == name {
+			os.Exit(c.run(os.Args[2:]))
+		}
+	}
+	fmt.Fprintf(os.Stderr, "zeoraid: unknown command %q\n\n", name)
+	usage()
+	os.Exit(2)
+}

@@ -1,0 +1,541 @@
+package zeoclient
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+)
+
+// withDeadline applies the default call timeout to a context without a
+// deadline.
+func (c *Client) withDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// Call calls a method on the server and returns the decoded result; server
+// errors come back as zodb errors. It is exported for extension methods
+// (raid_status and friends) and tests.
+func (c *Client) Call(ctx context.Context, method string, args ...any) (any, error) {
+	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+	defer cancel()
+	s, err := c.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.start(method, nil, args...)
+	if err != nil {
+		return nil, err
+	}
+	return s.wait(ctx, method, p)
+}
+
+// LastTransaction implements zodb.Loader: the last tid delivered to
+// subscribers (like ClientStorage, it does not ask the server).
+func (c *Client) LastTransaction(ctx context.Context) (zodb.TID, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last, nil
+}
+
+// LoadBefore implements zodb.Loader.
+func (c *Client) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	res, err := c.Call(ctx, "loadBefore", oid, before)
+	if err != nil || res == nil {
+		return nil, err
+	}
+	t, ok := wire.Seq(res)
+	if !ok || len(t) != 3 {
+		return nil, zodb.NewProtocolError("loadBefore returned %s", wire.Repr(res))
+	}
+	data, err1 := wire.AsBytes(t[0])
+	start, err2 := wire.AsTID(t[1])
+	end, _, err3 := wire.AsOptTID(t[2])
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, zodb.NewProtocolError("loadBefore returned %s: %v", wire.Repr(res), err)
+	}
+	return &zodb.Revision{Data: data, TID: start, End: end}, nil
+}
+
+// LoadSerial implements zodb.Loader.
+func (c *Client) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) ([]byte, error) {
+	res, err := c.Call(ctx, "loadSerial", oid, serial)
+	if err != nil {
+		return nil, err
+	}
+	return wire.AsBytes(res)
+}
+
+// GetTid returns the tid of oid's current revision (the server's getTid).
+func (c *Client) GetTid(ctx context.Context, oid zodb.OID) (zodb.TID, error) {
+	res, err := c.Call(ctx, "getTid", oid)
+	if err != nil {
+		return zodb.TID{}, err
+	}
+	return wire.AsTID(res)
+}
+
+// NewOIDs implements zodb.Committer.
+func (c *Client) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
+	out := make([]zodb.OID, 0, n)
+	for len(out) < n {
+		res, err := c.Call(ctx, "new_oids", int64(min(n-len(out), 100)))
+		if err != nil {
+			return nil, err
+		}
+		list, ok := wire.Seq(res)
+		if !ok || len(list) == 0 {
+			return nil, zodb.NewProtocolError("new_oids returned %s", wire.Repr(res))
+		}
+		for _, o := range list {
+			oid, err := wire.AsOID(o)
+			if err != nil {
+				return nil, zodb.NewProtocolError("new_oids returned %s", wire.Repr(res))
+			}
+			out = append(out, oid)
+		}
+	}
+	return out[:n], nil
+}
+
+// Vote implements zodb.Committer: it sends tpc_begin (with the explicit
+// tid, if any), the operations and vote. Every argument is checked before
+// anything is sent, because a one-way call that fails on the server costs
+// the connection.
+func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
+	if c.opts.ReadOnly {
+		return zodb.VoteResult{}, zodb.NewReadOnlyError()
+	}
+	var tid any
+	if !txn.TID.IsZero() {
+		tid = txn.TID
+	}
+	status := txn.Status
+	if status == 0 {
+		status = zodb.StatusNormal
+	}
+	ext := wire.ExtensionDict(txn.Meta.Extension)
+	for _, op := range txn.Ops {
+		if op.Kind < zodb.OpStore || op.Kind > zodb.OpUndo {
+			return zodb.VoteResult{}, zodb.NewStorageTransactionError("unknown operation %d", op.Kind)
+		}
+	}
+	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+	defer cancel()
+	s, err := c.session(ctx)
+	if err != nil {
+		return zodb.VoteResult{}, err
+	}
+	c.mu.Lock()
+	if old := c.txns[txn]; old != nil {
+		// A new vote round (after client-side conflict resolution).
+		delete(c.txns, txn)
+	}
+	c.nextTxn++
+	rt := &remoteTxn{s: s, id: c.nextTxn}
+	c.txns[txn] = rt
+	c.mu.Unlock()
+
+	err = s.oneWay("tpc_begin", rt.id, nonNil(txn.Meta.User), nonNil(txn.Meta.Description), ext, tid, string(rune(status)))
+	for _, op := range txn.Ops {
+		if err != nil {
+			break
+		}
+		switch op.Kind {
+		case zodb.OpStore:
+			err = s.oneWay("storea", op.OID, op.Serial, nonNil(op.Data), rt.id)
+			rt.oids = append(rt.oids, op.OID)
+		case zodb.OpCheckCurrent:
+			err = s.oneWay("checkCurrentSerialInTransaction", op.OID, op.Serial, rt.id)
+		case zodb.OpDelete:
+			err = s.oneWay("deleteObject", op.OID, op.Serial, rt.id)
+			rt.oids = append(rt.oids, op.OID)
+		case zodb.OpRestore:
+			var data, prev any
+			if !op.NoData {
+				data = nonNil(op.Data)
+			}
+			if !op.PrevTxn.IsZero() {
+				prev = op.PrevTxn
+			}
+			err = s.oneWay("restorea", op.OID, op.Serial, data, prev, rt.id)
+			rt.oids = append(rt.oids, op.OID)
+		case zodb.OpUndo:
+			err = s.oneWay("undoa", nonNil(op.UndoID), rt.id)
+		}
+	}
+	if err != nil {
+		c.forget(txn)
+		return zodb.VoteResult{}, err
+	}
+	p, err := s.start("vote", nil, rt.id)
+	if err != nil {
+		c.forget(txn)
+		return zodb.VoteResult{}, err
+	}
+	res, err := s.wait(ctx, "vote", p)
+	if err != nil {
+		if zodb.IsConflict(err) || isPython(err) {
+			// The server aborted and forgot the transaction.
+			c.forget(txn)
+			return zodb.VoteResult{}, err
+		}
+		// Timeout or disconnect: make sure the server lets go.
+		c.abortRemote(s, rt)
+		c.forget(txn)
+		return zodb.VoteResult{}, err
+	}
+	list, ok := wire.Seq(res)
+	if !ok && res != nil {
+		c.abortRemote(s, rt)
+		c.forget(txn)
+		return zodb.VoteResult{}, zodb.NewProtocolError("vote returned %s", wire.Repr(res))
+	}
+	var out zodb.VoteResult
+	for _, e := range list {
+		if d, ok := e.(wire.Dict); ok {
+			cf, err := conflictFromDict(d)
+			if err != nil {
+				c.abortRemote(s, rt)
+				c.forget(txn)
+				return zodb.VoteResult{}, err
+			}
+			out.Conflicts = append(out.Conflicts, cf)
+			continue
+		}
+		oid, err := wire.AsOID(e)
+		if err != nil {
+			c.abortRemote(s, rt)
+			c.forget(txn)
+			return zodb.VoteResult{}, zodb.NewProtocolError("vote returned %s", wire.Repr(res))
+		}
+		out.Changed = append(out.Changed, oid)
+	}
+	if len(out.Conflicts) > 0 {
+		// The server released its lock but keeps the transaction for
+		// another round; end it, so that the next Vote starts clean.
+		c.abortRemote(s, rt)
+		c.forget(txn)
+		return zodb.VoteResult{Conflicts: out.Conflicts}, nil
+	}
+	c.mu.Lock()
+	rt.voted = true
+	rt.oids = append(rt.oids, out.Changed...)
+	c.mu.Unlock()
+	return out, nil
+}
+
+func isPython(err error) bool {
+	var pe zodb.PythonError
+	return errors.As(err, &pe)
+}
+
+func conflictFromDict(d wire.Dict) (zodb.Conflict, error) {
+	var cf zodb.Conflict
+	o, _ := d.Get("oid")
+	s, _ := d.Get("serials")
+	data, _ := d.Get("data")
+	oid, err := wire.AsOID(o)
+	if err != nil {
+		return cf, zodb.NewProtocolError("conflict without oid: %s", wire.Repr(d))
+	}
+	ss, ok := wire.Seq(s)
+	if !ok || len(ss) != 2 {
+		return cf, zodb.NewProtocolError("conflict without serials: %s", wire.Repr(d))
+	}
+	a, err1 := wire.AsTID(ss[0])
+	b, err2 := wire.AsTID(ss[1])
+	if err1 != nil || err2 != nil {
+		return cf, zodb.NewProtocolError("bad conflict serials: %s", wire.Repr(d))
+	}
+	cf.OID, cf.Committed, cf.Read = oid, a, b
+	cf.Data, _ = data.([]byte)
+	return cf, nil
+}
+
+func (c *Client) forget(txn *zodb.Transaction) {
+	c.mu.Lock()
+	delete(c.txns, txn)
+	c.mu.Unlock()
+}
+
+// abortRemote sends tpc_abort, best effort, with a short deadline.
+func (c *Client) abortRemote(s *session, rt *remoteTxn) {
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.opts.CallTimeout, 10*time.Second))
+	defer cancel()
+	if p, err := s.start("tpc_abort", nil, rt.id); err == nil {
+		s.wait(ctx, "tpc_abort", p)
+	}
+}
+
+// Finish implements zodb.Committer. Subscribers get the commit's event
+// from the reader, in order with the server's invalidations, before Finish
+// returns.
+func (c *Client) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	c.mu.Lock()
+	rt := c.txns[txn]
+	c.mu.Unlock()
+	if rt == nil || !rt.voted {
+		return zodb.TID{}, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote here")
+	}
+	defer c.forget(txn)
+	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+	defer cancel()
+	var committed zodb.TID
+	onReply := func(res any, err error) {
+		if err != nil {
+			return
+		}
+		tid, terr := wire.AsTID(res)
+		if terr != nil {
+			return
+		}
+		committed = tid
+		c.delivered(zodb.CommitEvent{TID: tid, OIDs: rt.oids, Txn: txn})
+	}
+	p, err := rt.s.start("tpc_finish", onReply, rt.id)
+	if err != nil {
+		// Nothing was sent: the server aborts the transaction when it
+		// loses the connection.
+		return zodb.TID{}, err
+	}
+	res, err := rt.s.wait(ctx, "tpc_finish", p)
+	if err != nil {
+		var cd *zodb.ClientDisconnected
+		if errors.As(err, &cd) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || !isPython(err) {
+			return zodb.TID{}, &zodb.OutcomeUnknownError{Err: err}
+		}
+		return zodb.TID{}, err
+	}
+	if committed.IsZero() {
+		return zodb.TID{}, zodb.NewProtocolError("tpc_finish returned %s", wire.Repr(res))
+	}
+	return committed, nil
+}
+
+// Abort implements zodb.Committer.
+func (c *Client) Abort(ctx context.Context, txn *zodb.Transaction) error {
+	c.mu.Lock()
+	rt := c.txns[txn]
+	delete(c.txns, txn)
+	c.mu.Unlock()
+	if rt == nil {
+		return nil
+	}
+	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+	defer cancel()
+	p, err := rt.s.start("tpc_abort", nil, rt.id)
+	if err != nil {
+		return nil // disconnected: the server aborted it
+	}
+	_, err = rt.s.wait(ctx, "tpc_abort", p)
+	var cd *zodb.ClientDisconnected
+	if errors.As(err, &cd) {
+		return nil
+	}
+	return err
+}
+
+// History implements zodb.Historian.
+func (c *Client) History(ctx context.Context, oid zodb.OID, size int) ([]zodb.HistoryEntry, error) {
+	res, err := c.Call(ctx, "history", oid, int64(size))
+	if err != nil {
+		return nil, err
+	}
+	list, ok := wire.Seq(res)
+	if !ok {
+		return nil, zodb.NewProtocolError("history returned %s", wire.Repr(res))
+	}
+	out := make([]zodb.HistoryEntry, 0, len(list))
+	for _, e := range list {
+		d, ok := e.(wire.Dict)
+		if !ok {
+			return nil, zodb.NewProtocolError("history returned %s", wire.Repr(res))
+		}
+		var h zodb.HistoryEntry
+		tv, _ := d.Get("tid")
+		if h.TID, err = wire.AsTID(tv); err != nil {
+			return nil, zodb.NewProtocolError("history entry without tid: %s", wire.Repr(d))
+		}
+		h.Meta = metaFromDict(d, "tid", "time", "size", "serial", "version")
+		sz, _ := d.Get("size")
+		n, _ := wire.Int(sz)
+		h.Size = int(n)
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+// metaFromDict rebuilds transaction metadata from a history or undo dict:
+// user_name, description, and every other key not in skip as extension.
+func metaFromDict(d wire.Dict, skip ...string) zodb.TxnMeta {
+	var m zodb.TxnMeta
+	ext := wire.Dict{}
+outer:
+	for _, it := range d {
+		k, _ := it.Key.(string)
+		switch k {
+		case "user_name":
+			m.User, _ = it.Value.([]byte)
+			continue
+		case "description":
+			m.Description, _ = it.Value.([]byte)
+			continue
+		}
+		for _, s := range skip {
+			if k == s {
+				continue outer
+			}
+		}
+		ext = append(ext, it)
+	}
+	m.Extension, _ = wire.ExtensionFromValue(ext)
+	return m
+}
+
+// UndoLog implements zodb.Undoer. A filter runs here, over the server's
+// whole log.
+func (c *Client) UndoLog(ctx context.Context, first, last int, filter func(*zodb.UndoEntry) bool) ([]zodb.UndoEntry, error) {
+	if filter == nil {
+		return c.undoLog(ctx, int64(first), int64(last))
+	}
+	if last < 0 {
+		last = first - last
+	}
+	var out []zodb.UndoEntry
+	matched := 0
+	const page = 1000
+	for start := int64(0); ; start += page {
+		batch, err := c.undoLog(ctx, start, start+page)
+		if err != nil {
+			return nil, err
+		}
+		for i := range batch {
+			if !filter(&batch[i]) {
+				continue
+			}
+			if matched >= first && matched < last {
+				out = append(out, batch[i])
+			}
+			matched++
+			if matched >= last {
+				return out, nil
+			}
+		}
+		if len(batch) < page {
+			return out, nil
+		}
+	}
+}
+
+func (c *Client) undoLog(ctx context.Context, first, last int64) ([]zodb.UndoEntry, error) {
+	res, err := c.Call(ctx, "undoLog", first, last)
+	if err != nil {
+		return nil, err
+	}
+	list, ok := wire.Seq(res)
+	if !ok {
+		return nil, zodb.NewProtocolError("undoLog returned %s", wire.Repr(res))
+	}
+	out := make([]zodb.UndoEntry, 0, len(list))
+	for _, e := range list {
+		d, ok := e.(wire.Dict)
+		if !ok {
+			return nil, zodb.NewProtocolError("undoLog returned %s", wire.Repr(res))
+		}
+		var u zodb.UndoEntry
+		idv, _ := d.Get("id")
+		u.ID, _ = idv.([]byte)
+		if tid, ok := zodb.TIDFromUndoID(u.ID); ok {
+			u.TID = tid
+		}
+		u.Meta = metaFromDict(d, "id", "time", "size")
+		sz, _ := d.Get("size")
+		n, _ := wire.Int(sz)
+		u.Size = int(n)
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// RecordIterNext implements zodb.Iterator.
+func (c *Client) RecordIterNext(ctx context.Context, from zodb.OID) (zodb.CurrentRecord, zodb.OID, bool, error) {
+	res, err := c.Call(ctx, "record_iternext", from)
+	if err != nil {
+		return zodb.CurrentRecord{}, zodb.OID{}, false, err
+	}
+	t, ok := wire.Seq(res)
+	if !ok || len(t) != 4 {
+		return zodb.CurrentRecord{}, zodb.OID{}, false, zodb.NewProtocolError("record_iternext returned %s", wire.Repr(res))
+	}
+	var rec zodb.CurrentRecord
+	var err1, err2, err3 error
+	rec.OID, err1 = wire.AsOID(t[0])
+	rec.TID, err2 = wire.AsTID(t[1])
+	rec.Data, err3 = wire.AsBytes(t[2])
+	next, more, err4 := optOID(t[3])
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return zodb.CurrentRecord{}, zodb.OID{}, false, zodb.NewProtocolError("record_iternext returned %s", wire.Repr(res))
+	}
+	return rec, next, more, nil
+}
+
+func optOID(v any) (zodb.OID, bool, error) {
+	if v == nil {
+		return zodb.OID{}, false, nil
+	}
+	o, err := wire.AsOID(v)
+	return o, err == nil, err
+}
+
+// Pack implements zodb.Packer (waiting for the pack to finish; packing can
+// take long, so only the caller's context bounds it).
+func (c *Client) Pack(ctx context.Context, packTID zodb.TID) error {
+	s, err := c.session(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := s.start("pack", nil, packTID.TimeTime(), true)
+	if err != nil {
+		return err
+	}
+	_, err = s.wait(ctx, "pack", p)
+	return err
+}
+
+// Info implements zodb.Storage with what get_info and the server's info
+// messages said.
+func (c *Client) Info(ctx context.Context) (zodb.StorageInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info, nil
+}
+
+// Sync implements zodb.Syncer: a ping, after whose reply every
+// invalidation the server sent before it has been delivered.
+func (c *Client) Sync(ctx context.Context) error {
+	_, err := c.Call(ctx, "ping")
+	return err
+}
+
+// ServerStatus returns the server's server_status dict.
+func (c *Client) ServerStatus(ctx context.Context) (wire.Dict, error) {
+	res, err := c.Call(ctx, "server_status")
+	if err != nil {
+		return nil, err
+	}
+	d, _ := res.(wire.Dict)
+	return d, nil
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
