@@ -3,6 +3,7 @@ package zeoclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -196,10 +197,7 @@ func (s *session) wait(ctx context.Context, method string, p *pendingCall) (any,
 	case <-ctx.Done():
 		// The entry stays: the reply may still come and is then dropped
 		// (after its onReply hook ran).
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, zodb.NewStorageError("%s: no reply from the server in time (%v)", method, context.Cause(ctx))
-		}
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("zeoclient: %s: no reply: %w", method, ctx.Err())
 	}
 }
 

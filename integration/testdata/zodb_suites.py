@@ -1,0 +1,339 @@
+"""Run ZODB's and ZEO's generic storage test suites against zeoraid.
+
+Usage: python3 zodb_suites.py ZEORAID_BINARY [substring ...]
+
+Every test gets a fresh `zeoraid demo --listen 127.0.0.1:0` process
+(extra flags from the environment variable ZEORAID_DEMO_ARGS, e.g.
+"--msgpack"), and talks to it through the real ZEO.ClientStorage. The test
+classes are composed the way ZEO's own testZEO.FileStorageTests (that is,
+FullGenericTests) is, plus ZODB's HistoryStorage, PersistentStorage and,
+with two servers per test, RecoveryStorage -- the same composition the
+reference measurement in docs/zeo-protocol.md section 17.3 used. Only the
+server start-up differs: ZEO's forker is replaced by the Go binary.
+
+Optional arguments are substrings; only tests whose id contains one of them
+run. Server logs go to ZEORAID_LOG_DIR (default: a temporary directory).
+
+The last line of stdout is a JSON object:
+    {"totals": {"run": N, "passed": P, "failures": F, "errors": E,
+                "skipped": S, ...},
+     "outcomes": {test_id: "pass"|"fail"|"error"|"skip"|...},
+     "details": {test_id: "<traceback, shortened>"},
+     "slowest": [[test_id, seconds], ...], "seconds": T,
+     "watchdog_kills": [test_id, ...]}
+
+The exit status is 0 whenever the run completed; judging the counts is the
+caller's business. Written for zeoraid's integration tests
+(integration/zodbsuite_test.go); it contains no ZODB/ZEO code, it only
+imports their test modules.
+"""
+
+import json
+import logging
+import os
+import re
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from ZEO.ClientStorage import ClientStorage
+from ZEO.tests import testZEO
+from ZODB.tests import HistoryStorage
+from ZODB.tests import PersistentStorage
+from ZODB.tests import RecoveryStorage
+from ZODB.tests import StorageTestBase
+
+BINARY = None
+DEMO_ARGS = shlex.split(os.environ.get('ZEORAID_DEMO_ARGS', ''))
+LOG_DIR = os.path.abspath(os.environ.get('ZEORAID_LOG_DIR') or
+                          tempfile.mkdtemp(prefix='zeoraid-suite-logs-'))
+# A test running longer than this gets its servers killed, so that a hung
+# client call (a server bug) turns into an error instead of a hang.
+TEST_TIMEOUT = float(os.environ.get('ZEORAID_TEST_TIMEOUT', '90'))
+
+ADDR_RE = re.compile(rb' on (\d+\.\d+\.\d+\.\d+):(\d+),')
+
+_live = set()          # running server processes
+_live_lock = threading.Lock()
+_server_seq = [0]
+
+
+def start_server(test_id):
+    """Start a zeoraid demo server; return ((host, port), stop)."""
+    with _live_lock:
+        _server_seq[0] += 1
+        n = _server_seq[0]
+    log_path = os.path.join(LOG_DIR, 'server-%04d.log' % n)
+    log = open(log_path, 'wb')
+    log.write(('# %s\n' % test_id).encode())
+    log.flush()
+    p = subprocess.Popen(
+        [BINARY, 'demo', '--listen', '127.0.0.1:0'] + DEMO_ARGS,
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    log.close()
+    with _live_lock:
+        _live.add(p)
+    deadline = time.monotonic() + 20
+    line = b''
+    while not line.endswith(b'\n'):
+        left = deadline - time.monotonic()
+        if left <= 0 or p.poll() is not None:
+            _stop(p)
+            raise RuntimeError('zeoraid demo did not start (got %r; log %s)'
+                               % (line, log_path))
+        r, _, _ = select.select([p.stdout], [], [], left)
+        if r:
+            ch = os.read(p.stdout.fileno(), 1)
+            if not ch:
+                continue
+            line += ch
+    m = ADDR_RE.search(line)
+    if not m:
+        _stop(p)
+        raise RuntimeError('cannot parse zeoraid demo banner %r' % line)
+    addr = (m.group(1).decode(), int(m.group(2)))
+
+    def stop():
+        _stop(p)
+    return addr, stop
+
+
+def _stop(p):
+    with _live_lock:
+        _live.discard(p)
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p.stdout:
+        p.stdout.close()
+
+
+def kill_all_servers():
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+
+
+def new_client(addr, **kw):
+    # The options ZEO's GenericTestBase.setUp uses.
+    return ClientStorage(addr, '1', cache_size=20000000,
+                         min_disconnect_poll=0.5, wait=1, wait_timeout=60,
+                         **kw)
+
+
+class GoServerTests(testZEO.FileStorageTests,
+                    HistoryStorage.HistoryStorage,
+                    PersistentStorage.PersistentStorage):
+    """testZEO.FullGenericTests (via FileStorageTests, for its
+    interface check) + History + Persistent, served by zeoraid."""
+
+    def setUp(self):
+        # What GenericTestBase.setUp does, with forker.start_zeo_server
+        # replaced by the Go server.
+        StorageTestBase.StorageTestBase.setUp(self)
+        addr, stop = start_server(self.id())
+        self._servers = [stop]
+        if not self.blob_cache_dir:
+            self.blob_cache_dir = tempfile.mkdtemp(
+                'blob_cache', dir=os.path.abspath(os.getcwd()))
+        self._storage = self._wrap_client(new_client(
+            addr, blob_dir=self.blob_cache_dir,
+            shared_blob_dir=self.shared_blob_dir, **self._client_options()))
+        self._storage.registerDB(testZEO.DummyDB())
+
+
+class GoRecoveryTests(StorageTestBase.StorageTestBase,
+                      RecoveryStorage.RecoveryStorage):
+    """testZEO.FileStorageRecoveryTests with two zeoraid servers."""
+
+    def _new_storage(self):
+        addr, stop = start_server(self.id())
+        self._servers.append(stop)
+        storage = new_client(addr, blob_dir=tempfile.mkdtemp(dir='.'))
+        storage.registerDB(testZEO.DummyDB())
+        return storage
+
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        self._servers = []
+        self._storage = self._new_storage()
+        self._dst = self._new_storage()
+
+    def tearDown(self):
+        self._storage.close()
+        self._dst.close()
+        for stop in self._servers:
+            stop()
+        StorageTestBase.StorageTestBase.tearDown(self)
+
+    def new_dest(self):
+        return self._new_storage()
+
+
+def load_tests(classes):
+    """Load `check*` and `test*` methods, as ZEO's test_suite does."""
+    suite = unittest.TestSuite()
+    for cls in classes:
+        for prefix in ('check', 'test'):
+            loader = unittest.TestLoader()
+            loader.testMethodPrefix = prefix
+            suite.addTests(loader.loadTestsFromTestCase(cls))
+    return suite
+
+
+def flatten(suite):
+    for t in suite:
+        if isinstance(t, unittest.TestSuite):
+            yield from flatten(t)
+        else:
+            yield t
+
+
+def short(tb, limit=4000):
+    return tb if len(tb) <= limit else tb[:1500] + '\n...\n' + tb[-2400:]
+
+
+class Result(unittest.TestResult):
+
+    def __init__(self):
+        super().__init__()
+        self.outcomes = {}
+        self.details = {}
+        self.times = {}
+        self._t0 = None
+        self.watchdog_kills = []
+        self._cur = None
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def _watchdog(self):
+        while True:
+            time.sleep(1)
+            cur, t0 = self._cur, self._t0
+            if cur is not None and t0 is not None and \
+                    time.monotonic() - t0 > TEST_TIMEOUT and \
+                    cur not in self.watchdog_kills:
+                self.watchdog_kills.append(cur)
+                print('WATCHDOG: %s exceeded %.0fs; killing its servers'
+                      % (cur, TEST_TIMEOUT), file=sys.stderr, flush=True)
+                kill_all_servers()
+
+    def startTest(self, test):
+        super().startTest(test)
+        self._cur = test.id()
+        self._t0 = time.monotonic()
+        print('START %s' % test.id(), file=sys.stderr, flush=True)
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        dt = time.monotonic() - self._t0
+        self.times[test.id()] = dt
+        self._cur = None
+        self.outcomes.setdefault(test.id(), 'pass')
+        print('%-5s %s (%.2fs)' % (self.outcomes[test.id()].upper(),
+                                   test.id(), dt),
+              file=sys.stderr, flush=True)
+
+    def _set(self, test, outcome, detail=None):
+        # A test can fail and then error in tearDown; keep the first.
+        tid = test.id()
+        if self.outcomes.get(tid, 'pass') == 'pass':
+            self.outcomes[tid] = outcome
+        if detail:
+            self.details[tid] = self.details.get(tid, '') + short(detail)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._set(test, 'error', self.errors[-1][1])
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._set(test, 'fail', self.failures[-1][1])
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._set(test, 'skip', reason)
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._set(test, 'xfail')
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._set(test, 'xpass')
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            kind = 'fail' if issubclass(err[0], test.failureException) \
+                else 'error'
+            self._set(test, kind, self._exc_info_to_string(err, test))
+
+
+def main():
+    global BINARY
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    BINARY = os.path.abspath(sys.argv[1])
+    os.makedirs(LOG_DIR, exist_ok=True)
+    patterns = sys.argv[2:]
+    logging.basicConfig(level=logging.CRITICAL)
+
+    def on_signal(signum, frame):
+        kill_all_servers()
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    suite = load_tests([GoServerTests, GoRecoveryTests])
+    tests = list(flatten(suite))
+    if patterns:
+        tests = [t for t in tests if any(p in t.id() for p in patterns)]
+    print('running %d tests; server logs in %s' % (len(tests), LOG_DIR),
+          file=sys.stderr, flush=True)
+    result = Result()
+    t0 = time.monotonic()
+    try:
+        unittest.TestSuite(tests).run(result)
+    finally:
+        kill_all_servers()
+    seconds = time.monotonic() - t0
+    counts = {}
+    for o in result.outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    totals = {
+        'run': len(result.outcomes),
+        'passed': counts.get('pass', 0),
+        'failures': counts.get('fail', 0),
+        'errors': counts.get('error', 0),
+        'skipped': counts.get('skip', 0),
+        'expected_failures': counts.get('xfail', 0),
+        'unexpected_successes': counts.get('xpass', 0),
+    }
+    slowest = sorted(result.times.items(), key=lambda kv: -kv[1])[:10]
+    out = {
+        'demo_args': DEMO_ARGS, 'totals': totals,
+        'outcomes': result.outcomes, 'details': result.details,
+        'slowest': [[k, round(v, 2)] for k, v in slowest],
+        'seconds': round(seconds, 1),
+        'watchdog_kills': result.watchdog_kills,
+        'log_dir': LOG_DIR,
+    }
+    sys.stdout.flush()
+    print(json.dumps(out, default=repr))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
