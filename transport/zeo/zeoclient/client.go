@@ -84,17 +84,16 @@ type Client struct {
 	opts Options
 	log  hclog.Logger
 
-	mu       sync.Mutex
-	cur      *session      // nil while disconnected
-	ready    chan struct{} // closed when cur becomes non-nil; replaced on disconnect
-	closed   bool
-	closeCh  chan struct{}
-	last     zodb.TID // last transaction delivered to subscribers
-	info     zodb.StorageInfo
-	infoDict wire.Dict
-	txns     map[*zodb.Transaction]*remoteTxn
-	nextTxn  int64
-	gen      uint64
+	mu      sync.Mutex
+	cur     *session      // nil while disconnected
+	ready   chan struct{} // closed when cur becomes non-nil; replaced on disconnect
+	closed  bool
+	closeCh chan struct{}
+	last    zodb.TID // last transaction delivered to subscribers
+	info    zodb.StorageInfo
+	txns    map[*zodb.Transaction]*remoteTxn
+	nextTxn int64
+	gen     uint64
 
 	subMu  sync.Mutex
 	subs   map[int]func(zodb.CommitEvent)

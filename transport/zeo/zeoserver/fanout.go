@@ -204,12 +204,3 @@ func (f *fanout) broadcast(msg wire.Message) {
 		c.send(msg)
 	}
 }
-
-// closeAll disconnects every connection.
-func (f *fanout) closeAll(reason string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for c := range f.conns {
-		c.closeWith("%s", reason)
-	}
-}

@@ -80,13 +80,12 @@ type Server struct {
 
 // storageState is the server's view of one storage.
 type storageState struct {
-	name    string
-	st      zodb.Storage
-	fan     *fanout
-	lock    chan struct{} // the commit lock: held from vote to finish/abort
-	waiting sync.WaitGroup
-	unsub   func()
-	stats   stats
+	name  string
+	st    zodb.Storage
+	fan   *fanout
+	lock  chan struct{} // the commit lock: held from vote to finish/abort
+	unsub func()
+	stats stats
 }
 
 type stats struct {

@@ -20,7 +20,7 @@ func (c *conn) checkTxn(id any, strict bool) (*zeoTxn, bool, error) {
 	c.mu.Unlock()
 	if t == nil {
 		if strict {
-			return nil, false, &zodb.StorageTransactionError{}
+			return nil, false, noTxnErr(id)
 		}
 		return nil, false, nil
 	}

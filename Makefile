@@ -1,0 +1,56 @@
+# zeoraid - run "make help" for the targets.
+SHELL := /usr/bin/env bash
+GO ?= go
+BIN := bin/zeoraid
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME ?= 10s
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: help build demo test unit check fmt vet staticcheck imports tidy fuzz integration bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/zeoraid
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/zeoraid
+
+demo: build ## build and start the demo (today: one ZEO server on 127.0.0.1:8100)
+	$(BIN) demo
+
+test: check unit fuzz ## everything CI runs: static checks, all tests with -race, short fuzzing
+	@echo "make test: all checks and tests passed"
+
+unit: ## all tests with the race detector (Python interop tests skip without ZEO)
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+check: fmt vet imports tidy staticcheck ## gofmt, go vet, import boundaries, go.mod drift, staticcheck
+
+fmt: ## fail if gofmt would change a file
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null || gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet: ## go vet
+	$(GO) vet ./...
+
+imports: ## check the import boundaries of architecture.md
+	scripts/check-imports.sh
+
+tidy: ## fail if go mod tidy would change go.mod or go.sum
+	@cp go.mod /tmp/zeoraid-go.mod.bak; cp go.sum /tmp/zeoraid-go.sum.bak; \
+	$(GO) mod tidy; \
+	if ! cmp -s go.mod /tmp/zeoraid-go.mod.bak || ! cmp -s go.sum /tmp/zeoraid-go.sum.bak; then \
+		echo "go mod tidy changed go.mod/go.sum; commit the result"; diff /tmp/zeoraid-go.mod.bak go.mod; exit 1; fi
+
+staticcheck: ## staticcheck (fetched through the Go module proxy)
+	$(GO) run $(STATICCHECK) ./...
+
+fuzz: ## run every fuzz target for FUZZTIME (default 10s)
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+integration: ## interop and process tests, including the long ZODB suites (need Python ZEO)
+	$(GO) test -race -count=1 -timeout 30m -v ./integration/
+
+bench: ## codec and client/server benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./transport/...
+
+clean: ## remove build output
+	rm -rf bin
