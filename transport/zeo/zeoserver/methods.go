@@ -3,6 +3,7 @@ package zeoserver
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -457,7 +458,7 @@ func (c *conn) undoQuery(ctx context.Context, name string, args []any, spec wire
 			for _, want := range spec {
 				k, _ := want.Key.(string)
 				got, ok := d.Get(k)
-				if !ok || !wire.Equal(got, want.Value) {
+				if !ok || !specMatches(got, want.Value) {
 					return false
 				}
 			}
@@ -473,6 +474,42 @@ func (c *conn) undoQuery(ctx context.Context, name string, args []any, spec wire
 		out[i] = undoDict(&entries[i])
 	}
 	return out, nil
+}
+
+// specMatches compares one undoInfo specification value with an entry's
+// value: equality, or for Zope's ZopeUndo.Prefix objects a match of the
+// leading path elements (ignoring a trailing " user name"), as
+// Prefix.__eq__ does.
+func specMatches(got, want any) bool {
+	g, ok := want.(wire.Global)
+	if !ok || g.Module != "ZopeUndo.Prefix" || g.Name != "Prefix" {
+		return wire.Equal(got, want)
+	}
+	st, _ := g.State.(wire.Dict)
+	pv, _ := st.Get("path")
+	path, _ := wire.Seq(pv)
+	var s string
+	switch x := got.(type) {
+	case string:
+		s = x
+	case []byte:
+		s = string(x)
+	default:
+		return false
+	}
+	other := strings.Split(s, "/")
+	if last := other[len(other)-1]; strings.Contains(last, " ") {
+		other[len(other)-1] = last[:strings.LastIndex(last, " ")]
+	}
+	if len(other) < len(path) {
+		return false
+	}
+	for i, p := range path {
+		if ps, ok := p.(string); !ok || ps != other[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // undoDict is FileStorage's undo description: id, time, user_name, size,
