@@ -546,3 +546,46 @@ func TestConcurrentCommitsKeepOrder(t *testing.T) {
 		}
 	})
 }
+
+func TestSeveralNamedStorages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, b := memstorage.New("a"), memstorage.New("b")
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: map[string]zodb.Storage{"1": a, "other": b}})
+	open := func(name string) *zeoclient.Client {
+		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, Storage: name, HeartbeatInterval: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c1, c2, watch2 := open("1"), open("other"), open("other")
+	var mu sync.Mutex
+	var seen []zodb.CommitEvent
+	watch2.Subscribe(func(ev zodb.CommitEvent) { mu.Lock(); seen = append(seen, ev); mu.Unlock() })
+	o1, _ := c1.NewOIDs(ctx, 1)
+	if _, err := commit(ctx, c1, store(o1[0], zodb.ZeroTID, "in 1")); err != nil {
+		t.Fatal(err)
+	}
+	o2, _ := c2.NewOIDs(ctx, 1)
+	tid2, err := commit(ctx, c2, store(o2[0], zodb.ZeroTID, "in other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // several heartbeats go by, and are ignored
+	if err := watch2.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(seen) != 1 || seen[0].TID != tid2 {
+		t.Fatalf("watcher of 'other' saw %+v", seen)
+	}
+	mu.Unlock()
+	if info, _ := c2.Info(ctx); info.Name != "b" {
+		t.Fatalf("storage 'other' reports %+v", info)
+	}
+	if _, err := c2.LoadBefore(ctx, o1[0], zodb.MaxTID); !zodb.IsPOSKeyError(err) {
+		t.Fatalf("object of storage 1 visible in 'other': %v", err)
+	}
+}

@@ -1,0 +1,121 @@
+package zeoserver_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoclient"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeotest"
+)
+
+// slowLoads delays loads so that commits overtake them.
+type slowLoads struct {
+	*memstorage.Storage
+}
+
+func (s slowLoads) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	rev, err := s.Storage.LoadBefore(ctx, oid, before)
+	time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
+	return rev, err
+}
+
+// TestNoStaleCurrentRevision checks section 10.3 of the protocol document
+// on the wire: once a connection has been sent invalidateTransaction(T) for
+// an object, no later reply on that connection may present an older
+// revision of it as current. Loads are slowed down so that commits
+// overtake them all the time.
+func TestNoStaleCurrentRevision(t *testing.T) {
+	st := slowLoads{memstorage.New("mem")}
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ReadConcurrency: 16})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	oids, _ := w.NewOIDs(ctx, 1)
+	oid := oids[0]
+	serial := zodb.ZeroTID
+	commitOnce := func(i int) {
+		txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oid, Serial: serial, Data: []byte{byte(i)}}}}
+		if _, err := w.Vote(ctx, txn); err != nil {
+			t.Error(err)
+			return
+		}
+		tid, err := w.Finish(ctx, txn)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		serial = tid
+	}
+	commitOnce(0)
+
+	r := dialRaw(t, addr)
+	r.nc.SetDeadline(time.Now().Add(30 * time.Second))
+	r.register()
+
+	const loads = 3000
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // writer
+		defer wg.Done()
+		for i := 1; !stop.Load(); i++ {
+			commitOnce(i)
+		}
+	}()
+	go func() { // pipelined loads on the raw connection
+		defer wg.Done()
+		for i := 0; i < loads; i++ {
+			r.send(wire.NewCall(int64(100+i), "loadBefore", oid, zodb.MaxTID))
+			if i%50 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	var lastInval zodb.TID
+	replies, invals, stale := 0, 0, 0
+	for replies < loads {
+		m, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case m.Method == "invalidateTransaction":
+			args := m.CallArgs()
+			tid, _ := wire.AsTID(args[0])
+			if !lastInval.Less(tid) {
+				t.Fatalf("invalidations out of order: %s after %s", tid, lastInval)
+			}
+			lastInval = tid
+			invals++
+		case m.IsReply():
+			replies++
+			res, _ := wire.Seq(m.Args)
+			if len(res) != 3 {
+				t.Fatalf("load reply %s", wire.Repr(m.Args))
+			}
+			start, _ := wire.AsTID(res[1])
+			if res[2] == nil && start.Less(lastInval) {
+				stale++
+				t.Errorf("reply presents revision %s as current after invalidation %s", start, lastInval)
+			}
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d loads, %d invalidations interleaved, %d stale", replies, invals, stale)
+	if invals < 20 {
+		t.Fatalf("only %d commits overlapped the loads; the test proves nothing", invals)
+	}
+}
