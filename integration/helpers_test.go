@@ -97,10 +97,11 @@ func checkPython(py string, mods []string) string {
 }
 
 // pythonEnviron is the environment for Python children: no bytecode files
-// in testdata, and no ZEO_MSGPACK leaking into runzeo's default.
+// in testdata, no ZEO_MSGPACK leaking into runzeo's default, and GORACE
+// for the servers the suite runner starts.
 func pythonEnviron(extra ...string) []string {
 	var env []string
-	for _, kv := range os.Environ() {
+	for _, kv := range serverEnviron() { // the suite runner starts zeoraid
 		if strings.HasPrefix(kv, "ZEO_MSGPACK=") || strings.HasPrefix(kv, "PYTHONDONTWRITEBYTECODE=") {
 			continue
 		}
@@ -108,6 +109,24 @@ func pythonEnviron(extra ...string) []string {
 	}
 	env = append(env, "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
 	return append(env, extra...)
+}
+
+// goraceEnv is the GORACE setting for Go servers under test: the race
+// runtime sleeps 1 s at exit by default (atexit_sleep_ms), which a suite
+// that starts a server per test cannot afford.
+func goraceEnv() string {
+	return strings.TrimSpace("GORACE=" + os.Getenv("GORACE") + " atexit_sleep_ms=0")
+}
+
+// serverEnviron is the environment for zeoraid processes.
+func serverEnviron() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GORACE=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, goraceEnv())
 }
 
 // testdataPath returns the absolute path of a file in testdata.
@@ -314,6 +333,7 @@ func startDemo(t *testing.T, args ...string) *server {
 	t.Helper()
 	bin := zeoraidBinary(t)
 	cmd := exec.Command(bin, append([]string{"demo", "--listen", "127.0.0.1:0"}, args...)...)
+	cmd.Env = serverEnviron()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -49,11 +49,8 @@ func runDemo(args []string) int {
 		fmt.Fprintf(os.Stderr, "zeoraid demo: --listen %s: %v\n", *listen, err)
 		return 1
 	}
-	fmt.Printf("zeoraid demo: ZEO server (%v) on %s, storage \"1\" in memory\n", enc, l.Addr())
-	if host, port, err := net.SplitHostPort(l.Addr().String()); err == nil {
-		fmt.Printf("  connect with: ZEO.ClientStorage.ClientStorage((%q, %s))\n", host, port)
-	}
-	fmt.Println("  (the 3-proxy RAID demo with a status URL arrives with the proxy and cluster issues)")
+	// Handle signals before announcing the address, so that a supervisor
+	// that stops us right after the banner gets a clean shutdown.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
@@ -61,6 +58,11 @@ func runDemo(args []string) int {
 		log.Info("shutting down")
 		srv.Close()
 	}()
+	fmt.Printf("zeoraid demo: ZEO server (%v) on %s, storage \"1\" in memory\n", enc, l.Addr())
+	if host, port, err := net.SplitHostPort(l.Addr().String()); err == nil {
+		fmt.Printf("  connect with: ZEO.ClientStorage.ClientStorage((%q, %s))\n", host, port)
+	}
+	fmt.Println("  (the 3-proxy RAID demo with a status URL arrives with the proxy and cluster issues)")
 	if err := srv.Serve(l); err != nil {
 		fmt.Fprintln(os.Stderr, "zeoraid demo:", err)
 		return 1

@@ -12,7 +12,11 @@ reference measurement in docs/zeo-protocol.md section 17.3 used. Only the
 server start-up differs: ZEO's forker is replaced by the Go binary.
 
 Optional arguments are substrings; only tests whose id contains one of them
-run. Server logs go to ZEORAID_LOG_DIR (default: a temporary directory).
+run. ZEORAID_SUITE_LEVEL (default 2) works like zope.testrunner's
+--at-level: tests ZODB marks as long (level 2, e.g. the 64-client
+test_race_external_invalidate_vs_disconnect, about a minute) run only at
+level 2; zope.testrunner's default is 1. Server logs go to ZEORAID_LOG_DIR
+(default: a temporary directory).
 
 The last line of stdout is a JSON object:
     {"totals": {"run": N, "passed": P, "failures": F, "errors": E,
@@ -20,7 +24,8 @@ The last line of stdout is a JSON object:
      "outcomes": {test_id: "pass"|"fail"|"error"|"skip"|...},
      "details": {test_id: "<traceback, shortened>"},
      "slowest": [[test_id, seconds], ...], "seconds": T,
-     "watchdog_kills": [test_id, ...]}
+     "watchdog_kills": [test_id, ...], "level": L,
+     "not_run_level": [test_id, ...]}
 
 The exit status is 0 whenever the run completed; judging the counts is the
 caller's business. Written for zeoraid's integration tests
@@ -55,7 +60,8 @@ LOG_DIR = os.path.abspath(os.environ.get('ZEORAID_LOG_DIR') or
                           tempfile.mkdtemp(prefix='zeoraid-suite-logs-'))
 # A test running longer than this gets its servers killed, so that a hung
 # client call (a server bug) turns into an error instead of a hang.
-TEST_TIMEOUT = float(os.environ.get('ZEORAID_TEST_TIMEOUT', '90'))
+TEST_TIMEOUT = float(os.environ.get('ZEORAID_TEST_TIMEOUT', '180'))
+LEVEL = int(os.environ.get('ZEORAID_SUITE_LEVEL', '2'))
 
 ADDR_RE = re.compile(rb' on (\d+\.\d+\.\d+\.\d+):(\d+),')
 
@@ -201,6 +207,11 @@ def flatten(suite):
             yield t
 
 
+def test_level(test):
+    # zope.testrunner's rule: a method's `level` attribute, default 1.
+    return getattr(getattr(test, test._testMethodName, None), 'level', 1)
+
+
 def short(tb, limit=4000):
     return tb if len(tb) <= limit else tb[:1500] + '\n...\n' + tb[-2400:]
 
@@ -300,6 +311,8 @@ def main():
     tests = list(flatten(suite))
     if patterns:
         tests = [t for t in tests if any(p in t.id() for p in patterns)]
+    not_run_level = [t.id() for t in tests if test_level(t) > LEVEL]
+    tests = [t for t in tests if test_level(t) <= LEVEL]
     print('running %d tests; server logs in %s' % (len(tests), LOG_DIR),
           file=sys.stderr, flush=True)
     result = Result()
@@ -328,6 +341,7 @@ def main():
         'slowest': [[k, round(v, 2)] for k, v in slowest],
         'seconds': round(seconds, 1),
         'watchdog_kills': result.watchdog_kills,
+        'level': LEVEL, 'not_run_level': not_run_level,
         'log_dir': LOG_DIR,
     }
     sys.stdout.flush()

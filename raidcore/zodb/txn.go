@@ -120,3 +120,43 @@ type CommitEvent struct {
 	// TID. Subscribers that promised gap-free invalidations must start over.
 	Reset bool
 }
+
+// ClassName returns "module.Name" of the class a ZODB data record belongs
+// to, read from the record's first pickle (what ZODB's get_pickle_metadata
+// does for the usual forms), or "" when it cannot tell. Storages use it to
+// fill ConflictError.class_name as Python's servers do.
+func ClassName(data []byte) string {
+	i := 0
+	for i < len(data) {
+		switch data[i] {
+		case 0x80: // PROTO n
+			i += 2
+			continue
+		case '(', '}', ']', ')': // MARK and empty containers before the class
+			i++
+			continue
+		case 'c': // GLOBAL module\nname\n
+			rest := data[i+1:]
+			nl1 := indexByte(rest, '\n')
+			if nl1 <= 0 {
+				return ""
+			}
+			nl2 := indexByte(rest[nl1+1:], '\n')
+			if nl2 <= 0 {
+				return ""
+			}
+			return string(rest[:nl1]) + "." + string(rest[nl1+1:nl1+1+nl2])
+		}
+		return ""
+	}
+	return ""
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}

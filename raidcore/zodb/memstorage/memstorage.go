@@ -1,6 +1,7 @@
 package memstorage
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sort"
@@ -225,7 +226,9 @@ func (s *Storage) vote(txn *zodb.Transaction) (zodb.VoteResult, error) {
 		case zodb.OpStore:
 			if cur.tid != op.Serial {
 				if !txn.CollectConflicts {
-					return zodb.VoteResult{}, zodb.NewConflictError(op.OID, cur.tid, op.Serial)
+					ce := zodb.NewConflictError(op.OID, cur.tid, op.Serial)
+					ce.ClassName = zodb.ClassName(op.Data)
+					return zodb.VoteResult{}, ce
 				}
 				if _, seen := conflicts[op.OID]; !seen {
 					conflictOrder = append(conflictOrder, op.OID)
@@ -273,17 +276,16 @@ func (s *Storage) vote(txn *zodb.Transaction) (zodb.VoteResult, error) {
 	return zodb.VoteResult{Changed: slices.Clone(p.changed)}, nil
 }
 
-// undo computes the records undoing the transaction named by id: each of
-// its objects goes back to the revision before it, provided nothing changed
-// the object since.
+// undo computes the records undoing the transaction named by id, the way
+// FileStorage does: an object can be undone when its current state (in
+// this transaction if it was already written here, else the committed one)
+// is the state the undone transaction wrote; it goes back to the revision
+// before that transaction (an undone creation when there was none).
 func (s *Storage) undo(id []byte, p *pending, put func(zodb.DataRecord)) ([]zodb.OID, []*zodb.UndoError) {
 	tid, ok := zodb.TIDFromUndoID(id)
 	var target *txnRecord
 	if ok {
-		i := sort.Search(len(s.txns), func(i int) bool { return !s.txns[i].tid.Less(tid) })
-		if i < len(s.txns) && s.txns[i].tid == tid {
-			target = &s.txns[i]
-		}
+		target = s.txnByTID(tid)
 	}
 	if target == nil {
 		return nil, []*zodb.UndoError{{Reason: "Invalid undo transaction id"}}
@@ -292,8 +294,15 @@ func (s *Storage) undo(id []byte, p *pending, put func(zodb.DataRecord)) ([]zodb
 	var errs []*zodb.UndoError
 	for _, rec := range target.records {
 		oid := rec.OID
-		cur, _ := s.current(oid)
-		if _, inTxn := p.records[oid]; inTxn || cur.tid != tid {
+		var curTID zodb.TID
+		var curData []byte
+		var curNoData bool
+		if pr, inTxn := p.records[oid]; inTxn {
+			curTID, curData, curNoData = p.tid, pr.Data, pr.NoData
+		} else if cur, exists := s.current(oid); exists {
+			curTID, curData, curNoData = cur.tid, cur.data, cur.noData
+		}
+		if curTID != tid && (curNoData != rec.NoData || !bytes.Equal(curData, rec.Data)) {
 			errs = append(errs, &zodb.UndoError{Reason: "Some data were modified by a later transaction", OID: &oid})
 			continue
 		}
@@ -306,7 +315,6 @@ func (s *Storage) undo(id []byte, p *pending, put func(zodb.DataRecord)) ([]zodb
 			}
 		}
 		if prev < 0 {
-			// Undoing the creation.
 			put(zodb.DataRecord{OID: oid, NoData: true})
 		} else {
 			r := revs[prev]

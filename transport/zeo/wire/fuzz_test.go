@@ -178,3 +178,20 @@ func TestHandshakeRules(t *testing.T) {
 		}
 	}
 }
+
+func TestExtensionFromBuiltinsDict(t *testing.T) {
+	// What ZODB's IteratorStorage test sends: a dict subclass reduced to
+	// builtins.dict((("foo", 1),)), bytes from zodbpickle.
+	p := []byte("\x80\x03cbuiltins\ndict\nq\x00X\x03\x00\x00\x00fooq\x01K\x01\x86q\x02\x85q\x03\x85q\x04Rq\x05.")
+	v, err := DecodePickle(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ext, err := ExtensionFromValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := ExtensionDict(ext); !Equal(d, NewDict("foo", int64(1))) {
+		t.Fatalf("extension %s", Repr(d))
+	}
+}

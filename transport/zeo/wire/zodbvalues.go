@@ -288,6 +288,31 @@ func ExtensionFromValue(v any) ([]byte, error) {
 			return nil, nil
 		}
 		return AppendPickle(nil, x)
+	case Global:
+		// A dict subclass reduced to dict(items), as ZODB's tests do:
+		// builtins.dict called with a sequence of pairs or a dict.
+		if (x.Module == "builtins" || x.Module == "__builtin__") && x.Name == "dict" && x.State == nil && len(x.Args) <= 1 {
+			d := Dict{}
+			if len(x.Args) == 1 {
+				switch a := x.Args[0].(type) {
+				case Dict:
+					d = a
+				default:
+					pairs, ok := Seq(a)
+					if !ok {
+						break
+					}
+					for _, p := range pairs {
+						kv, ok := Seq(p)
+						if !ok || len(kv) != 2 {
+							return nil, fmt.Errorf("extension: dict() argument is not a sequence of pairs")
+						}
+						d = append(d, Item{Key: kv[0], Value: kv[1]})
+					}
+				}
+			}
+			return ExtensionFromValue(d)
+		}
 	}
 	return nil, fmt.Errorf("extension must be a dict, got %s", typeName(v))
 }

@@ -422,9 +422,14 @@ func TestUndo(t *testing.T) {
 		if string(rev.Data) != "v1" || rev.TID != tid3 {
 			t.Fatalf("after undo: %+v", rev)
 		}
-		// Undoing tid1 now fails: the object changed since.
+		// Once the object holds data that tid1 did not write, undoing tid1
+		// fails. (Right after the undo it would work, as in FileStorage:
+		// the current data is then tid1's.)
+		if _, err := commit(e.ctx, c, store(o, tid3, "v3")); err != nil {
+			t.Fatal(err)
+		}
 		log, _ = c.UndoLog(e.ctx, 0, -20, nil)
-		_, err = commit(e.ctx, c, zodb.Op{Kind: zodb.OpUndo, UndoID: log[2].ID})
+		_, err = commit(e.ctx, c, zodb.Op{Kind: zodb.OpUndo, UndoID: log[3].ID})
 		var mu *zodb.MultipleUndoErrors
 		if !errors.As(err, &mu) || len(mu.Errs) != 1 || mu.Errs[0].OID == nil || *mu.Errs[0].OID != o {
 			t.Fatalf("failing undo: %#v", err)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -127,7 +128,8 @@ func (c *conn) serve() {
 }
 
 func isEOF(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncatedFrame) || errors.Is(err, net.ErrClosed)
+	return errors.Is(err, io.EOF) || errors.Is(err, wire.ErrTruncatedFrame) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // cleanup runs when the reader stops: abort the transaction, leave the
