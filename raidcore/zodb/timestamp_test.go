@@ -189,8 +189,8 @@ func TestTimeRoundTrip(t *testing.T) {
 func TestClassName(t *testing.T) {
 	for data, want := range map[string]string{
 		"\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.\x80\x03}q\x01.": "persistent.mapping.PersistentMapping",
-		"\x80\x03csampleapp.models\nNewArgsItem\nq\x00N\x86q\x01.":                "sampleapp.models.NewArgsItem",
-		"(cBTrees.OOBTree\nOOBTree\nq\x01Ntq\x02.":                                "BTrees.OOBTree.OOBTree",
+		"\x80\x03csampleapp.models\nNewArgsItem\nq\x00N\x86q\x01.":              "sampleapp.models.NewArgsItem",
+		"(cBTrees.OOBTree\nOOBTree\nq\x01Ntq\x02.":                              "BTrees.OOBTree.OOBTree",
 		"garbage": "", "": "", "\x80\x03cno-newline": "",
 	} {
 		if got := ClassName([]byte(data)); got != want {
