@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"math/big"
-	"sort"
 	"strings"
 )
 
@@ -274,12 +273,6 @@ func repr(sb *strings.Builder, v any) {
 	default:
 		fmt.Fprintf(sb, "%v", x)
 	}
-}
-
-// sortDict orders a decoded dict's items by key, so that decoding is
-// deterministic where the source order is unknown.
-func sortDict(d Dict) {
-	sort.SliceStable(d, func(i, j int) bool { return Repr(d[i].Key) < Repr(d[j].Key) })
 }
 
 // NewDict builds a Dict from alternating keys and values.
