@@ -113,9 +113,9 @@ func tagged(t testing.TB, v any) any {
 			var d Dict
 			for _, kv := range x["dict"].([]any) {
 				p := kv.([]any)
-				d = append(d, Item{tagged(t, p[0]), tagged(t, p[1])})
+				d = append(d, Item{Key: tagged(t, p[0]), Value: tagged(t, p[1])})
 			}
-			d = append(d, Item{"args", Tuple(taggedSeq(t, x["args"]))})
+			d = append(d, Item{Key: "args", Value: Tuple(taggedSeq(t, x["args"]))})
 			return Global{Module: "ZODB.POSException", Name: "_recon", Args: []any{
 				Global{Module: class[:dot], Name: class[dot+1:]}, d}}
 		case x["bytes"] != nil:
@@ -140,7 +140,7 @@ func tagged(t testing.TB, v any) any {
 			var d Dict
 			for _, kv := range x["dict"].([]any) {
 				p := kv.([]any)
-				d = append(d, Item{tagged(t, p[0]), tagged(t, p[1])})
+				d = append(d, Item{Key: tagged(t, p[0]), Value: tagged(t, p[1])})
 			}
 			if d == nil {
 				d = Dict{}

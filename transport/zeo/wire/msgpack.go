@@ -10,6 +10,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/vmihailenco/msgpack/v5/msgpcode"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/pickle"
 )
 
 // AppendMsgpack appends the msgpack encoding of v to buf, as Python's
@@ -25,8 +26,8 @@ func AppendMsgpack(buf []byte, v any) ([]byte, error) {
 }
 
 func encodeMsgpack(enc *msgpack.Encoder, b *bytes.Buffer, v any, depth int) error {
-	if depth > maxEncodeNesting {
-		return fmt.Errorf("wire: value nested deeper than %d levels", maxEncodeNesting)
+	if depth > pickle.MaxNesting {
+		return fmt.Errorf("wire: value nested deeper than %d levels", pickle.MaxNesting)
 	}
 	switch x := v.(type) {
 	case nil:
@@ -79,7 +80,7 @@ func encodeMsgpack(enc *msgpack.Encoder, b *bytes.Buffer, v any, depth int) erro
 	case *zodb.RemoteError:
 		return encodeMsgpackArray(enc, b, []any{x.Class, x.Raw}, depth)
 	case zodb.PythonError:
-		return encodeMsgpackArray(enc, b, []any{x.PythonClass(), payloadValue(x.PythonPayload())}, depth)
+		return encodeMsgpackArray(enc, b, []any{x.PythonClass(), pickle.PayloadValue(x.PythonPayload())}, depth)
 	case Global:
 		return fmt.Errorf("wire: cannot send global %s.%s in msgpack", x.Module, x.Name)
 	}
@@ -123,8 +124,8 @@ func DecodeMsgpack(data []byte) (any, error) {
 }
 
 func decodeMsgpack(dec *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) {
-	if depth > maxDecodeDepth {
-		return nil, fmt.Errorf("nested deeper than %d levels", maxDecodeDepth)
+	if depth > pickle.MaxDepth {
+		return nil, fmt.Errorf("nested deeper than %d levels", pickle.MaxDepth)
 	}
 	c, err := dec.PeekCode()
 	if err != nil {

@@ -19,7 +19,13 @@ func fromOgRek(x any) (any, bool) {
 	case bool, int64, float64, string:
 		return v, true
 	case *big.Int:
-		return normInt(v), true
+		if v.IsInt64() {
+			return v.Int64(), true
+		}
+		if v.IsUint64() {
+			return v.Uint64(), true
+		}
+		return v, true
 	case ogórek.Bytes:
 		return []byte(v), true
 	case ogórek.ByteString:
@@ -52,7 +58,7 @@ func fromOgRek(x any) (any, bool) {
 				ok = false
 				return false
 			}
-			out = append(out, Item{ck, cv})
+			out = append(out, Item{Key: ck, Value: cv})
 			return true
 		})
 		return out, ok

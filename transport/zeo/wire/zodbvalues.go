@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/pickle"
 )
 
 // ErrorValue returns the (class_name, payload) pair of a ZEO error reply
@@ -17,7 +18,7 @@ func ErrorValue(err error) Tuple {
 	}
 	var pe zodb.PythonError
 	if errors.As(err, &pe) {
-		return Tuple{pe.PythonClass(), payloadValue(pe.PythonPayload())}
+		return Tuple{pe.PythonClass(), pickle.PayloadValue(pe.PythonPayload())}
 	}
 	return Tuple{"ZODB.POSException.StorageError", Tuple{err.Error()}}
 }
@@ -172,7 +173,7 @@ func AsBytes(v any) ([]byte, error) {
 	if b, ok := v.([]byte); ok {
 		return b, nil
 	}
-	return nil, fmt.Errorf("expected bytes, got %s", typeName(v))
+	return nil, fmt.Errorf("expected bytes, got %s", pickle.TypeName(v))
 }
 
 // AsText returns a text argument.
@@ -180,14 +181,14 @@ func AsText(v any) (string, error) {
 	if s, ok := v.(string); ok {
 		return s, nil
 	}
-	return "", fmt.Errorf("expected str, got %s", typeName(v))
+	return "", fmt.Errorf("expected str, got %s", pickle.TypeName(v))
 }
 
 // AsOID returns an 8-byte oid argument.
 func AsOID(v any) (zodb.OID, error) {
 	b, ok := v.([]byte)
 	if !ok || len(b) != 8 {
-		return zodb.OID{}, fmt.Errorf("expected an 8-byte oid, got %s", typeName(v))
+		return zodb.OID{}, fmt.Errorf("expected an 8-byte oid, got %s", pickle.TypeName(v))
 	}
 	return zodb.OID(b), nil
 }
@@ -196,7 +197,7 @@ func AsOID(v any) (zodb.OID, error) {
 func AsTID(v any) (zodb.TID, error) {
 	b, ok := v.([]byte)
 	if !ok || len(b) != 8 {
-		return zodb.TID{}, fmt.Errorf("expected an 8-byte tid, got %s", typeName(v))
+		return zodb.TID{}, fmt.Errorf("expected an 8-byte tid, got %s", pickle.TypeName(v))
 	}
 	return zodb.TID(b), nil
 }
@@ -215,7 +216,7 @@ func AsInt(v any) (int64, error) {
 	if n, ok := Int(v); ok {
 		return n, nil
 	}
-	return 0, fmt.Errorf("expected int, got %s", typeName(v))
+	return 0, fmt.Errorf("expected int, got %s", pickle.TypeName(v))
 }
 
 // AsFloat returns a number argument as float64.
@@ -226,33 +227,7 @@ func AsFloat(v any) (float64, error) {
 	if n, ok := Int(v); ok {
 		return float64(n), nil
 	}
-	return 0, fmt.Errorf("expected float, got %s", typeName(v))
-}
-
-func typeName(v any) string {
-	switch x := v.(type) {
-	case nil:
-		return "None"
-	case bool:
-		return "bool"
-	case int64, uint64, int:
-		return "int"
-	case float64:
-		return "float"
-	case string:
-		return "str"
-	case []byte:
-		return fmt.Sprintf("bytes of length %d", len(x))
-	case Tuple:
-		return "tuple"
-	case List:
-		return "list"
-	case Dict:
-		return "dict"
-	case Global:
-		return x.Module + "." + x.Name
-	}
-	return fmt.Sprintf("%T", v)
+	return 0, fmt.Errorf("expected float, got %s", pickle.TypeName(v))
 }
 
 // OIDList converts oids to a List of bytes.
@@ -314,7 +289,7 @@ func ExtensionFromValue(v any) ([]byte, error) {
 			return ExtensionFromValue(d)
 		}
 	}
-	return nil, fmt.Errorf("extension must be a dict, got %s", typeName(v))
+	return nil, fmt.Errorf("extension must be a dict, got %s", pickle.TypeName(v))
 }
 
 // ExtensionDict decodes a stored extension into its dict; an extension that

@@ -1,4 +1,4 @@
-package wire
+package pickle
 
 import (
 	"encoding/binary"
@@ -15,24 +15,27 @@ import (
 // memo (the same list referenced many times), so building the result counts
 // every node it makes.
 const (
-	maxDecodeDepth = 100
+	MaxDepth = 100
 	// minNodeBudget is the node budget of a tiny frame; larger frames get
 	// a budget proportional to their length.
 	minNodeBudget = 1 << 12
 	maxMemo       = 1 << 20
 )
 
-var errPickleEOF = errors.New("wire: pickle ends before STOP")
+var errPickleEOF = errors.New("pickle: pickle ends before STOP")
 
-// DecodePickle decodes one pickle (a whole frame payload) into a Value. It
+// Decode decodes one pickle (a whole frame payload) into a Value. It
 // understands every opcode Python peers emit for ZEO messages (protocols
 // 0-5, memo, globals with REDUCE, NEWOBJ and BUILD, which become Global
 // values); it refuses persistent ids, extension codes and sets.
-func DecodePickle(data []byte) (any, error) {
+func Decode(data []byte) (any, error) {
 	d := pickleDecoder{data: data, budget: minNodeBudget + 4*len(data)}
 	v, err := d.run()
 	if err != nil {
-		return nil, fmt.Errorf("wire: bad pickle at byte %d: %w", d.pos, err)
+		return nil, fmt.Errorf("pickle: bad pickle at byte %d: %w", d.pos, err)
+	}
+	if d.pos != len(data) {
+		return nil, fmt.Errorf("pickle: %d bytes after STOP", len(data)-d.pos)
 	}
 	return v, nil
 }
@@ -54,6 +57,12 @@ type pickleDecoder struct {
 	marks  []int
 	memo   map[uint32]any
 	budget int
+	// persistent, when set, receives every persistent id (PERSID,
+	// BINPERSID); otherwise they are refused. Its result replaces the id.
+	persistent func(pid any) (any, error)
+	// lenient applies BUILD, APPEND and SETITEM to whatever object is
+	// there, as Python's noload does, instead of refusing.
+	lenient bool
 }
 
 func (d *pickleDecoder) need(n int) ([]byte, error) {
@@ -477,9 +486,62 @@ func (d *pickleDecoder) run() (any, error) {
 			}
 			g, ok := obj.(*pGlobal)
 			if !ok || g.state != nil {
+				if d.lenient {
+					continue
+				}
 				return nil, errors.New("BUILD on something that is not a fresh object")
 			}
 			g.state = state
+		case 'P', 'Q': // PERSID (text), BINPERSID
+			var pid any
+			if op == 'P' {
+				l, err := d.line()
+				if err != nil {
+					return nil, err
+				}
+				pid = append([]byte{}, l...)
+			} else if pid, err = d.pop(); err != nil {
+				return nil, err
+			}
+			if d.persistent == nil {
+				return nil, errors.New("persistent id in a pickle that may not have any")
+			}
+			fin, err := d.finish(pid, 0)
+			if err != nil {
+				return nil, err
+			}
+			v, err := d.persistent(fin)
+			if err != nil {
+				return nil, err
+			}
+			d.push(v)
+		case 'i': // INST module\nname\n, marked args
+			mod, err := d.line()
+			if err != nil {
+				return nil, err
+			}
+			name, err := d.line()
+			if err != nil {
+				return nil, err
+			}
+			args, err := d.popMark()
+			if err != nil {
+				return nil, err
+			}
+			d.push(&pGlobal{g: Global{Module: string(mod), Name: string(name), Args: append([]any{}, args...)}})
+		case 'o': // OBJ: MARK class args...
+			items, err := d.popMark()
+			if err != nil {
+				return nil, err
+			}
+			if len(items) == 0 {
+				return nil, errors.New("OBJ without a class")
+			}
+			g, ok := items[0].(*pGlobal)
+			if !ok || g.g.Args != nil {
+				return nil, errors.New("OBJ of something that is not a class")
+			}
+			d.push(&pGlobal{g: Global{Module: g.g.Module, Name: g.g.Name, Args: append([]any{}, items[1:]...)}})
 		default:
 			return nil, fmt.Errorf("unsupported pickle opcode 0x%02x", op)
 		}
@@ -525,7 +587,10 @@ func (d *pickleDecoder) appendTo(items []any) error {
 	}
 	pl, ok := l.(*pList)
 	if !ok {
-		return fmt.Errorf("APPEND to %s", typeName(l))
+		if _, isObj := l.(*pGlobal); isObj && d.lenient {
+			return nil // list items of a list subclass: noload drops them
+		}
+		return fmt.Errorf("APPEND to %s", TypeName(l))
 	}
 	pl.items = append(pl.items, items...)
 	return nil
@@ -538,7 +603,10 @@ func (d *pickleDecoder) setIn(items []any) error {
 	}
 	pd, ok := t.(*pDict)
 	if !ok {
-		return fmt.Errorf("SETITEM on %s", typeName(t))
+		if _, isObj := t.(*pGlobal); isObj && d.lenient {
+			return nil
+		}
+		return fmt.Errorf("SETITEM on %s", TypeName(t))
 	}
 	return pd.set(items)
 }
@@ -605,8 +673,8 @@ func (d *pickleDecoder) call(args any) error {
 
 // finish turns the decoding-time values into Values, within the budget.
 func (d *pickleDecoder) finish(v any, depth int) (any, error) {
-	if depth > maxDecodeDepth {
-		return nil, fmt.Errorf("nested deeper than %d levels", maxDecodeDepth)
+	if depth > MaxDepth {
+		return nil, fmt.Errorf("nested deeper than %d levels", MaxDepth)
 	}
 	d.budget--
 	if d.budget < 0 {

@@ -1,4 +1,4 @@
-package wire
+package pickle
 
 import (
 	"bytes"
@@ -285,4 +285,31 @@ func NewDict(kv ...any) Dict {
 		d = append(d, Item{Key: kv[i], Value: kv[i+1]})
 	}
 	return d
+}
+
+// TypeName names a value's Python type, for error messages.
+func TypeName(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "None"
+	case bool:
+		return "bool"
+	case int64, uint64, int:
+		return "int"
+	case float64:
+		return "float"
+	case string:
+		return "str"
+	case []byte:
+		return fmt.Sprintf("bytes of length %d", len(x))
+	case Tuple:
+		return "tuple"
+	case List:
+		return "list"
+	case Dict:
+		return "dict"
+	case Global:
+		return x.Module + "." + x.Name
+	}
+	return fmt.Sprintf("%T", v)
 }

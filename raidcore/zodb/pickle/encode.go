@@ -1,4 +1,4 @@
-package wire
+package pickle
 
 import (
 	"encoding/binary"
@@ -11,39 +11,39 @@ import (
 
 // Pickle opcodes (protocol 3 and the few older ones a decoder meets).
 const (
-	opMark           = '('
-	opStop           = '.'
-	opNone           = 'N'
-	opNewTrue        = 0x88
-	opNewFalse       = 0x89
-	opBinInt         = 'J'
-	opBinInt1        = 'K'
-	opBinInt2        = 'M'
-	opLong1          = 0x8a
-	opLong4          = 0x8b
-	opBinFloat       = 'G'
-	opBinUnicode     = 'X'
-	opShortBinBytes  = 'C'
-	opBinBytes       = 'B'
-	opEmptyTuple     = ')'
-	opTuple          = 't'
-	opTuple1         = 0x85
-	opTuple2         = 0x86
-	opTuple3         = 0x87
-	opEmptyList      = ']'
-	opAppend         = 'a'
-	opAppends        = 'e'
-	opEmptyDict      = '}'
-	opSetItem        = 's'
-	opSetItems       = 'u'
-	opProto          = 0x80
-	pickleBatchSize  = 1000
-	maxEncodeNesting = 200
+	opMark          = '('
+	opStop          = '.'
+	opNone          = 'N'
+	opNewTrue       = 0x88
+	opNewFalse      = 0x89
+	opBinInt        = 'J'
+	opBinInt1       = 'K'
+	opBinInt2       = 'M'
+	opLong1         = 0x8a
+	opLong4         = 0x8b
+	opBinFloat      = 'G'
+	opBinUnicode    = 'X'
+	opShortBinBytes = 'C'
+	opBinBytes      = 'B'
+	opEmptyTuple    = ')'
+	opTuple         = 't'
+	opTuple1        = 0x85
+	opTuple2        = 0x86
+	opTuple3        = 0x87
+	opEmptyList     = ']'
+	opAppend        = 'a'
+	opAppends       = 'e'
+	opEmptyDict     = '}'
+	opSetItem       = 's'
+	opSetItems      = 'u'
+	opProto         = 0x80
+	pickleBatchSize = 1000
+	MaxNesting      = 200
 )
 
-// AppendPickle appends the pickle (protocol 3, no memo, the opcodes
+// Append appends the pickle (protocol 3, no memo, the opcodes
 // zodbpickle's C pickler emits in ZEO's "fast" mode) of v to buf.
-func AppendPickle(buf []byte, v any) ([]byte, error) {
+func Append(buf []byte, v any) ([]byte, error) {
 	buf = append(buf, opProto, 3)
 	buf, err := appendPickleValue(buf, v, 0)
 	if err != nil {
@@ -53,8 +53,8 @@ func AppendPickle(buf []byte, v any) ([]byte, error) {
 }
 
 func appendPickleValue(buf []byte, v any, depth int) ([]byte, error) {
-	if depth > maxEncodeNesting {
-		return nil, fmt.Errorf("wire: value nested deeper than %d levels", maxEncodeNesting)
+	if depth > MaxNesting {
+		return nil, fmt.Errorf("pickle: value nested deeper than %d levels", MaxNesting)
 	}
 	switch x := v.(type) {
 	case nil:
@@ -141,11 +141,11 @@ func appendPickleValue(buf []byte, v any, depth int) ([]byte, error) {
 	case *zodb.RemoteError:
 		return appendPickleTuple(buf, []any{x.Class, x.Raw}, depth)
 	case zodb.PythonError:
-		return appendPickleTuple(buf, []any{x.PythonClass(), payloadValue(x.PythonPayload())}, depth)
+		return appendPickleTuple(buf, []any{x.PythonClass(), PayloadValue(x.PythonPayload())}, depth)
 	case Global:
-		return nil, fmt.Errorf("wire: refusing to pickle global %s.%s", x.Module, x.Name)
+		return nil, fmt.Errorf("pickle: refusing to pickle global %s.%s", x.Module, x.Name)
 	}
-	return nil, fmt.Errorf("wire: cannot pickle %T", v)
+	return nil, fmt.Errorf("pickle: cannot pickle %T", v)
 }
 
 func appendPickleItem(buf []byte, it Item, depth int) ([]byte, error) {
@@ -234,7 +234,7 @@ func appendPickleLong(buf []byte, n *big.Int) []byte {
 
 // payloadValue turns an error payload into its wire value: the attribute
 // dict, or the args tuple.
-func payloadValue(p zodb.Payload) any {
+func PayloadValue(p zodb.Payload) any {
 	if p.Dict != nil {
 		d := make(Dict, len(p.Dict))
 		for i, f := range p.Dict {
