@@ -305,7 +305,7 @@ func goClientScenario(t *testing.T, addr string, msgpack, ccr bool) {
 
 	// --- write conflict from a stale serial ---
 	step("write conflict from a stale serial")
-	res, err := c1.Vote(ctx, &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: a, Serial: tid1, Data: d3}}})
+	res, err := c1.Vote(ctx, &zodb.Transaction{CollectConflicts: ccr, Ops: []zodb.Op{{Kind: zodb.OpStore, OID: a, Serial: tid1, Data: d3}}})
 	if ccr {
 		// The server hands the conflict to the client.
 		if err != nil {

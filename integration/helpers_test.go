@@ -414,6 +414,12 @@ func freePort(t *testing.T) int {
 // the expected greeting.
 func startRunzeo(t *testing.T, py string, msgpack, ccr bool) *server {
 	t.Helper()
+	return startRunzeoGC(t, py, msgpack, ccr, false)
+}
+
+// startRunzeoGC is startRunzeo with the FileStorage's pack-gc setting.
+func startRunzeoGC(t *testing.T, py string, msgpack, ccr, packGC bool) *server {
+	t.Helper()
 	dir := t.TempDir()
 	want := "Z5"
 	if msgpack {
@@ -421,8 +427,8 @@ func startRunzeo(t *testing.T, py string, msgpack, ccr bool) *server {
 	}
 	for attempt := 1; ; attempt++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		// pack-gc false: the Go client test stores records that are not
-		// reachable from the root; it checks that pack drops old
+		// pack-gc false for the Go client test, which stores records that
+		// are not reachable from the root; it checks that pack drops old
 		// revisions, not garbage collection.
 		conf := fmt.Sprintf(`<zeo>
   address %s
@@ -431,9 +437,9 @@ func startRunzeo(t *testing.T, py string, msgpack, ccr bool) *server {
 </zeo>
 <filestorage 1>
   path %s
-  pack-gc false
+  pack-gc %t
 </filestorage>
-`, addr, msgpack, ccr, filepath.Join(dir, "Data.fs"))
+`, addr, msgpack, ccr, filepath.Join(dir, "Data.fs"), packGC)
 		confPath := filepath.Join(dir, "zeo.conf")
 		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)

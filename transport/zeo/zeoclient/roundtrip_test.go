@@ -326,7 +326,7 @@ func TestClientConflictResolutionMode(t *testing.T) {
 		o := oids[0]
 		tid1, _ := commit(e.ctx, c, store(o, zodb.ZeroTID, "v1"))
 		tid2, _ := commit(e.ctx, c, store(o, tid1, "v2"))
-		txn := &zodb.Transaction{Ops: []zodb.Op{store(o, tid1, "mine")}}
+		txn := &zodb.Transaction{CollectConflicts: true, Ops: []zodb.Op{store(o, tid1, "mine")}}
 		res, err := c.Vote(e.ctx, txn)
 		if err != nil || len(res.Conflicts) != 1 {
 			t.Fatalf("vote: %+v %v", res, err)

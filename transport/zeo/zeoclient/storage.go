@@ -221,6 +221,14 @@ func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 		// another round; end it, so that the next Vote starts clean.
 		c.abortRemote(s, rt)
 		c.forget(txn)
+		if !txn.CollectConflicts {
+			// The server resolves nothing (client-conflict-resolution),
+			// but this caller wants conflicts as errors.
+			cf := out.Conflicts[0]
+			ce := zodb.NewConflictError(cf.OID, cf.Committed, cf.Read)
+			ce.ClassName = zodb.ClassName(cf.Data)
+			return zodb.VoteResult{}, ce
+		}
 		return zodb.VoteResult{Conflicts: out.Conflicts}, nil
 	}
 	c.mu.Lock()
