@@ -1,7 +1,6 @@
 package memstorage
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"sort"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/txnplan"
 )
 
 type revision struct {
@@ -25,14 +25,6 @@ type txnRecord struct {
 	records []zodb.DataRecord
 }
 
-type pending struct {
-	txn     *zodb.Transaction
-	tid     zodb.TID
-	records map[zodb.OID]zodb.DataRecord
-	order   []zodb.OID
-	changed []zodb.OID
-}
-
 // Storage is the in-memory storage. The zero value is not usable; call New.
 type Storage struct {
 	name     string
@@ -46,7 +38,7 @@ type Storage struct {
 	txns    []txnRecord             // ascending tid
 	last    zodb.TID
 	nextOID uint64
-	voted   *pending
+	voted   *txnplan.Plan
 	closed  bool
 
 	subMu  sync.Mutex
@@ -200,168 +192,74 @@ func (s *Storage) vote(txn *zodb.Transaction) (zodb.VoteResult, error) {
 	if err := s.checkOpen(); err != nil {
 		return zodb.VoteResult{}, err
 	}
-	p := &pending{txn: txn, records: make(map[zodb.OID]zodb.DataRecord)}
-	if !txn.TID.IsZero() {
-		if !s.last.Less(txn.TID) {
-			return zodb.VoteResult{}, zodb.NewStorageTransactionError(
-				"explicit tid %s is not above the last committed tid %s", txn.TID, s.last)
-		}
-		p.tid = txn.TID
-	} else {
-		p.tid = zodb.NewTID(s.now(), s.last)
+	plan, res, err := txnplan.Make(view{s}, txn, s.last, s.now())
+	if err != nil || plan == nil {
+		return res, err
 	}
-	put := func(rec zodb.DataRecord) {
-		rec.TID = p.tid
-		if _, seen := p.records[rec.OID]; !seen {
-			p.order = append(p.order, rec.OID)
-		}
-		p.records[rec.OID] = rec
-	}
-	conflicts := map[zodb.OID]zodb.Conflict{}
-	var conflictOrder []zodb.OID
-	var undoErrs []*zodb.UndoError
-	for _, op := range txn.Ops {
-		cur, exists := s.current(op.OID)
-		switch op.Kind {
-		case zodb.OpStore:
-			if cur.tid != op.Serial {
-				if !txn.CollectConflicts {
-					ce := zodb.NewConflictError(op.OID, cur.tid, op.Serial)
-					ce.ClassName = zodb.ClassName(op.Data)
-					return zodb.VoteResult{}, ce
-				}
-				if _, seen := conflicts[op.OID]; !seen {
-					conflictOrder = append(conflictOrder, op.OID)
-				}
-				conflicts[op.OID] = zodb.Conflict{OID: op.OID, Committed: cur.tid, Read: op.Serial, Data: op.Data}
-				continue
-			}
-			delete(conflicts, op.OID)
-			put(zodb.DataRecord{OID: op.OID, Data: op.Data})
-		case zodb.OpCheckCurrent:
-			if cur.tid != op.Serial {
-				return zodb.VoteResult{}, zodb.NewReadConflictError(op.OID, cur.tid, op.Serial)
-			}
-		case zodb.OpDelete:
-			if !exists {
-				return zodb.VoteResult{}, &zodb.POSKeyError{OID: op.OID}
-			}
-			if cur.tid != op.Serial {
-				return zodb.VoteResult{}, zodb.NewConflictError(op.OID, cur.tid, op.Serial)
-			}
-			put(zodb.DataRecord{OID: op.OID, NoData: true})
-		case zodb.OpRestore:
-			put(zodb.DataRecord{OID: op.OID, Data: op.Data, NoData: op.NoData, DataTxn: op.PrevTxn})
-		case zodb.OpUndo:
-			oids, errs := s.undo(op.UndoID, p, put)
-			undoErrs = append(undoErrs, errs...)
-			p.changed = append(p.changed, oids...)
-		}
-	}
-	if len(undoErrs) > 0 {
-		return zodb.VoteResult{}, &zodb.MultipleUndoErrors{Errs: undoErrs}
-	}
-	if len(conflictOrder) > 0 {
-		res := zodb.VoteResult{}
-		for _, oid := range conflictOrder {
-			if c, ok := conflicts[oid]; ok {
-				res.Conflicts = append(res.Conflicts, c)
-			}
-		}
-		if len(res.Conflicts) > 0 {
-			return res, nil
-		}
-	}
-	s.voted = p
-	return zodb.VoteResult{Changed: slices.Clone(p.changed)}, nil
+	s.voted = plan
+	return res, nil
 }
 
-// undo computes the records undoing the transaction named by id, the way
-// FileStorage does: an object can be undone when its current state (in
-// this transaction if it was already written here, else the committed one)
-// is the state the undone transaction wrote; it goes back to the revision
-// before that transaction (an undone creation when there was none).
-func (s *Storage) undo(id []byte, p *pending, put func(zodb.DataRecord)) ([]zodb.OID, []*zodb.UndoError) {
-	tid, ok := zodb.TIDFromUndoID(id)
-	var target *txnRecord
-	if ok {
-		target = s.txnByTID(tid)
+// view is the committed state for txnplan; s.mu is held.
+type view struct{ s *Storage }
+
+func (v view) Current(oid zodb.OID) (txnplan.Rev, bool, error) {
+	r, ok := v.s.current(oid)
+	return txnplan.Rev{TID: r.tid, Data: r.data, NoData: r.noData}, ok, nil
+}
+
+func (v view) Before(oid zodb.OID, tid zodb.TID) (txnplan.Rev, bool, error) {
+	revs := v.s.objects[oid]
+	for i := len(revs) - 1; i >= 0; i-- {
+		if revs[i].tid.Less(tid) {
+			r := revs[i]
+			return txnplan.Rev{TID: r.tid, Data: r.data, NoData: r.noData}, true, nil
+		}
 	}
-	if target == nil {
-		return nil, []*zodb.UndoError{{Reason: "Invalid undo transaction id"}}
+	return txnplan.Rev{}, false, nil
+}
+
+func (v view) Records(tid zodb.TID) ([]zodb.DataRecord, bool, error) {
+	t := v.s.txnByTID(tid)
+	if t == nil {
+		return nil, false, nil
 	}
-	var oids []zodb.OID
-	var errs []*zodb.UndoError
-	for _, rec := range target.records {
-		oid := rec.OID
-		var curTID zodb.TID
-		var curData []byte
-		var curNoData bool
-		if pr, inTxn := p.records[oid]; inTxn {
-			curTID, curData, curNoData = p.tid, pr.Data, pr.NoData
-		} else if cur, exists := s.current(oid); exists {
-			curTID, curData, curNoData = cur.tid, cur.data, cur.noData
-		}
-		if curTID != tid && (curNoData != rec.NoData || !bytes.Equal(curData, rec.Data)) {
-			errs = append(errs, &zodb.UndoError{Reason: "Some data were modified by a later transaction", OID: &oid})
-			continue
-		}
-		revs := s.objects[oid]
-		prev := -1
-		for i := len(revs) - 1; i >= 0; i-- {
-			if revs[i].tid.Less(tid) {
-				prev = i
-				break
-			}
-		}
-		if prev < 0 {
-			put(zodb.DataRecord{OID: oid, NoData: true})
-		} else {
-			r := revs[prev]
-			put(zodb.DataRecord{OID: oid, Data: r.data, NoData: r.noData, DataTxn: r.tid})
-		}
-		oids = append(oids, oid)
-	}
-	return oids, errs
+	return t.records, true, nil
 }
 
 // Finish implements zodb.Committer.
 func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
 	s.mu.Lock()
 	p := s.voted
-	if p == nil || p.txn != txn {
+	if p == nil || p.Txn != txn {
 		s.mu.Unlock()
 		return zodb.ZeroTID, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote")
 	}
 	s.voted = nil
-	rec := txnRecord{tid: p.tid, status: zodb.StatusNormal, meta: txn.Meta}
+	rec := txnRecord{tid: p.TID, status: zodb.StatusNormal, meta: txn.Meta, records: p.Records}
 	if txn.Status != 0 && !txn.TID.IsZero() {
 		rec.status = txn.Status
 	}
-	oids := make([]zodb.OID, 0, len(p.order))
-	for _, oid := range p.order {
-		r := p.records[oid]
-		rec.records = append(rec.records, r)
-		s.objects[oid] = append(s.objects[oid], revision{tid: p.tid, data: r.Data, noData: r.NoData, dataTxn: r.DataTxn})
-		if n := oid.Uint64(); n > s.nextOID {
+	for _, r := range p.Records {
+		s.objects[r.OID] = append(s.objects[r.OID], revision{tid: p.TID, data: r.Data, noData: r.NoData, dataTxn: r.DataTxn})
+		if n := r.OID.Uint64(); n > s.nextOID {
 			s.nextOID = n
 		}
-		oids = append(oids, oid)
 	}
 	s.txns = append(s.txns, rec)
-	s.last = p.tid
+	s.last = p.TID
 	s.mu.Unlock()
 	// Still under the commit lock: events go out in tid order.
-	s.notify(zodb.CommitEvent{TID: p.tid, OIDs: oids, Txn: txn})
+	s.notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
 	s.unlock()
-	return p.tid, nil
+	return p.TID, nil
 }
 
 // Abort implements zodb.Committer.
 func (s *Storage) Abort(ctx context.Context, txn *zodb.Transaction) error {
 	s.mu.Lock()
 	p := s.voted
-	if p == nil || p.txn != txn {
+	if p == nil || p.Txn != txn {
 		s.mu.Unlock()
 		return nil
 	}
