@@ -19,6 +19,7 @@ var commands []command
 
 func init() {
 	commands = []command{
+		{"backend", "serve storages from a data directory with the built-in crash-safe engine", runBackend},
 		{"demo", "start a ZEO server over an in-memory storage on loopback (grows into the 3-proxy demo)", runDemo},
 		{"version", "print the version", func([]string) int { fmt.Println("zeoraid", version); return 0 }},
 	}
