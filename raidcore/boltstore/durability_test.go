@@ -107,7 +107,9 @@ func TestForeignAndCorruptFiles(t *testing.T) {
 	}
 	s.Close()
 	db, _ = bolt.Open(future, 0o600, nil)
-	db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte("meta")).Put([]byte("version"), []byte{0, 0, 0, 0, 0, 0, 0, 99}) })
+	db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("version"), []byte{0, 0, 0, 0, 0, 0, 0, 99})
+	})
 	db.Close()
 	if _, err := boltstore.Open(future, boltstore.Options{}); err == nil || !strings.Contains(err.Error(), "format version 99") {
 		t.Fatalf("newer format: %v", err)
