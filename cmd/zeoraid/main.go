@@ -20,6 +20,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{"backend", "serve storages from a data directory with the built-in crash-safe engine", runBackend},
+		{"bench", "measure commits and loads against ZEO servers or proxies, side by side", runBench},
 		{"demo", "start a ZEO server over an in-memory storage on loopback (grows into the 3-proxy demo)", runDemo},
 		{"version", "print the version", func([]string) int { fmt.Println("zeoraid", version); return 0 }},
 	}

@@ -1,0 +1,180 @@
+// Package zeobench measures a ZEO target (any ZEO server or zeoraid proxy)
+// from the outside with the Go client: commit throughput and latency, and
+// load throughput and latency, with several concurrent clients. It backs
+// the "zeoraid bench" command, which compares targets in one run.
+package zeobench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoclient"
+)
+
+// Config describes one measurement.
+type Config struct {
+	Addrs    []string
+	Storage  string
+	Encoding wire.Encoding
+	// Clients is the number of concurrent client connections.
+	Clients int
+	// Duration of each phase (commits, then loads).
+	Duration time.Duration
+	// ObjectSize is the size of each stored record.
+	ObjectSize int
+	// Objects is how many objects the load phase reads from.
+	Objects int
+	// Phases: "commit", "load" or both.
+	Commit, Load bool
+}
+
+// Result is what one measurement found.
+type Result struct {
+	Target                  string
+	Commits                 int
+	CommitsPerSec           float64
+	CommitP50, CommitP99    time.Duration
+	Loads                   int
+	LoadsPerSec             float64
+	LoadP50, LoadP99        time.Duration
+	CommitErrors, LoadError int
+}
+
+// Run measures the target.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	if cfg.Clients <= 0 {
+		cfg.Clients = 4
+	}
+	if cfg.ObjectSize <= 0 {
+		cfg.ObjectSize = 200
+	}
+	if cfg.Objects <= 0 {
+		cfg.Objects = 1000
+	}
+	res := Result{Target: fmt.Sprint(cfg.Addrs)}
+	clients := make([]*zeoclient.Client, cfg.Clients)
+	for i := range clients {
+		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: cfg.Addrs, Storage: cfg.Storage, Encoding: cfg.Encoding, HeartbeatInterval: -1})
+		if err != nil {
+			return res, fmt.Errorf("connecting client %d: %w", i, err)
+		}
+		defer c.Close()
+		clients[i] = c
+	}
+	data := make([]byte, cfg.ObjectSize)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	if cfg.Commit {
+		lat, n, errs := runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+			if st.oid == nil {
+				oids, err := c.NewOIDs(ctx, 1)
+				if err != nil {
+					return err
+				}
+				st.oid = &oids[0]
+			}
+			txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("zeoraid bench")},
+				Ops: []zodb.Op{{Kind: zodb.OpStore, OID: *st.oid, Serial: st.serial, Data: data}}}
+			if _, err := c.Vote(ctx, txn); err != nil {
+				return err
+			}
+			tid, err := c.Finish(ctx, txn)
+			if err != nil {
+				return err
+			}
+			st.serial = tid
+			return nil
+		})
+		res.Commits, res.CommitErrors = n, errs
+		res.CommitsPerSec = float64(n) / cfg.Duration.Seconds()
+		res.CommitP50, res.CommitP99 = percentile(lat, 0.5), percentile(lat, 0.99)
+	}
+	if cfg.Load {
+		oids, err := populate(ctx, clients[0], cfg.Objects, data)
+		if err != nil {
+			return res, fmt.Errorf("populating %d objects: %w", cfg.Objects, err)
+		}
+		lat, n, errs := runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+			_, err := c.LoadBefore(ctx, oids[st.rng.IntN(len(oids))], zodb.MaxTID)
+			return err
+		})
+		res.Loads, res.LoadError = n, errs
+		res.LoadsPerSec = float64(n) / cfg.Duration.Seconds()
+		res.LoadP50, res.LoadP99 = percentile(lat, 0.5), percentile(lat, 0.99)
+	}
+	return res, nil
+}
+
+type clientState struct {
+	oid    *zodb.OID
+	serial zodb.TID
+	rng    *rand.Rand
+}
+
+func runPhase(ctx context.Context, clients []*zeoclient.Client, d time.Duration, op func(*zeoclient.Client, *clientState) error) ([]time.Duration, int, int) {
+	var mu sync.Mutex
+	var all []time.Duration
+	total, errs := 0, 0
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := &clientState{rng: rand.New(rand.NewPCG(uint64(i), 42))}
+			var lat []time.Duration
+			n, e := 0, 0
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				t0 := time.Now()
+				if err := op(c, st); err != nil {
+					e++
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+				n++
+			}
+			mu.Lock()
+			all = append(all, lat...)
+			total += n
+			errs += e
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return all, total, errs
+}
+
+func populate(ctx context.Context, c *zeoclient.Client, n int, data []byte) ([]zodb.OID, error) {
+	oids, err := c.NewOIDs(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+	for start := 0; start < n; start += 500 {
+		txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("zeoraid bench populate")}}
+		for _, o := range oids[start:min(n, start+500)] {
+			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpStore, OID: o, Data: data})
+		}
+		if _, err := c.Vote(ctx, txn); err != nil {
+			return nil, err
+		}
+		if _, err := c.Finish(ctx, txn); err != nil {
+			return nil, err
+		}
+	}
+	return oids, nil
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[min(len(d)-1, int(float64(len(d))*p))]
+}
