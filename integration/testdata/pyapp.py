@@ -387,6 +387,7 @@ class App:
             assert tids == sorted(tids) and len(set(tids)) == len(tids)
             assert tids[-1] == tid, (tids[-1], tid)
             self.info['transactions'] = len(tids)
+            self.info['last_tid'] = tid.hex()
             # record iteration reaches the root
             oid, tid0, data, nxt = cs.record_iternext()
             assert oid == ZODB.utils.z64, oid
