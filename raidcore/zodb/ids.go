@@ -120,3 +120,23 @@ func TIDFromBytes(b []byte) (TID, error) {
 	copy(t[:], b)
 	return t, nil
 }
+
+// MarshalText writes the oid as 16 hex digits (JSON, config files).
+func (o OID) MarshalText() ([]byte, error) { return []byte(o.String()), nil }
+
+// UnmarshalText reads hex digits.
+func (o *OID) UnmarshalText(b []byte) error {
+	v, err := ParseOID(string(b))
+	*o = v
+	return err
+}
+
+// MarshalText writes the tid as 16 hex digits (JSON, config files).
+func (t TID) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// UnmarshalText reads hex digits.
+func (t *TID) UnmarshalText(b []byte) error {
+	v, err := ParseTID(string(b))
+	*t = v
+	return err
+}
