@@ -90,6 +90,10 @@ type Coordinator interface {
 	AcquireLease(ctx context.Context, storage string, explicit zodb.TID) (*Lease, error)
 	// NewOIDs returns n oids never handed out before for the storage.
 	NewOIDs(ctx context.Context, storage string, n int) ([]zodb.OID, error)
+	// AdvanceOIDs makes sure every oid handed out from now on is above
+	// oid (a client stored or restored an object with an oid it did not
+	// get from NewOIDs).
+	AdvanceOIDs(ctx context.Context, storage string, oid zodb.OID) error
 	// SetState changes one backend's row.
 	SetState(ctx context.Context, storage, backend string, st BackendState) error
 	// AddBackend and RemoveBackend change the table's membership.

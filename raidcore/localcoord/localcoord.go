@@ -282,6 +282,30 @@ func (c *Coordinator) NewOIDs(ctx context.Context, storage string, n int) ([]zod
 	return out, nil
 }
 
+// AdvanceOIDs implements raidcore.Coordinator.
+func (c *Coordinator) AdvanceOIDs(ctx context.Context, storage string, oid zodb.OID) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, err := c.storage(storage)
+	if err != nil {
+		return err
+	}
+	n := oid.Uint64()
+	if n <= st.nextOID {
+		return nil
+	}
+	if n > st.OIDCeiling {
+		old := st.OIDCeiling
+		st.OIDCeiling = n + c.opts.OIDWindow
+		if err := c.save(); err != nil {
+			st.OIDCeiling = old
+			return err
+		}
+	}
+	st.nextOID = n
+	return nil
+}
+
 // SetState implements raidcore.Coordinator.
 func (c *Coordinator) SetState(ctx context.Context, storage, backend string, bs raidcore.BackendState) error {
 	c.mu.Lock()

@@ -1,0 +1,215 @@
+package raidcore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+)
+
+// candidates returns the optimal backends that hold every transaction up
+// to need, starting at the next one in round-robin order.
+func (a *Array) candidates(need zodb.TID) []*member {
+	opt := a.optimal()
+	a.evMu.Lock()
+	var ok []*member
+	for _, m := range opt {
+		if !m.reported.Less(need) {
+			ok = append(ok, m)
+		}
+	}
+	a.evMu.Unlock()
+	if len(ok) == 0 {
+		return nil
+	}
+	a.mu.Lock()
+	a.rr++
+	start := a.rr % len(ok)
+	a.mu.Unlock()
+	return append(ok[start:], ok[:start]...)
+}
+
+// read runs fn on one up-to-date optimal backend, and on the next one if
+// it fails (degrading the failed one). Valid answers, errors like
+// POSKeyError included, are returned as they are.
+func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ctx context.Context, st zodb.Storage) error) error {
+	tried := map[*member]bool{}
+	for {
+		var m *member
+		for _, c := range a.candidates(need) {
+			if !tried[c] {
+				m = c
+				break
+			}
+		}
+		if m == nil {
+			if len(tried) == 0 && len(a.optimal()) > 0 {
+				// Backends still catching up with need: wait for
+				// their reports, bounded.
+				if a.waitAnnounced(ctx, need) {
+					continue
+				}
+			}
+			return errNoBackend(what)
+		}
+		tried[m] = true
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
+		err := fn(rctx, m.st)
+		cancel()
+		if !isFailure(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.degrade(m, fmt.Sprintf("%s failed: %v", what, err))
+	}
+}
+
+// waitAnnounced waits until some optimal backend reported need.
+func (a *Array) waitAnnounced(ctx context.Context, need zodb.TID) bool {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
+	defer cancel()
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	for {
+		for _, m := range a.optimal() {
+			if !m.reported.Less(need) {
+				return true
+			}
+		}
+		if !waitCond(ctx, a.evCond) {
+			return false
+		}
+	}
+}
+
+// need is the last transaction a read at before must see: everything below
+// before, or everything announced for a current read.
+func (a *Array) need(before zodb.TID) zodb.TID {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	if before == zodb.MaxTID || a.announced.Less(before.Prev()) {
+		return a.announced
+	}
+	return before.Prev()
+}
+
+// LoadBefore implements zodb.Loader. The read goes to an optimal backend
+// known to hold every transaction the answer depends on (architecture
+// invariant 5).
+func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	var rev *zodb.Revision
+	err := a.read(ctx, "loadBefore", a.need(before), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		rev, err = st.LoadBefore(ctx, oid, before)
+		return err
+	})
+	return rev, err
+}
+
+// LoadSerial implements zodb.Loader.
+func (a *Array) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) ([]byte, error) {
+	var data []byte
+	err := a.read(ctx, "loadSerial", a.need(serial.Next()), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		data, err = st.LoadSerial(ctx, oid, serial)
+		return err
+	})
+	return data, err
+}
+
+// History implements zodb.Historian.
+func (a *Array) History(ctx context.Context, oid zodb.OID, size int) ([]zodb.HistoryEntry, error) {
+	var out []zodb.HistoryEntry
+	err := a.read(ctx, "history", a.need(zodb.MaxTID), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		out, err = st.History(ctx, oid, size)
+		return err
+	})
+	return out, err
+}
+
+// UndoLog implements zodb.Undoer.
+func (a *Array) UndoLog(ctx context.Context, first, last int, filter func(*zodb.UndoEntry) bool) ([]zodb.UndoEntry, error) {
+	var out []zodb.UndoEntry
+	err := a.read(ctx, "undoLog", a.need(zodb.MaxTID), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		out, err = st.UndoLog(ctx, first, last, filter)
+		return err
+	})
+	return out, err
+}
+
+// RecordIterNext implements zodb.Iterator.
+func (a *Array) RecordIterNext(ctx context.Context, from zodb.OID) (zodb.CurrentRecord, zodb.OID, bool, error) {
+	var rec zodb.CurrentRecord
+	var next zodb.OID
+	var more bool
+	err := a.read(ctx, "record_iternext", a.need(zodb.MaxTID), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		rec, next, more, err = st.RecordIterNext(ctx, from)
+		return err
+	})
+	return rec, next, more, err
+}
+
+// Iterate implements zodb.Iterator with one optimal backend's iterator.
+func (a *Array) Iterate(ctx context.Context, start, stop zodb.TID) (zodb.TransactionIterator, error) {
+	var it zodb.TransactionIterator
+	err := a.read(ctx, "iterator", a.need(zodb.MaxTID), func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		it, err = st.Iterate(ctx, start, stop)
+		return err
+	})
+	return it, err
+}
+
+// Info implements zodb.Storage with an optimal backend's numbers.
+func (a *Array) Info(ctx context.Context) (zodb.StorageInfo, error) {
+	var info zodb.StorageInfo
+	err := a.read(ctx, "info", zodb.ZeroTID, func(ctx context.Context, st zodb.Storage) error {
+		var err error
+		info, err = st.Info(ctx)
+		return err
+	})
+	info.Name = a.cfg.Storage
+	return info, err
+}
+
+// Pack implements zodb.Packer: every optimal backend packs to the same
+// time. A backend that fails to pack is degraded (its history would differ
+// from the others').
+func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
+	members := a.optimal()
+	if len(members) == 0 {
+		return errNoBackend("pack")
+	}
+	errs := make([]error, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.st.Pack(ctx, packTID)
+		}()
+	}
+	wg.Wait()
+	ok := 0
+	var first error
+	for i, m := range members {
+		if errs[i] != nil {
+			if first == nil {
+				first = errs[i]
+			}
+			a.degrade(m, fmt.Sprintf("pack to %s failed: %v", packTID, errs[i]))
+			continue
+		}
+		ok++
+	}
+	if ok == 0 {
+		return first
+	}
+	return nil
+}
