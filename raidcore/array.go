@@ -43,6 +43,8 @@ type Array struct {
 	table    Table
 	inflight map[*zodb.Transaction]*inflight
 	rr       int
+	// recoveries by backend name (running and finished)
+	recoveries map[string]*recovery
 
 	evMu      sync.Mutex
 	evCond    *sync.Cond

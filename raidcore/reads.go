@@ -182,6 +182,9 @@ func (a *Array) Info(ctx context.Context) (zodb.StorageInfo, error) {
 // time. A backend that fails to pack is degraded (its history would differ
 // from the others').
 func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
+	if a.recovering() {
+		return zodb.NewStorageError("pack refused: a recovery is running (it copies history that pack would change)")
+	}
 	members := a.optimal()
 	if len(members) == 0 {
 		return errNoBackend("pack")

@@ -1,0 +1,209 @@
+package raidcore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/localcoord"
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/storagetest"
+)
+
+// writer commits continuously until stopped, and counts its commits.
+type writer struct {
+	stop    atomic.Bool
+	commits atomic.Int64
+	done    chan error
+}
+
+func startWriter(f *fixture) *writer {
+	w := &writer{done: make(chan error, 1)}
+	go func() {
+		oids, err := f.arr.NewOIDs(f.ctx, 4)
+		if err != nil {
+			w.done <- err
+			return
+		}
+		serials := make([]zodb.TID, len(oids))
+		for i := 0; !w.stop.Load(); i++ {
+			k := i % len(oids)
+			tid, err := f.commit(storagetest.Store(oids[k], serials[k], storagetest.Record(fmt.Sprint(i))))
+			if err != nil {
+				w.done <- err
+				return
+			}
+			serials[k] = tid
+			w.commits.Add(1)
+		}
+		w.done <- nil
+	}()
+	return w
+}
+
+func (w *writer) finish(t *testing.T) {
+	w.stop.Store(true)
+	if err := <-w.done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitOptimal(t *testing.T, f *fixture, i int) {
+	t.Helper()
+	if err := f.arr.WaitRecovery(f.ctx, fmt.Sprintf("b%d", i)); err != nil {
+		t.Fatalf("recovery of b%d: %v", i, err)
+	}
+	if st := f.state(i); st.State != raidcore.Optimal {
+		t.Fatalf("b%d after recovery: %+v", i, st)
+	}
+}
+
+func TestRecoveryWhileWriting(t *testing.T) {
+	f := newFixture(t, 3)
+	w := startWriter(f)
+	time.Sleep(50 * time.Millisecond)
+	// b1 fails its votes for a while, and is degraded.
+	f.faults[1].set("vote", fail)
+	for f.state(1).State == raidcore.Optimal {
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.faults[1].set("vote", none)
+	time.Sleep(100 * time.Millisecond) // b1 falls behind
+	before := w.commits.Load()
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.state(1); st.State != raidcore.Recovering && st.State != raidcore.Optimal {
+		t.Fatalf("b1 during recovery: %+v", st)
+	}
+	waitOptimal(t, f, 1)
+	during := w.commits.Load() - before
+	time.Sleep(50 * time.Millisecond) // b1 takes part in commits again
+	w.finish(t)
+	f.identical(0, 1, 2)
+	p := f.arr.Recoveries()["b1"]
+	if p.Phase != "done" || p.Transactions == 0 || p.Bytes == 0 {
+		t.Fatalf("progress %+v", p)
+	}
+	t.Logf("recovered %d transactions (%d bytes) while %d commits happened; %d commits in all", p.Transactions, p.Bytes, during, w.commits.Load())
+	if during == 0 {
+		t.Fatal("no commit happened during the recovery; the test proves nothing")
+	}
+}
+
+func TestRecoveryOfAnEmptyBackend(t *testing.T) {
+	ctx := context.Background()
+	a, b, c := memstorage.New("a"), memstorage.New("b"), memstorage.New("c")
+	for _, s := range []*memstorage.Storage{a, b} {
+		for i := 0; i < 5; i++ {
+			txn := &zodb.Transaction{TID: zodb.TIDFromUint64(uint64(1000 + i)), Ops: []zodb.Op{{Kind: zodb.OpRestore, OID: zodb.OIDFromUint64(uint64(i + 1)), Data: storagetest.Record(fmt.Sprint(i))}}}
+			s.Vote(ctx, txn)
+			s.Finish(ctx, txn)
+		}
+	}
+	coord, _ := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+	f := &fixture{t: t, ctx: ctx, coord: coord, mems: []*memstorage.Storage{a, b, c}}
+	arr, err := raidcore.New(ctx, raidcore.Config{Storage: "1", Coord: coord, Backends: []raidcore.Backend{
+		{Name: "b0", Storage: a}, {Name: "b1", Storage: b}, {Name: "b2", Storage: c}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arr.Close()
+	f.arr = arr
+	if f.state(2).State != raidcore.Degraded {
+		t.Fatalf("empty backend at start-up: %+v", f.state(2))
+	}
+	if err := arr.Recover("b2", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitOptimal(t, f, 2)
+	f.identical(0, 1, 2)
+}
+
+func TestRecoveryRefusesABackendWithExtraTransactions(t *testing.T) {
+	f := newFixture(t, 3)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, _ := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	f.faults[2].set("vote", fail)
+	f.commit(storagetest.Store(oids[0], t1, storagetest.Record("b")))
+	f.faults[2].set("vote", none)
+	// Somebody writes to b2 behind the array's back.
+	txn := &zodb.Transaction{Ops: []zodb.Op{storagetest.Store(zodb.OIDFromUint64(999), zodb.ZeroTID, storagetest.Record("rogue"))}}
+	f.mems[2].Vote(f.ctx, txn)
+	f.mems[2].Finish(f.ctx, txn)
+	if err := f.arr.Recover("b2", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := f.arr.WaitRecovery(f.ctx, "b2")
+	if err == nil || !strings.Contains(err.Error(), "cannot be recovered in place") || f.state(2).State != raidcore.Degraded {
+		t.Fatalf("recovery of a diverged backend: %v, state %+v", err, f.state(2))
+	}
+	if p := f.arr.Recoveries()["b2"]; p.Phase != "failed" || p.Error == "" {
+		t.Fatalf("progress %+v", p)
+	}
+	t.Logf("refused with: %v", err)
+	// It was not touched.
+	if last, _ := f.mems[2].LastTransaction(f.ctx); last != txnTID(f, 2) {
+		t.Fatal("the diverged backend was written to")
+	}
+}
+
+func txnTID(f *fixture, i int) zodb.TID {
+	last, _ := f.mems[i].LastTransaction(f.ctx)
+	return last
+}
+
+func TestInterruptedRecoveryResumes(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	f.faults[1].set("vote", fail)
+	serial := zodb.ZeroTID
+	for i := 0; i < 300; i++ {
+		tid, err := f.commit(storagetest.Store(oids[0], serial, storagetest.Record(fmt.Sprint(i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		serial = tid
+	}
+	f.faults[1].set("vote", none)
+	// A slow first attempt, stopped half way.
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{MaxBytesPerSecond: 20000}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	f.arr.CancelRecovery("b1")
+	partial := f.arr.Recoveries()["b1"].Transactions
+	if partial == 0 || partial >= 300 {
+		t.Fatalf("first attempt copied %d transactions", partial)
+	}
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitOptimal(t, f, 1)
+	if second := f.arr.Recoveries()["b1"].Transactions; second+partial != 300 {
+		t.Fatalf("second attempt copied %d after %d: not resumed", second, partial)
+	}
+	f.identical(0, 1)
+}
+
+func TestPackRefusedDuringRecovery(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	f.faults[1].set("vote", fail)
+	serial := zodb.ZeroTID
+	for i := 0; i < 50; i++ {
+		serial, _ = f.commit(storagetest.Store(oids[0], serial, storagetest.Record(fmt.Sprint(i))))
+	}
+	f.faults[1].set("vote", none)
+	f.arr.Recover("b1", raidcore.RecoveryOptions{MaxBytesPerSecond: 1000})
+	defer f.arr.CancelRecovery("b1")
+	if err := f.arr.Pack(f.ctx, serial); err == nil {
+		t.Fatal("pack accepted during a recovery")
+	}
+}
+
