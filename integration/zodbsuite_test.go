@@ -12,8 +12,9 @@ import (
 
 // suiteSummary is what testdata/zodb_suites.py prints.
 type suiteSummary struct {
-	DemoArgs []string `json:"demo_args"`
-	Totals   struct {
+	DemoArgs   []string `json:"demo_args"`
+	ServerKind string   `json:"server_kind"`
+	Totals     struct {
 		Run                 int `json:"run"`
 		Passed              int `json:"passed"`
 		Failures            int `json:"failures"`
@@ -91,6 +92,33 @@ var knownOnlyIn = map[string]string{}
 // is then not checked); ZEORAID_SUITE_LEVEL=1|2 sets the level for both
 // encodings.
 func TestZODBStorageSuitesAgainstGoServer(t *testing.T) {
+	runZODBSuites(t, suiteRun{
+		kind: "demo", floors: suiteFloors, levels: suiteLevels,
+		known: knownSuiteNonPasses, knownOnlyIn: knownOnlyIn,
+	})
+}
+
+// suiteRun says which server zodb_suites.py starts and how its results
+// are judged.
+type suiteRun struct {
+	kind        string            // ZEORAID_SERVER_KIND: "demo" or "backend"
+	floors      map[string]int    // encoding/level -> least number of passes
+	levels      map[string]string // encoding -> default level
+	known       map[string]string // short test id -> why it does not pass
+	knownOnlyIn map[string]string // short test id -> the only encoding it is known in
+	// failOnNew: a test that does not pass and is not in known fails the
+	// run even when the floor is met.
+	failOnNew bool
+}
+
+// runZODBSuites runs testdata/zodb_suites.py against `zeoraid <r.kind>`,
+// one fresh server per test, in both encodings in parallel, and checks
+// the pass counts against r.floors.
+//
+// ZEORAID_SUITE_TESTS="substr ..." runs only the matching tests (the floor
+// is then not checked); ZEORAID_SUITE_LEVEL=1|2 sets the level for both
+// encodings.
+func runZODBSuites(t *testing.T, r suiteRun) {
 	if testing.Short() {
 		t.Skip("the ZODB/ZEO storage suites take about 2 minutes; skipped with -short")
 	}
@@ -109,35 +137,49 @@ func TestZODBStorageSuitesAgainstGoServer(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
 			logDir := filepath.Join(dir, "server-logs")
-			level := suiteLevels[v.name]
+			level := r.levels[v.name]
 			if l := os.Getenv("ZEORAID_SUITE_LEVEL"); l != "" {
 				level = l
 			}
-			env := []string{"ZEORAID_DEMO_ARGS=" + v.args, "ZEORAID_LOG_DIR=" + logDir, "ZEORAID_SUITE_LEVEL=" + level}
+			env := []string{"ZEORAID_SERVER_KIND=" + r.kind, "ZEORAID_SERVER_ARGS=" + v.args,
+				"ZEORAID_LOG_DIR=" + logDir, "ZEORAID_SUITE_LEVEL=" + level}
+			if r.kind == "backend" {
+				env = append(env, "ZEORAID_DATA_DIR="+filepath.Join(dir, "data"))
+			}
 			args := append([]string{script, bin}, filter...)
 			res := runPython(t, py, 8*time.Minute, dir, env, args...)
 			var sum suiteSummary
 			if err := lastJSONLine(res.Stdout, &sum); err != nil {
 				t.Fatalf("zodb_suites.py (exit %d): %v\n--- stderr:\n%s", res.ExitCode, err, tail(res.Stderr, 80))
 			}
+			if sum.ServerKind != r.kind {
+				t.Fatalf("zodb_suites.py ran against %q, want %q", sum.ServerKind, r.kind)
+			}
 			tot := sum.Totals
-			t.Logf("zeoraid demo %s, level %s: %d tests: %d passed, %d failures, %d errors, %d skipped (%.0f s)",
-				v.args, level, tot.Run, tot.Passed, tot.Failures, tot.Errors, tot.Skipped, sum.Seconds)
+			t.Logf("zeoraid %s %s, level %s: %d tests: %d passed, %d failures, %d errors, %d skipped (%.0f s)",
+				r.kind, v.args, level, tot.Run, tot.Passed, tot.Failures, tot.Errors, tot.Skipped, sum.Seconds)
 			if len(sum.NotRunLevel) > 0 {
 				t.Logf("not run at level %s: %v", level, sum.NotRunLevel)
 			}
 			t.Logf("slowest: %v", sum.Slowest)
-			reportSuiteOutcomes(t, v.name, &sum)
+			if fresh := reportSuiteOutcomes(t, v.name, &sum, r.known, r.knownOnlyIn); len(fresh) > 0 && r.failOnNew {
+				t.Errorf("%d tests did not pass that are not known not to (see NEW above): %v", len(fresh), fresh)
+			}
 			if len(sum.WatchdogKills) > 0 {
 				t.Errorf("tests that hung and had their servers killed: %v", sum.WatchdogKills)
 			}
 			checkSuiteLogs(t, logDir)
+			if r.kind == "backend" {
+				if left, _ := filepath.Glob(filepath.Join(dir, "data", "*")); len(left) > 0 {
+					t.Errorf("zodb_suites.py left %d data directories behind: %v", len(left), left[:min(3, len(left))])
+				}
+			}
 			if len(filter) > 0 {
 				t.Logf("ZEORAID_SUITE_TESTS set: not checking the floor")
 				return
 			}
 			key := v.name + "/" + level
-			floor, ok := suiteFloors[key]
+			floor, ok := r.floors[key]
 			if !ok {
 				t.Fatalf("no floor for %s (ZEORAID_SUITE_LEVEL must be 1 or 2)", key)
 			}
@@ -148,27 +190,27 @@ func TestZODBStorageSuitesAgainstGoServer(t *testing.T) {
 			case tot.Passed < floor:
 				t.Errorf("%d tests passed, below the floor of %d", tot.Passed, floor)
 			case tot.Passed > floor:
-				t.Logf("%d tests passed, above the floor of %d: raise suiteFloors[%q]", tot.Passed, floor, key)
+				t.Logf("%d tests passed, above the floor of %d: raise the %s floor for %q", tot.Passed, floor, r.kind, key)
 			}
 		})
 	}
 }
 
 // reportSuiteOutcomes logs every test that did not pass, marking the ones
-// knownSuiteNonPasses does not explain as NEW, and the known ones that now
-// pass.
-func reportSuiteOutcomes(t *testing.T, encoding string, sum *suiteSummary) {
+// knownNonPasses does not explain as NEW, and the known ones that now
+// pass. It returns the NEW ones.
+func reportSuiteOutcomes(t *testing.T, encoding string, sum *suiteSummary, knownNonPasses, knownOnlyIn map[string]string) (fresh []string) {
 	t.Helper()
 	var ids []string
 	for id := range sum.Outcomes {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	var known, fresh []string
+	var known, freshLines []string
 	for _, id := range ids {
 		o := sum.Outcomes[id]
 		short := id[strings.IndexByte(id, '.')+1:] // drop the module
-		why, isKnown := knownSuiteNonPasses[short]
+		why, isKnown := knownNonPasses[short]
 		if only, ok := knownOnlyIn[short]; ok && only != encoding {
 			isKnown = false
 		}
@@ -181,15 +223,17 @@ func reportSuiteOutcomes(t *testing.T, encoding string, sum *suiteSummary) {
 		if isKnown {
 			known = append(known, fmt.Sprintf("  %-5s %s -- %s\n        %s", o, short, why, lastLine(sum.Details[id])))
 		} else {
-			fresh = append(fresh, fmt.Sprintf("  %-5s %s NEW\n%s", o, short, indent(tail(sum.Details[id], 25), "        ")))
+			fresh = append(fresh, short)
+			freshLines = append(freshLines, fmt.Sprintf("  %-5s %s NEW\n%s", o, short, indent(tail(sum.Details[id], 25), "        ")))
 		}
 	}
 	if len(known) > 0 {
 		t.Logf("known non-passing tests (%d):\n%s", len(known), strings.Join(known, "\n"))
 	}
-	if len(fresh) > 0 {
-		t.Logf("NEW non-passing tests (%d):\n%s", len(fresh), strings.Join(fresh, "\n"))
+	if len(freshLines) > 0 {
+		t.Logf("NEW non-passing tests (%d):\n%s", len(freshLines), strings.Join(freshLines, "\n"))
 	}
+	return fresh
 }
 
 // checkSuiteLogs fails the test if a server log reports a data race, a

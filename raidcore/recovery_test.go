@@ -206,4 +206,3 @@ func TestPackRefusedDuringRecovery(t *testing.T) {
 		t.Fatal("pack accepted during a recovery")
 	}
 }
-

@@ -8,8 +8,18 @@ prints one JSON object on the last line of stdout:
     {"protocol": "Z5", "ccr": true, "passed": N, "failed": M,
      "checks": {"name": "ok" | "FAIL: <traceback>", ...}, "info": {...}}
 
-It exits 0 only when every check passed. Written for zeoraid's
-integration tests (integration/pyapp_test.go); it contains no ZODB/ZEO code.
+It exits 0 only when every check passed.
+
+       python3 pyapp.py --verify-restart HOST:PORT EXPECTED_PROTOCOL CCR INFO_JSON
+
+checks, against a server restarted on the same data after a normal run,
+that everything the run committed is still there (INFO_JSON is the "info"
+object of that run's summary: last tid, transactions, undo log), and
+that the restarted server hands out fresh oids and later tids. It prints
+the same kind of summary.
+
+Written for zeoraid's integration tests (integration/pyapp_test.go,
+integration/backend_test.go); it contains no ZODB/ZEO code.
 """
 
 import json
@@ -18,6 +28,7 @@ import time
 import traceback
 
 import transaction
+import BTrees.check
 from BTrees.OOBTree import OOBTree
 from persistent import Persistent
 from persistent.list import PersistentList
@@ -383,11 +394,20 @@ class App:
                 'new client lastTransaction %r != %r' % (
                     cs.lastTransaction(), tid)
             # iteration agrees
-            tids = [t.tid for t in cs.iterator()]
+            txns = [(t.tid, t.description, t.user, len(list(t)))
+                    for t in cs.iterator()]
+            tids = [t[0] for t in txns]
             assert tids == sorted(tids) and len(set(tids)) == len(tids)
             assert tids[-1] == tid, (tids[-1], tid)
             self.info['transactions'] = len(tids)
             self.info['last_tid'] = tid.hex()
+            # for --verify-restart: history and undo log must survive it
+            self.info['txn_log'] = [
+                [t.hex(), self.text(d), self.text(u), n]
+                for t, d, u, n in txns]
+            self.info['undo_log'] = [
+                [e['id'].hex(), self.text(e['description'])]
+                for e in cs.undoLog(0, 50)]
             # record iteration reaches the root
             oid, tid0, data, nxt = cs.record_iternext()
             assert oid == ZODB.utils.z64, oid
@@ -398,11 +418,13 @@ class App:
     # --------------------------------------------------------------------
 
     def run(self):
-        checks = [
+        return self.run_checks([
             'protocol', 'objects', 'btree', 'invalidation', 'conflict',
             'btree_conflict_small', 'btree_conflict_bucket', 'undo',
             'history', 'pack', 'last_transaction',
-        ]
+        ])
+
+    def run_checks(self, checks):
         results = {}
         for name in checks:
             t0 = time.monotonic()
@@ -429,12 +451,162 @@ class App:
         }
 
 
+class RestartCheck(App):
+    """What App committed, read back from a restarted server."""
+
+    def __init__(self, addr, protocol, ccr, before):
+        super().__init__(addr, protocol, ccr)
+        self.before = before  # App's info
+
+    def check_protocol(self):
+        db = self.dbA = self.open_db('A')
+        st = db.storage
+        assert st.is_connected(), 'not connected'
+        assert st.protocol_version == self.protocol.encode(), \
+            'protocol_version %r, want %r' % (st.protocol_version,
+                                               self.protocol)
+
+    def check_last_transaction(self):
+        st = self.dbA.storage
+        got = st.lastTransaction().hex()
+        self.info['last_tid'] = got
+        assert got == self.before['last_tid'], \
+            'lastTransaction after restart %s, before %s' % (
+                got, self.before['last_tid'])
+        assert self.dbA.lastTransaction().hex() == got
+
+    def check_iteration(self):
+        st = self.dbA.storage
+        tids = []
+        records = 0
+        txn_log = []
+        for txn in st.iterator():
+            tids.append(txn.tid)
+            n = 0
+            for rec in txn:
+                n += 1
+                records += 1
+                if rec.data is not None:
+                    data = st.loadSerial(rec.oid, txn.tid)
+                    assert data == rec.data, \
+                        'loadSerial(%r, %r) differs from the iterator' % (
+                            rec.oid, txn.tid)
+            txn_log.append([txn.tid.hex(), self.text(txn.description),
+                            self.text(txn.user), n])
+        self.info['transactions'] = len(tids)
+        self.info['records'] = records
+        assert tids == sorted(tids) and len(set(tids)) == len(tids), tids
+        assert len(tids) == self.before['transactions'], \
+            '%d transactions after restart, %d before' % (
+                len(tids), self.before['transactions'])
+        assert tids[-1].hex() == self.before['last_tid']
+        assert txn_log == self.before['txn_log'], \
+            'transactions after restart:\n%r\nbefore:\n%r' % (
+                txn_log, self.before['txn_log'])
+        log = [[e['id'].hex(), self.text(e['description'])]
+               for e in st.undoLog(0, 50)]
+        assert log == self.before['undo_log'], \
+            'undo log after restart:\n%r\nbefore:\n%r' % (
+                log, self.before['undo_log'])
+
+    def check_objects(self):
+        db, tm, conn, r = self.fresh_root()
+        keys = {'map', 'list', 'thing', 'nested', 'tree', 'small_tree',
+                'undo_me', 'hist', 'last'}
+        assert set(r.keys()) == keys, sorted(r.keys())
+        assert dict(r['map']) == {'a': 100, 'b': 'from A',
+                                  'c': b'\x00\xff'}, dict(r['map'])
+        assert list(r['list']) == [1, 2.5, 'three', None, (4, 5)], \
+            list(r['list'])
+        th = r['thing']
+        assert isinstance(th, Thing), type(th)
+        assert (th.name, th.size, list(th.tags)) == \
+            ('widget', 8, ['x', 'y', 'z']), (th.name, th.size, list(th.tags))
+        assert r['nested']['inner']['deep'][0] is th, \
+            'shared reference not preserved'
+        assert r['undo_me']['v'] == 1, r['undo_me']['v']
+        assert r['hist']['n'] == 3, r['hist']['n']
+        hist = db.history(r['hist']._p_oid, size=10)
+        assert len(hist) == 1, 'history after pack and restart: %d' % len(hist)
+        assert r['last'] == 'x', r['last']
+        conn.close()
+
+    def check_btree(self):
+        db, tm, conn, r = self.fresh_root()
+        t = r['tree']
+        BTrees.check.check(t)  # internal structure
+        t._check()
+        n = 3000
+        extra = {'k01000a': 'A'}
+        if self.ccr:
+            extra['k01000b'] = 'B'
+        assert len(t) == n + len(extra), len(t)
+        for i in range(n):
+            k = 'k%05d' % (i * 10)
+            assert t[k] == i, (k, t.get(k))
+        for k, v in extra.items():
+            assert t[k] == v, (k, t.get(k))
+        assert list(t.keys()) == sorted(t.keys())
+        buckets = 0
+        b = t._firstbucket
+        while b is not None:
+            buckets += 1
+            b = b._next
+        assert buckets > 10, 'only %d buckets' % buckets
+        self.info['btree_buckets'] = buckets
+        small = r['small_tree']
+        BTrees.check.check(small)
+        want = {'a': 1, 'm': 2, 'z': 3, 'b': 'A'}
+        if self.ccr:
+            want['c'] = 'B'
+        assert dict(small.items()) == want, dict(small.items())
+        conn.close()
+
+    def check_write_after_restart(self):
+        st = self.dbA.storage
+        # every current oid
+        oids = set()
+        nxt = None
+        while True:
+            oid, tid, data, nxt = st.record_iternext(nxt)
+            oids.add(oid)
+            if nxt is None:
+                break
+        self.info['objects'] = len(oids)
+        tm, conn = self.open(self.dbA)
+        root = conn.root()
+        root['after_restart'] = m = PersistentMapping({'ok': True})
+        root['tree']['k99999'] = 'after'
+        tm.get().note('after restart')
+        tm.commit()
+        assert m._p_oid not in oids, 'oid %r reissued after restart' % m._p_oid
+        assert m._p_oid > max(oids), (m._p_oid, max(oids))
+        assert m._p_serial.hex() > self.before['last_tid'], \
+            (m._p_serial.hex(), self.before['last_tid'])
+        conn.close()
+        db, tm2, conn2, r = self.fresh_root()
+        assert r['after_restart']['ok'] is True
+        assert r['tree']['k99999'] == 'after'
+        BTrees.check.check(r['tree'])
+        conn2.close()
+
+    def run(self):
+        return self.run_checks([
+            'protocol', 'last_transaction', 'iteration', 'objects', 'btree',
+            'write_after_restart'])
+
+
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) == 6 and sys.argv[1] == '--verify-restart':
+        host, port = sys.argv[2].rsplit(':', 1)
+        app = RestartCheck((host, int(port)), sys.argv[3], sys.argv[4] == 'on',
+                           json.loads(sys.argv[5]))
+    elif len(sys.argv) == 4:
+        host, port = sys.argv[1].rsplit(':', 1)
+        app = App((host, int(port)), sys.argv[2], sys.argv[3] == 'on')
+    else:
         print(__doc__, file=sys.stderr)
         return 2
-    host, port = sys.argv[1].rsplit(':', 1)
-    app = App((host, int(port)), sys.argv[2], sys.argv[3] == 'on')
     summary = app.run()
     print(json.dumps(summary, default=repr))
     return 0 if summary['failed'] == 0 else 1

@@ -2,9 +2,16 @@
 
 Usage: python3 zodb_suites.py ZEORAID_BINARY [substring ...]
 
-Every test gets a fresh `zeoraid demo --listen 127.0.0.1:0` process
-(extra flags from the environment variable ZEORAID_DEMO_ARGS, e.g.
-"--msgpack"), and talks to it through the real ZEO.ClientStorage. The test
+Every test gets a fresh zeoraid server process and talks to it through the
+real ZEO.ClientStorage. ZEORAID_SERVER_KIND selects the server:
+
+  demo     (default) `zeoraid demo --listen 127.0.0.1:0`, in-memory storage;
+  backend  `zeoraid backend --listen 127.0.0.1:0 --data DIR`, the bbolt
+           storage, DIR a fresh temporary directory per server (under
+           ZEORAID_DATA_DIR if set), removed when the server stops.
+
+Extra flags come from ZEORAID_SERVER_ARGS (ZEORAID_DEMO_ARGS is its older
+name), e.g. "--msgpack". The test
 classes are composed the way ZEO's own testZEO.FileStorageTests (that is,
 FullGenericTests) is, plus ZODB's HistoryStorage, PersistentStorage and,
 with two servers per test, RecoveryStorage -- the same composition the
@@ -39,6 +46,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +63,15 @@ from ZODB.tests import RecoveryStorage
 from ZODB.tests import StorageTestBase
 
 BINARY = None
-DEMO_ARGS = shlex.split(os.environ.get('ZEORAID_DEMO_ARGS', ''))
+SERVER_KIND = os.environ.get('ZEORAID_SERVER_KIND') or 'demo'
+if SERVER_KIND not in ('demo', 'backend'):
+    raise SystemExit('ZEORAID_SERVER_KIND must be demo or backend, not %r'
+                     % SERVER_KIND)
+DEMO_ARGS = shlex.split(os.environ.get('ZEORAID_SERVER_ARGS') or
+                        os.environ.get('ZEORAID_DEMO_ARGS', ''))
+# Parent of the backends' data directories (removed at exit if we made it).
+DATA_ROOT = os.environ.get('ZEORAID_DATA_DIR') or None
+_made_data_root = False
 LOG_DIR = os.path.abspath(os.environ.get('ZEORAID_LOG_DIR') or
                           tempfile.mkdtemp(prefix='zeoraid-suite-logs-'))
 # A test running longer than this gets its servers killed, so that a hung
@@ -70,8 +86,17 @@ _live_lock = threading.Lock()
 _server_seq = [0]
 
 
+def data_root():
+    global DATA_ROOT, _made_data_root
+    if DATA_ROOT is None:
+        DATA_ROOT = tempfile.mkdtemp(prefix='zeoraid-suite-data-')
+        _made_data_root = True
+    os.makedirs(DATA_ROOT, exist_ok=True)
+    return DATA_ROOT
+
+
 def start_server(test_id):
-    """Start a zeoraid demo server; return ((host, port), stop)."""
+    """Start a zeoraid server; return ((host, port), stop)."""
     with _live_lock:
         _server_seq[0] += 1
         n = _server_seq[0]
@@ -79,10 +104,19 @@ def start_server(test_id):
     log = open(log_path, 'wb')
     log.write(('# %s\n' % test_id).encode())
     log.flush()
+    data_dir = None
+    if SERVER_KIND == 'backend':
+        data_dir = tempfile.mkdtemp(prefix='server-%04d-' % n,
+                                    dir=data_root())
+        argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
+                '--data', data_dir]
+    else:
+        argv = [BINARY, 'demo', '--listen', '127.0.0.1:0']
     p = subprocess.Popen(
-        [BINARY, 'demo', '--listen', '127.0.0.1:0'] + DEMO_ARGS,
+        argv + DEMO_ARGS,
         stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
     log.close()
+    p.data_dir = data_dir
     with _live_lock:
         _live.add(p)
     deadline = time.monotonic() + 20
@@ -91,8 +125,8 @@ def start_server(test_id):
         left = deadline - time.monotonic()
         if left <= 0 or p.poll() is not None:
             _stop(p)
-            raise RuntimeError('zeoraid demo did not start (got %r; log %s)'
-                               % (line, log_path))
+            raise RuntimeError('zeoraid %s did not start (got %r; log %s)'
+                               % (SERVER_KIND, line, log_path))
         r, _, _ = select.select([p.stdout], [], [], left)
         if r:
             ch = os.read(p.stdout.fileno(), 1)
@@ -102,7 +136,8 @@ def start_server(test_id):
     m = ADDR_RE.search(line)
     if not m:
         _stop(p)
-        raise RuntimeError('cannot parse zeoraid demo banner %r' % line)
+        raise RuntimeError('cannot parse zeoraid %s banner %r'
+                           % (SERVER_KIND, line))
     addr = (m.group(1).decode(), int(m.group(2)))
 
     def stop():
@@ -122,6 +157,14 @@ def _stop(p):
             p.wait()
     if p.stdout:
         p.stdout.close()
+    _remove_data(p)
+
+
+def _remove_data(p):
+    d = getattr(p, 'data_dir', None)
+    if d and p.poll() is not None:
+        p.data_dir = None
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def kill_all_servers():
@@ -130,6 +173,20 @@ def kill_all_servers():
     for p in procs:
         if p.poll() is None:
             p.kill()
+
+
+def cleanup_data():
+    """At exit: kill what is left, remove every data directory."""
+    with _live_lock:
+        procs = list(_live)
+        _live.clear()
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        _remove_data(p)
+    if _made_data_root and DATA_ROOT:
+        shutil.rmtree(DATA_ROOT, ignore_errors=True)
 
 
 def new_client(addr, **kw):
@@ -304,6 +361,7 @@ def main():
 
     def on_signal(signum, frame):
         kill_all_servers()
+        cleanup_data()
         sys.exit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
 
@@ -321,6 +379,7 @@ def main():
         unittest.TestSuite(tests).run(result)
     finally:
         kill_all_servers()
+        cleanup_data()
     seconds = time.monotonic() - t0
     counts = {}
     for o in result.outcomes.values():
@@ -336,7 +395,8 @@ def main():
     }
     slowest = sorted(result.times.items(), key=lambda kv: -kv[1])[:10]
     out = {
-        'demo_args': DEMO_ARGS, 'totals': totals,
+        'server_kind': SERVER_KIND,
+        'demo_args': DEMO_ARGS, 'server_args': DEMO_ARGS, 'totals': totals,
         'outcomes': result.outcomes, 'details': result.details,
         'slowest': [[k, round(v, 2)] for k, v in slowest],
         'seconds': round(seconds, 1),
