@@ -175,6 +175,21 @@ func (a *Array) optimal() []*member {
 	return out
 }
 
+// reachableOptimal returns the optimal members whose connection is up;
+// an optimal backend found disconnected is degraded on the spot, so that
+// nobody waits for it.
+func (a *Array) reachableOptimal() []*member {
+	var out []*member
+	for _, m := range a.optimal() {
+		if c, ok := m.st.(interface{ Connected() bool }); ok && !c.Connected() {
+			a.degrade(m, "connection to the backend lost")
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
 // degrade marks a backend degraded in the coordinator (durably) before the
 // caller answers anybody.
 func (a *Array) degrade(m *member, reason string) error {

@@ -109,7 +109,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		status = zodb.StatusNormal
 	}
 	bt := &zodb.Transaction{Meta: txn.Meta, TID: lease.TID, Status: status, Ops: txn.Ops, CollectConflicts: txn.CollectConflicts}
-	members := a.optimal()
+	members := a.reachableOptimal()
 	if len(members) == 0 {
 		lease.Release()
 		return zodb.VoteResult{}, errNoBackend("commit")

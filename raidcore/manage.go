@@ -296,3 +296,18 @@ func recordsHash(t *zodb.TransactionRecord) [32]byte {
 	copy(out[:], h.Sum(nil))
 	return out
 }
+
+// Reachable reports whether a backend's connection is up, for storages
+// that can tell (a ZEO client); others count as reachable.
+func (a *Array) Reachable(backend string) bool {
+	a.mu.Lock()
+	m := a.backends[backend]
+	a.mu.Unlock()
+	if m == nil {
+		return false
+	}
+	if c, ok := m.st.(interface{ Connected() bool }); ok {
+		return c.Connected()
+	}
+	return true
+}

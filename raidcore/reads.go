@@ -11,7 +11,7 @@ import (
 // candidates returns the optimal backends that hold every transaction up
 // to need, starting at the next one in round-robin order.
 func (a *Array) candidates(need zodb.TID) []*member {
-	opt := a.optimal()
+	opt := a.reachableOptimal()
 	a.evMu.Lock()
 	var ok []*member
 	for _, m := range opt {

@@ -20,6 +20,9 @@ type settings struct {
 	section string
 	v       *viper.Viper
 	fs      *pflag.FlagSet
+	// allowArgs lets a command take positional arguments.
+	allowArgs  bool
+	positional []string
 }
 
 func newSettings(section string) *settings {
@@ -34,9 +37,10 @@ func (s *settings) parse(args []string) error {
 	if err := s.fs.Parse(args); err != nil {
 		return err
 	}
-	if s.fs.NArg() > 0 {
+	if s.fs.NArg() > 0 && !s.allowArgs {
 		return fmt.Errorf("unexpected arguments: %s", strings.Join(s.fs.Args(), " "))
 	}
+	s.positional = s.fs.Args()
 	s.v.SetEnvPrefix("ZEORAID")
 	s.v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
 	s.v.AutomaticEnv()

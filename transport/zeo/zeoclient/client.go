@@ -37,7 +37,8 @@ type Options struct {
 	// (default 10 s).
 	DialTimeout time.Duration
 	// WaitTimeout is how long a call waits for a connection while
-	// disconnected (default 30 s, like ZEO's wait_timeout).
+	// disconnected (default 30 s, like ZEO's wait_timeout; negative: do
+	// not wait, fail at once, as a RAID array wants).
 	WaitTimeout time.Duration
 	// ReconnectMin and ReconnectMax bound the reconnect backoff
 	// (defaults 100 ms and 10 s).
@@ -138,6 +139,23 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 		c.Close()
 		return nil, fmt.Errorf("zeoclient: connecting to %s: %w", strings.Join(opts.Addrs, ", "), ctx.Err())
 	}
+}
+
+// OpenLazy returns a client that connects in the background and keeps
+// retrying; calls made before the first connection wait up to WaitTimeout
+// like calls during a reconnect, and LastTransaction fails until then. A
+// RAID array uses it for backends that are down when it starts.
+func OpenLazy(opts Options) (*Client, error) {
+	if err := opts.defaults(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		opts: opts, log: opts.Logger, ready: make(chan struct{}), closeCh: make(chan struct{}),
+		txns: map[*zodb.Transaction]*remoteTxn{}, subs: map[int]func(zodb.CommitEvent){},
+	}
+	c.wg.Add(1)
+	go c.connectLoop(nil)
+	return c, nil
 }
 
 // connectLoop keeps one session up. The first outcome (connected, or a
@@ -334,6 +352,9 @@ func (c *Client) session(ctx context.Context) (*session, error) {
 		}
 		ready := c.ready
 		c.mu.Unlock()
+		if c.opts.WaitTimeout < 0 {
+			return nil, zodb.NewClientDisconnected("not connected to %s", strings.Join(c.opts.Addrs, ", "))
+		}
 		t := time.NewTimer(c.opts.WaitTimeout)
 		select {
 		case <-ready:

@@ -3,6 +3,7 @@ package zeoclient
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -40,6 +41,9 @@ func (c *Client) Call(ctx context.Context, method string, args ...any) (any, err
 func (c *Client) LastTransaction(ctx context.Context) (zodb.TID, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gen == 0 {
+		return zodb.TID{}, zodb.NewClientDisconnected("never connected to %s", strings.Join(c.opts.Addrs, ", "))
+	}
 	return c.last, nil
 }
 

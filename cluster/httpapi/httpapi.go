@@ -1,0 +1,225 @@
+// Package httpapi is the operators' HTTP interface of a zeoraid proxy:
+// JSON status and actions under /v1, health and readiness probes,
+// Prometheus metrics and a status page. Actions (POST) require the admin
+// token when one is configured.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore"
+)
+
+// Manager is what the API manages: a proxy.
+type Manager interface {
+	Arrays() map[string]*raidcore.Array
+	Recover(storage, backend string) error
+	// ReloadConfig rereads the configuration and applies it.
+	ReloadConfig(ctx context.Context) (any, error)
+}
+
+// Overall is the answer of GET /v1/status.
+type Overall struct {
+	Status   string            `json:"status"`
+	Storages []raidcore.Status `json:"storages"`
+}
+
+// worst orders array states from good to bad.
+var worst = map[string]int{raidcore.StatusOptimal: 0, raidcore.StatusRecovering: 1, raidcore.StatusDegraded: 2, raidcore.StatusFailed: 3}
+
+func overall(m Manager) Overall {
+	arrays := m.Arrays()
+	names := make([]string, 0, len(arrays))
+	for n := range arrays {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	o := Overall{Status: raidcore.StatusOptimal}
+	for _, n := range names {
+		s := arrays[n].Status()
+		o.Storages = append(o.Storages, s)
+		if worst[s.Status] > worst[o.Status] {
+			o.Status = s.Status
+		}
+	}
+	return o
+}
+
+// Handler returns the API. token, when not empty, is required as
+// "Authorization: Bearer <token>" on every POST.
+func Handler(m Manager, token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		for _, s := range overall(m).Storages {
+			if s.Status == raidcore.StatusFailed {
+				http.Error(w, "storage "+s.Storage+" has no optimal backend", http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, overall(m))
+	})
+	mux.HandleFunc("GET /v1/storages/{storage}", func(w http.ResponseWriter, r *http.Request) {
+		a, ok := m.Arrays()[r.PathValue("storage")]
+		if !ok {
+			writeError(w, http.StatusNotFound, fmt.Errorf("no storage %q", r.PathValue("storage")))
+			return
+		}
+		writeJSON(w, http.StatusOK, a.Status())
+	})
+	action := func(pattern string, h func(w http.ResponseWriter, r *http.Request, a *raidcore.Array)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			if !authorized(r, token) {
+				writeError(w, http.StatusUnauthorized, errors.New("this action needs the admin token (Authorization: Bearer ...)"))
+				return
+			}
+			var a *raidcore.Array
+			if s := r.PathValue("storage"); s != "" {
+				var ok bool
+				if a, ok = m.Arrays()[s]; !ok {
+					writeError(w, http.StatusNotFound, fmt.Errorf("no storage %q", s))
+					return
+				}
+			}
+			h(w, r, a)
+		})
+	}
+	action("POST /v1/storages/{storage}/backends/{backend}/disable", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
+		if err := a.Disable(r.PathValue("backend")); err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"result": "disabled " + r.PathValue("backend")})
+	})
+	action("POST /v1/storages/{storage}/backends/{backend}/recover", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
+		if err := m.Recover(r.PathValue("storage"), r.PathValue("backend")); err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"result": "recovering " + r.PathValue("backend")})
+	})
+	action("POST /v1/storages/{storage}/verify", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
+		var names []string
+		if b := r.URL.Query().Get("backends"); b != "" {
+			names = strings.Split(b, ",")
+		}
+		rep, err := a.Verify(r.Context(), names...)
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
+	action("POST /v1/reload", func(w http.ResponseWriter, r *http.Request, _ *raidcore.Array) {
+		rep, err := m.ReloadConfig(r.Context())
+		if err != nil {
+			writeError(w, http.StatusConflict, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		writeMetrics(w, overall(m))
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		page.Execute(w, struct {
+			Overall
+			Now time.Time
+		}{overall(m), time.Now().UTC()})
+	})
+	return mux
+}
+
+func authorized(r *http.Request, token string) bool {
+	if token == "" {
+		return true
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+func writeMetrics(w http.ResponseWriter, o Overall) {
+	fmt.Fprintln(w, "# HELP zeoraid_backend_state 1 for the state a backend is in.")
+	fmt.Fprintln(w, "# TYPE zeoraid_backend_state gauge")
+	for _, s := range o.Storages {
+		for _, b := range s.Backends {
+			for _, st := range []raidcore.State{raidcore.Optimal, raidcore.Degraded, raidcore.Recovering} {
+				v := 0
+				if b.State == st {
+					v = 1
+				}
+				fmt.Fprintf(w, "zeoraid_backend_state{storage=%q,backend=%q,state=%q} %d\n", s.Storage, b.Name, st, v)
+			}
+		}
+	}
+	fmt.Fprintln(w, "# HELP zeoraid_storage_optimal_backends Optimal backends per storage.")
+	fmt.Fprintln(w, "# TYPE zeoraid_storage_optimal_backends gauge")
+	for _, s := range o.Storages {
+		n := 0
+		for _, b := range s.Backends {
+			if b.State == raidcore.Optimal {
+				n++
+			}
+		}
+		fmt.Fprintf(w, "zeoraid_storage_optimal_backends{storage=%q} %d\n", s.Storage, n)
+	}
+	fmt.Fprintln(w, "# HELP zeoraid_last_transaction_seconds Time of the last announced transaction (its tid).")
+	fmt.Fprintln(w, "# TYPE zeoraid_last_transaction_seconds gauge")
+	for _, s := range o.Storages {
+		if !s.LastTID.IsZero() {
+			fmt.Fprintf(w, "zeoraid_last_transaction_seconds{storage=%q} %.3f\n", s.Storage, s.LastTID.TimeTime())
+		}
+	}
+	fmt.Fprintln(w, "# HELP zeoraid_recovery_bytes_copied Bytes copied by the current or last recovery.")
+	fmt.Fprintln(w, "# TYPE zeoraid_recovery_bytes_copied gauge")
+	fmt.Fprintln(w, "# HELP zeoraid_recovery_lag_transactions Transactions a recovering backend is behind.")
+	fmt.Fprintln(w, "# TYPE zeoraid_recovery_lag_transactions gauge")
+	for _, s := range o.Storages {
+		for _, b := range s.Backends {
+			if b.Recovery != nil {
+				fmt.Fprintf(w, "zeoraid_recovery_bytes_copied{storage=%q,backend=%q} %d\n", s.Storage, b.Name, b.Recovery.Bytes)
+				fmt.Fprintf(w, "zeoraid_recovery_lag_transactions{storage=%q,backend=%q} %d\n", s.Storage, b.Name, b.Recovery.LagTransactions)
+			}
+		}
+	}
+}
+
+var page = template.Must(template.New("status").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>zeoraid: {{.Status}}</title>
+<meta http-equiv="refresh" content="5">
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+.optimal{background:#dfd}.degraded,.failed{background:#fdd}.recovering{background:#ffd}</style></head>
+<body><h1>zeoraid <span class="{{.Status}}">{{.Status}}</span></h1><p>{{.Now.Format "2006-01-02 15:04:05"}} UTC, refreshes every 5 s. JSON: <a href="/v1/status">/v1/status</a>, metrics: <a href="/metrics">/metrics</a></p>
+{{range .Storages}}<h2>storage {{.Storage}}: <span class="{{.Status}}">{{.Status}}</span></h2><p>last transaction {{.LastTID}}</p>
+<table><tr><th>backend</th><th>state</th><th>since</th><th>last tid</th><th>reason / recovery</th></tr>
+{{range .Backends}}<tr class="{{.State}}"><td>{{.Name}}</td><td>{{.State}}</td><td>{{.Since.Format "2006-01-02 15:04:05"}}</td><td>{{.LastTID}}</td>
+<td>{{.Reason}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
+{{end}}</table>{{end}}</body></html>`))
