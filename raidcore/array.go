@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -339,13 +338,4 @@ func (a *Array) Name() string { return a.cfg.Storage }
 // errNoBackend is what clients get when no backend can serve them.
 func errNoBackend(what string) error {
 	return zodb.NewStorageError("no optimal backend left to %s; the array needs recovery", what)
-}
-
-// memberNames lists names, for logs.
-func memberNames(ms []*member) []string {
-	out := make([]string, len(ms))
-	for i, m := range ms {
-		out[i] = m.name
-	}
-	return slices.Clip(out)
 }
