@@ -31,16 +31,19 @@ func readTxn(tx *bolt.Tx, tid zodb.TID, hv []byte) (*zodb.TransactionRecord, err
 
 // Iterate implements zodb.Iterator. Each Next reads in its own short read
 // transaction (a long one would stop bbolt from growing the file while
-// clients commit), so the iterator sees transactions committed while it
-// runs.
+// clients commit); the iterator ends at the last transaction committed when
+// it was created, as FileStorage's does, so transactions committed while
+// it runs are not part of it.
 func (s *Store) Iterate(ctx context.Context, start, stop zodb.TID) (zodb.TransactionIterator, error) {
-	return &iterator{s: s, next: start, stop: stop}, s.checkOpenLocked()
-}
-
-func (s *Store) checkOpenLocked() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.checkOpen()
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	if s.last.Less(stop) {
+		stop = s.last
+	}
+	return &iterator{s: s, next: start, stop: stop}, nil
 }
 
 type iterator struct {

@@ -563,6 +563,20 @@ func testIteratorBounds(h *H) {
 	if none := iterateAll(h, tids[3].Next(), zodb.EndOfTime); len(none) != 0 {
 		t.Fatalf("iteration past the end: %d", len(none))
 	}
+	// An iterator ends with the last transaction committed when it was
+	// created (ZODB's testIterateWhileWriting).
+	it, err := h.S.Iterate(h.Ctx, tids[3], zodb.EndOfTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	if rec, err := it.Next(h.Ctx); err != nil || rec == nil || rec.TID != tids[3] {
+		t.Fatalf("first transaction: %+v %v", rec, err)
+	}
+	later := h.Commit("later", Store(o, tids[3], Record("later")))
+	if rec, err := it.Next(h.Ctx); err != nil || rec != nil {
+		t.Fatalf("iterator created before %s returned %+v (%v)", later, rec, err)
+	}
 }
 
 func testRecordIterNext(h *H, caps Caps) {
