@@ -14,7 +14,7 @@ help: ## list the targets
 build: ## build bin/zeoraid
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/zeoraid
 
-demo: build ## build and start the demo (today: one ZEO server on 127.0.0.1:8100)
+demo: build ## build and start the demo: 3 backends + a RAID-1 proxy on 127.0.0.1:8100, status page on :8180
 	$(BIN) demo
 
 test: check unit fuzz ## everything CI runs: static checks, all tests with -race, short fuzzing

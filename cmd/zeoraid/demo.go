@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -15,7 +16,19 @@ import (
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
 
+// runDemo starts the RAID demo, or with --listen a single ZEO server over
+// an in-memory storage (what the interop tests start).
 func runDemo(args []string) int {
+	for _, a := range args {
+		if a == "--listen" || a == "-listen" || strings.HasPrefix(a, "--listen=") || strings.HasPrefix(a, "-listen=") {
+			return runMemServer(args)
+		}
+	}
+	return runRAIDDemo(args)
+}
+
+// runMemServer is a ZEO server over an in-memory storage.
+func runMemServer(args []string) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8100", "address to serve ZEO on")
 	msgpack := fs.Bool("msgpack", false, "announce M5 (msgpack) instead of Z5 (pickle)")
