@@ -50,8 +50,7 @@ type Array struct {
 	announced zodb.TID
 	pending   map[zodb.TID]*pendingEvent
 	own       map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
-	subs      map[int]func(zodb.CommitEvent)
-	nextSub   int
+	subs      zodb.Subscribers
 
 	unwatch func()
 }
@@ -99,7 +98,6 @@ func New(ctx context.Context, cfg Config) (*Array, error) {
 		cfg: cfg, log: cfg.Logger.With("storage", cfg.Storage),
 		backends: map[string]*member{}, inflight: map[*zodb.Transaction]*inflight{},
 		pending: map[zodb.TID]*pendingEvent{}, own: map[*zodb.Transaction]*zodb.Transaction{},
-		subs: map[int]func(zodb.CommitEvent){},
 	}
 	a.evCond = sync.NewCond(&a.evMu)
 	var probes []BackendProbe
@@ -263,18 +261,10 @@ func (a *Array) emitReady() {
 		}
 	}
 	sort.Slice(tids, func(i, j int) bool { return tids[i].Less(tids[j]) })
-	ids := make([]int, 0, len(a.subs))
-	for id := range a.subs {
-		ids = append(ids, id)
-	}
-	sort.Ints(ids)
 	for _, tid := range tids {
 		p := a.pending[tid]
 		delete(a.pending, tid)
-		ev := zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn}
-		for _, id := range ids {
-			a.subs[id](ev)
-		}
+		a.subs.Notify(zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn})
 	}
 	a.announced = water
 	a.evCond.Broadcast()
@@ -282,18 +272,7 @@ func (a *Array) emitReady() {
 
 // Subscribe implements zodb.Watcher: transactions are announced once they
 // are on every optimal backend, in tid order.
-func (a *Array) Subscribe(fn func(zodb.CommitEvent)) func() {
-	a.evMu.Lock()
-	defer a.evMu.Unlock()
-	id := a.nextSub
-	a.nextSub++
-	a.subs[id] = fn
-	return func() {
-		a.evMu.Lock()
-		defer a.evMu.Unlock()
-		delete(a.subs, id)
-	}
-}
+func (a *Array) Subscribe(fn func(zodb.CommitEvent)) func() { return a.subs.Subscribe(fn) }
 
 // LastTransaction implements zodb.Loader: the last announced transaction.
 func (a *Array) LastTransaction(ctx context.Context) (zodb.TID, error) {

@@ -156,7 +156,7 @@ func (s *Store) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	}
 	s.mu.Unlock()
 	// Still under the commit lock: events go out in tid order.
-	s.notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
+	s.Notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
 	s.unlock()
 	return p.TID, nil
 }

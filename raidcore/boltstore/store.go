@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -60,9 +59,7 @@ type Store struct {
 	voted    *txnplan.Plan
 	closed   bool
 
-	subMu  sync.Mutex
-	subs   map[int]func(zodb.CommitEvent)
-	nextID int
+	zodb.Subscribers
 }
 
 var _ zodb.Storage = (*Store)(nil)
@@ -103,7 +100,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commitLock: make(chan struct{}, 1), subs: map[int]func(zodb.CommitEvent){}}
+	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commitLock: make(chan struct{}, 1)}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
@@ -336,35 +333,6 @@ func (s *Store) Info(ctx context.Context) (zodb.StorageInfo, error) {
 		return nil
 	})
 	return info, s.wrap(err)
-}
-
-// --- subscriptions ------------------------------------------------------------
-
-func (s *Store) notify(ev zodb.CommitEvent) {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	ids := make([]int, 0, len(s.subs))
-	for id := range s.subs {
-		ids = append(ids, id)
-	}
-	sort.Ints(ids)
-	for _, id := range ids {
-		s.subs[id](ev)
-	}
-}
-
-// Subscribe implements zodb.Watcher.
-func (s *Store) Subscribe(fn func(zodb.CommitEvent)) func() {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	id := s.nextID
-	s.nextID++
-	s.subs[id] = fn
-	return func() {
-		s.subMu.Lock()
-		defer s.subMu.Unlock()
-		delete(s.subs, id)
-	}
 }
 
 // view is txnplan's view of a read transaction.

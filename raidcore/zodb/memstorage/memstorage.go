@@ -41,9 +41,7 @@ type Storage struct {
 	voted   *txnplan.Plan
 	closed  bool
 
-	subMu  sync.Mutex
-	subs   map[int]func(zodb.CommitEvent)
-	nextID int
+	zodb.Subscribers
 }
 
 var _ zodb.Storage = (*Storage)(nil)
@@ -64,7 +62,6 @@ func New(name string, opts ...Option) *Storage {
 		now:        time.Now,
 		commitLock: make(chan struct{}, 1),
 		objects:    make(map[zodb.OID][]revision),
-		subs:       make(map[int]func(zodb.CommitEvent)),
 	}
 	for _, o := range opts {
 		o(s)
@@ -250,7 +247,7 @@ func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, 
 	s.last = p.TID
 	s.mu.Unlock()
 	// Still under the commit lock: events go out in tid order.
-	s.notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
+	s.Notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
 	s.unlock()
 	return p.TID, nil
 }
@@ -267,33 +264,6 @@ func (s *Storage) Abort(ctx context.Context, txn *zodb.Transaction) error {
 	s.mu.Unlock()
 	s.unlock()
 	return nil
-}
-
-func (s *Storage) notify(ev zodb.CommitEvent) {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	ids := make([]int, 0, len(s.subs))
-	for id := range s.subs {
-		ids = append(ids, id)
-	}
-	sort.Ints(ids)
-	for _, id := range ids {
-		s.subs[id](ev)
-	}
-}
-
-// Subscribe implements zodb.Watcher.
-func (s *Storage) Subscribe(fn func(zodb.CommitEvent)) func() {
-	s.subMu.Lock()
-	defer s.subMu.Unlock()
-	id := s.nextID
-	s.nextID++
-	s.subs[id] = fn
-	return func() {
-		s.subMu.Lock()
-		defer s.subMu.Unlock()
-		delete(s.subs, id)
-	}
 }
 
 func (s *Storage) txnByTID(tid zodb.TID) *txnRecord {

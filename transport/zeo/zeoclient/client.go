@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -96,9 +95,7 @@ type Client struct {
 	nextTxn int64
 	gen     uint64
 
-	subMu  sync.Mutex
-	subs   map[int]func(zodb.CommitEvent)
-	nextID int
+	subs zodb.Subscribers
 
 	wg sync.WaitGroup
 }
@@ -123,7 +120,7 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts: opts, log: opts.Logger, ready: make(chan struct{}), closeCh: make(chan struct{}),
-		txns: map[*zodb.Transaction]*remoteTxn{}, subs: map[int]func(zodb.CommitEvent){},
+		txns: map[*zodb.Transaction]*remoteTxn{},
 	}
 	first := make(chan error, 1)
 	c.wg.Add(1)
@@ -151,7 +148,7 @@ func OpenLazy(opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts: opts, log: opts.Logger, ready: make(chan struct{}), closeCh: make(chan struct{}),
-		txns: map[*zodb.Transaction]*remoteTxn{}, subs: map[int]func(zodb.CommitEvent){},
+		txns: map[*zodb.Transaction]*remoteTxn{},
 	}
 	c.wg.Add(1)
 	go c.connectLoop(nil)
@@ -380,33 +377,11 @@ func (c *Client) lost(s *session) {
 }
 
 // emit delivers an event to every subscriber, in subscription order.
-func (c *Client) emit(ev zodb.CommitEvent) {
-	c.subMu.Lock()
-	defer c.subMu.Unlock()
-	ids := make([]int, 0, len(c.subs))
-	for id := range c.subs {
-		ids = append(ids, id)
-	}
-	sort.Ints(ids)
-	for _, id := range ids {
-		c.subs[id](ev)
-	}
-}
+func (c *Client) emit(ev zodb.CommitEvent) { c.subs.Notify(ev) }
 
 // Subscribe implements zodb.Watcher: invalidations from the server and
 // this client's own commits, in tid order.
-func (c *Client) Subscribe(fn func(zodb.CommitEvent)) func() {
-	c.subMu.Lock()
-	defer c.subMu.Unlock()
-	id := c.nextID
-	c.nextID++
-	c.subs[id] = fn
-	return func() {
-		c.subMu.Lock()
-		defer c.subMu.Unlock()
-		delete(c.subs, id)
-	}
-}
+func (c *Client) Subscribe(fn func(zodb.CommitEvent)) func() { return c.subs.Subscribe(fn) }
 
 // Close implements zodb.Storage: it disconnects and stops reconnecting.
 func (c *Client) Close() error {
