@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/big"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -44,7 +45,10 @@ func Decode(data []byte) (any, error) {
 // through every memo reference, so lists and dicts are pointers until the
 // end.
 type pList struct{ items []any }
-type pDict struct{ items []Item }
+type pDict struct {
+	items []Item
+	index map[string]int // key fingerprint -> position in items
+}
 type pGlobal struct {
 	g     Global
 	state any
@@ -619,37 +623,72 @@ func (pd *pDict) set(kv []any) error {
 	}
 	for i := 0; i < len(kv); i += 2 {
 		k := kv[i]
-		switch k.(type) {
-		case *pList, *pDict:
+		fp, ok := keyFingerprint(k, 0)
+		if !ok {
 			return errors.New("unhashable dict key")
 		}
-		replaced := false
-		if len(pd.items) < 64 {
-			for j := range pd.items {
-				if sameKey(pd.items[j].Key, k) {
-					pd.items[j].Value = kv[i+1]
-					replaced = true
-					break
-				}
-			}
+		if pd.index == nil {
+			pd.index = map[string]int{}
 		}
-		if !replaced {
-			pd.items = append(pd.items, Item{Key: k, Value: kv[i+1]})
+		if j, dup := pd.index[fp]; dup {
+			pd.items[j].Value = kv[i+1] // Python keeps the first key, the last value
+			continue
 		}
+		pd.index[fp] = len(pd.items)
+		pd.items = append(pd.items, Item{Key: k, Value: kv[i+1]})
 	}
 	return nil
 }
 
-func sameKey(a, b any) bool {
-	switch x := a.(type) {
-	case string:
-		y, ok := b.(string)
-		return ok && x == y
-	case int64:
-		y, ok := b.(int64)
-		return ok && x == y
+// keyFingerprint gives equal strings for keys Python's dict treats as equal
+// (1, 1.0 and True are one key; text and bytes are not), and false for
+// unhashable keys.
+func keyFingerprint(k any, depth int) (string, bool) {
+	if depth > MaxDepth {
+		return "", false
 	}
-	return false
+	switch x := k.(type) {
+	case nil:
+		return "N", true
+	case string:
+		return "s" + x, true
+	case []byte:
+		return "b" + string(x), true
+	case bool:
+		if x {
+			return "i1", true
+		}
+		return "i0", true
+	case int64:
+		return "i" + strconv.FormatInt(x, 10), true
+	case uint64:
+		return "i" + strconv.FormatUint(x, 10), true
+	case *big.Int:
+		return "i" + x.String(), true
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) < 1<<63 {
+			return "i" + strconv.FormatInt(int64(x), 10), true
+		}
+		return "f" + strconv.FormatFloat(x, 'g', -1, 64), true
+	case Tuple:
+		var b strings.Builder
+		b.WriteString("t(")
+		for _, e := range x {
+			fp, ok := keyFingerprint(e, depth+1)
+			if !ok {
+				return "", false
+			}
+			b.WriteString(strconv.Itoa(len(fp)))
+			b.WriteByte(':')
+			b.WriteString(fp)
+		}
+		b.WriteByte(')')
+		return b.String(), true
+	case *pGlobal:
+		// An object as key: identity, as Python's default hash.
+		return fmt.Sprintf("o%p", x), true
+	}
+	return "", false
 }
 
 // call applies REDUCE/NEWOBJ: only globals can be called; the result is a

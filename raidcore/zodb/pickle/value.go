@@ -152,8 +152,9 @@ func Equal(a, b any) bool {
 		y, ok := b.(uint64)
 		return ok && x == y
 	case float64:
+		// Structural: NaN equals NaN here.
 		y, ok := b.(float64)
-		return ok && x == y
+		return ok && (x == y || x != x && y != y)
 	case string:
 		y, ok := b.(string)
 		return ok && x == y
