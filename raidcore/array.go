@@ -51,6 +51,9 @@ type Array struct {
 	pending   map[zodb.TID]*pendingEvent
 	own       map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
 	subs      zodb.Subscribers
+	// recent holds the tids of the last announced transactions, oldest
+	// first, to tell how many transactions a backend is behind.
+	recent []zodb.TID
 
 	unwatch func()
 }
@@ -187,6 +190,17 @@ func (a *Array) reachableOptimal() []*member {
 	return out
 }
 
+// degradeIfOptimal degrades m unless it already is degraded or recovering
+// (so that a late event cannot override a recovery that just started).
+func (a *Array) degradeIfOptimal(m *member, reason string) {
+	a.mu.Lock()
+	st := a.table[m.name]
+	a.mu.Unlock()
+	if st.State == Optimal {
+		a.degrade(m, reason)
+	}
+}
+
 // degrade marks a backend degraded in the coordinator (durably) before the
 // caller answers anybody.
 func (a *Array) degrade(m *member, reason string) error {
@@ -211,9 +225,13 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 	defer a.evMu.Unlock()
 	if ev.Reset {
 		if ev.TID != m.reported {
-			// Only this array writes to its backends: one that moved while
-			// we were not looking has diverged.
-			go a.degrade(m, fmt.Sprintf("backend state changed behind the array's back (was at %s, now %s)", m.reported, ev.TID))
+			// The backend reconnected at another transaction than the
+			// array knew (a tpc_finish whose outcome was lost, or a write
+			// behind the array's back): an optimal one must be checked by
+			// a recovery. (Not here: degrading calls the coordinator,
+			// whose watchers take a.evMu.)
+			was := m.reported
+			go a.degradeIfOptimal(m, fmt.Sprintf("reconnected at transaction %s, the array knew %s", ev.TID, was))
 		}
 		m.reported = ev.TID
 		a.emitReady()
@@ -265,9 +283,25 @@ func (a *Array) emitReady() {
 		p := a.pending[tid]
 		delete(a.pending, tid)
 		a.subs.Notify(zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn})
+		a.recent = append(a.recent, tid)
+	}
+	if len(a.recent) > recentTIDs {
+		a.recent = append(a.recent[:0], a.recent[len(a.recent)-recentTIDs/2:]...)
 	}
 	a.announced = water
 	a.evCond.Broadcast()
+}
+
+// recentTIDs bounds Array.recent (about 1 MiB).
+const recentTIDs = 1 << 17
+
+// behind counts the announced transactions after tid; exact is false when
+// tid is older than what is remembered (then it is a lower bound).
+func (a *Array) behind(tid zodb.TID) (n int, exact bool) {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	i := sort.Search(len(a.recent), func(i int) bool { return tid.Less(a.recent[i]) })
+	return len(a.recent) - i, i > 0 || len(a.recent) == 0 || !tid.Less(a.recent[0])
 }
 
 // Subscribe implements zodb.Watcher: transactions are announced once they

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
@@ -17,10 +18,11 @@ const (
 	hang             // no answer until the deadline
 	disconnect       // the connection drops
 	different        // a different, plausible answer
+	slow             // answers correctly, after 3 ms
 )
 
 func (f fault) String() string {
-	return [...]string{"none", "error", "hang", "disconnect", "different answer"}[f]
+	return [...]string{"none", "error", "hang", "disconnect", "different answer", "slow"}[f]
 }
 
 // faulty wraps a storage and misbehaves at chosen steps.
@@ -64,6 +66,9 @@ func (f *faulty) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 	if ft == different && len(txn.Ops) > 0 {
 		// Claim a conflict the others do not see.
 		return zodb.VoteResult{}, zodb.NewConflictError(txn.Ops[0].OID, zodb.TIDFromUint64(1), txn.Ops[0].Serial)
+	}
+	if ft == slow {
+		time.Sleep(3 * time.Millisecond)
 	}
 	if err := misbehave(ctx, ft); err != nil {
 		return zodb.VoteResult{}, err

@@ -186,26 +186,75 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
 	copied := last
+	report := func() int {
+		gap, _ := a.behind(copied)
+		srcLast, _ := source.st.LastTransaction(ctx)
+		r.update(func(p *Progress) {
+			p.LagTransactions = gap
+			p.LagSeconds = max(0, srcLast.Time().Sub(copied.Time()).Seconds())
+		})
+		return gap
+	}
+	prevGap, stalled := -1, 0
+	var window time.Duration
+	prevWindowGap := 0
 	for {
 		// Copy what the source has now.
-		n, err := a.copyFrom(ctx, source, target, copied, r, opts)
+		n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Time{})
 		if err != nil {
 			return err
 		}
 		if n.count > 0 {
 			copied = n.last
 		}
-		srcLast, _ := source.st.LastTransaction(ctx)
-		gap := countBetween(ctx, source, copied, srcLast, opts.FinalGap+1)
-		r.update(func(p *Progress) {
-			p.LagTransactions = gap
-			p.LagSeconds = max(0, srcLast.Time().Sub(copied.Time()).Seconds())
-		})
+		gap := report()
 		if gap <= opts.FinalGap {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if prevGap >= 0 && gap >= prevGap {
+			stalled++
+		} else {
+			stalled = 0
+		}
+		prevGap = gap
+		if stalled >= 2 {
+			// Clients commit as fast as the copy goes or faster: copy in
+			// windows holding the commit lease, longer each time the gap
+			// does not shrink; past maxLeaseWindow, the last round (which
+			// holds the lease until the end) starts.
+			if window == 0 {
+				window = leaseWindow
+			} else if gap >= prevWindowGap {
+				window *= 2
+			}
+			if window > maxLeaseWindow {
+				break
+			}
+			prevWindowGap = gap
+			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
+			lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
+			if err != nil {
+				return err
+			}
+			n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Now().Add(window))
+			lease.Release()
+			if err != nil {
+				return err
+			}
+			if n.count > 0 {
+				copied = n.last
+			}
+			if report() <= opts.FinalGap {
+				break
+			}
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
 	}
 	// The last round under the commit lease: nobody commits meanwhile, so
@@ -216,7 +265,7 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 		return err
 	}
 	defer lease.Release()
-	n, err := a.copyFrom(ctx, source, target, copied, r, opts)
+	n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Time{})
 	if err != nil {
 		return err
 	}
@@ -286,18 +335,63 @@ type copyResult struct {
 	last  zodb.TID
 }
 
+// A recovery that cannot catch up while clients commit copies in windows
+// holding the commit lease: leaseWindow at first, doubling while the gap
+// does not shrink; beyond maxLeaseWindow it holds the lease until it is
+// done. Clients wait for at most one window at a time.
+const (
+	leaseWindow    = 250 * time.Millisecond
+	maxLeaseWindow = 4 * time.Second
+)
+
 // copyFrom restores every source transaction after `after` into the
-// target, with its original tid and status.
-func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb.TID, r *recovery, opts RecoveryOptions) (copyResult, error) {
+// target, with its original tid and status, until the source has no more
+// or until (if not zero). Reading the source runs ahead of writing the
+// target, so the copy goes at the speed of the slower of the two.
+func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb.TID, r *recovery, opts RecoveryOptions, until time.Time) (copyResult, error) {
 	var out copyResult
 	it, err := source.st.Iterate(ctx, after.Next(), zodb.EndOfTime)
 	if err != nil {
 		return out, fmt.Errorf("source: %w", err)
 	}
-	defer it.Close()
+	rctx, stopReading := context.WithCancel(ctx)
+	type item struct {
+		rec *zodb.TransactionRecord
+		err error
+	}
+	ahead := make(chan item, 64)
+	go func() {
+		defer close(ahead)
+		defer it.Close()
+		for {
+			rec, err := it.Next(rctx)
+			select {
+			case ahead <- item{rec, err}:
+			case <-rctx.Done():
+				return
+			}
+			if rec == nil || err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		stopReading()
+		for range ahead {
+		}
+	}()
 	start, startBytes := time.Now(), r.progress().Bytes
 	for {
-		rec, err := it.Next(ctx)
+		if !until.IsZero() && time.Now().After(until) {
+			return out, nil
+		}
+		var next item
+		select {
+		case next = <-ahead:
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+		rec, err := next.rec, next.err
 		if err != nil {
 			return out, fmt.Errorf("source: %w", err)
 		}
@@ -341,37 +435,15 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 			// Sleep until the copy rate is back under the limit.
 			done := r.progress().Bytes - startBytes
 			want := time.Duration(float64(done) / float64(lim) * float64(time.Second))
-			if ahead := want - time.Since(start); ahead > 0 {
+			if pause := want - time.Since(start); pause > 0 {
 				select {
-				case <-time.After(ahead):
+				case <-time.After(pause):
 				case <-ctx.Done():
 					return out, ctx.Err()
 				}
 			}
 		}
 	}
-}
-
-// countBetween counts the source's transactions in (from, to], stopping
-// at limit.
-func countBetween(ctx context.Context, source *member, from, to zodb.TID, limit int) int {
-	if !from.Less(to) {
-		return 0
-	}
-	it, err := source.st.Iterate(ctx, from.Next(), to)
-	if err != nil {
-		return limit
-	}
-	defer it.Close()
-	n := 0
-	for n < limit {
-		rec, err := it.Next(ctx)
-		if err != nil || rec == nil {
-			break
-		}
-		n++
-	}
-	return n
 }
 
 // CancelRecovery stops a running recovery; the backend stays degraded and

@@ -31,7 +31,8 @@ type Options struct {
 	// LeaseTimeout bounds how long a lease may be held (default 30 s).
 	LeaseTimeout time.Duration
 	// TIDWindow is how far above a granted tid the persisted ceiling is
-	// moved when it is reached (default one minute of TimeStamp time).
+	// moved when it is reached (default 10 s of TimeStamp time: one write
+	// per 10 s of commits; a restart moves tids that far ahead).
 	TIDWindow time.Duration
 	// OIDWindow is how many oids are reserved per write (default 10000).
 	OIDWindow uint64
@@ -76,7 +77,7 @@ func New(opts Options) (*Coordinator, error) {
 		opts.LeaseTimeout = 30 * time.Second
 	}
 	if opts.TIDWindow <= 0 {
-		opts.TIDWindow = time.Minute
+		opts.TIDWindow = 10 * time.Second
 	}
 	if opts.OIDWindow == 0 {
 		opts.OIDWindow = 10000
@@ -168,23 +169,38 @@ func (c *Coordinator) Start(ctx context.Context, storage string, probe []raidcor
 		c.storages[storage] = st
 	}
 	now := c.opts.Now().UTC()
-	var newest zodb.TID
+	// newest is the last tid of the backends that count: every reachable
+	// one for a new table, the optimal ones for a known table (a proxy
+	// killed during tpc_finish can leave some of them behind).
+	var newest, highest zodb.TID
 	for _, p := range probe {
-		if p.Reachable && newest.Less(p.LastTID) {
+		if !p.Reachable {
+			continue
+		}
+		if highest.Less(p.LastTID) {
+			highest = p.LastTID
+		}
+		known, ok := st.Backends[p.Name]
+		counts := fresh || ok && known.State == raidcore.Optimal
+		if counts && newest.Less(p.LastTID) {
 			newest = p.LastTID
 		}
 		if p.OIDFloor > st.OIDCeiling {
 			st.OIDCeiling = p.OIDFloor
 		}
 	}
-	// Start above everything any backend holds.
-	if st.TIDCeiling.Less(newest) {
-		st.TIDCeiling = newest
+	// Tids start above everything any backend holds.
+	if st.TIDCeiling.Less(highest) {
+		st.TIDCeiling = highest
 	}
 	st.lastTID = st.TIDCeiling
 	st.nextOID = st.OIDCeiling
 	for _, p := range probe {
-		if _, known := st.Backends[p.Name]; known {
+		if known, ok := st.Backends[p.Name]; ok {
+			if known.State == raidcore.Optimal && p.Reachable && p.LastTID != newest {
+				st.Backends[p.Name] = raidcore.BackendState{State: raidcore.Degraded, Since: now, LastTID: p.LastTID,
+					Reason: fmt.Sprintf("missing transactions found at start-up (last %s, newest optimal %s)", p.LastTID, newest)}
+			}
 			continue
 		}
 		// A backend new to the table: optimal only if it holds everything.

@@ -157,3 +157,34 @@ func TestCorruptStateFileIsReported(t *testing.T) {
 		t.Fatalf("corrupt state file: %v", err)
 	}
 }
+
+// TestRestartDegradesOptimalBackendsLeftBehind: a proxy killed during
+// tpc_finish can leave an optimal backend without the last transaction;
+// the next start must notice, or clients would read around it.
+func TestRestartDegradesOptimalBackendsLeftBehind(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	t1, t2 := zodb.TIDFromUint64(100), zodb.TIDFromUint64(200)
+	c, _ := localcoord.New(localcoord.Options{Dir: dir})
+	c.Start(ctx, "1", probes(t1, t1, t1))
+	// Killed while finishing t2: only b has it.
+	c2, _ := localcoord.New(localcoord.Options{Dir: dir})
+	tab, err := c2.Start(ctx, "1", probes(t1, t2, t1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tab["b"].State != raidcore.Optimal || tab["a"].State != raidcore.Degraded || tab["c"].State != raidcore.Degraded ||
+		!strings.Contains(tab["a"].Reason, "missing transactions found at start-up") {
+		t.Fatalf("table after restart %+v", tab)
+	}
+	// A degraded backend with newer data does not win.
+	c3, _ := localcoord.New(localcoord.Options{Dir: dir})
+	tab, _ = c3.Start(ctx, "1", probes(zodb.TIDFromUint64(300), t2, t1))
+	if tab["b"].State != raidcore.Optimal || tab["a"].State != raidcore.Degraded {
+		t.Fatalf("degraded backend ahead: %+v", tab)
+	}
+	l, _ := c3.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if !zodb.TIDFromUint64(300).Less(l.TID) {
+		t.Fatalf("tid %s not above every backend's", l.TID)
+	}
+}

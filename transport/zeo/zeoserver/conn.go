@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
@@ -23,7 +24,7 @@ import (
 type conn struct {
 	srv    *Server
 	wc     *wire.Conn
-	log    hclog.Logger
+	log    atomic.Pointer[hclog.Logger] // gains storage and label on register
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -59,13 +60,19 @@ type zeoTxn struct {
 
 func newConn(s *Server, wc *wire.Conn) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{
+	c := &conn{
 		srv: s, wc: wc, ctx: ctx, cancel: cancel,
-		log:     s.log.With("remote", wc.NetConn().RemoteAddr().String()),
 		iters:   map[int64]*iterState{},
 		readSem: make(chan struct{}, s.cfg.ReadConcurrency),
 	}
+	c.setLog(s.log.With("remote", wc.NetConn().RemoteAddr().String()))
+	return c
 }
+
+// logger is the connection's logger; safe from any goroutine.
+func (c *conn) logger() hclog.Logger { return *c.log.Load() }
+
+func (c *conn) setLog(l hclog.Logger) { c.log.Store(&l) }
 
 func (c *conn) storageName() string {
 	if c.ss == nil {
@@ -78,7 +85,7 @@ func (c *conn) storageName() string {
 // the wire layer.
 func (c *conn) send(m wire.Message) {
 	if err := c.wc.Send(m); err != nil && !errors.Is(err, wire.ErrConnClosed) {
-		c.log.Error("cannot send message", "method", m.Method, "error", err)
+		c.logger().Error("cannot send message", "method", m.Method, "error", err)
 		c.closeWith("cannot send: %v", err)
 	}
 }
@@ -90,7 +97,7 @@ func (c *conn) closeWith(format string, a ...any) {
 
 func (c *conn) closeLevel(level hclog.Level, format string, a ...any) {
 	c.closeOnce.Do(func() {
-		c.log.Log(level, "closing connection", "reason", fmt.Sprintf(format, a...))
+		c.logger().Log(level, "closing connection", "reason", fmt.Sprintf(format, a...))
 		c.wc.Close(fmt.Errorf(format, a...))
 		c.cancel()
 	})
@@ -107,12 +114,12 @@ func (c *conn) serve() {
 				var tooLarge *wire.FrameTooLargeError
 				switch {
 				case errors.As(err, &tooLarge):
-					c.log.Warn("frame too large; closing", "error", err)
+					c.logger().Warn("frame too large; closing", "error", err)
 				case isEOF(err):
 					c.closeLevel(hclog.Debug, "client disconnected")
 					return
 				default:
-					c.log.Warn("bad message; closing", "error", err)
+					c.logger().Warn("bad message; closing", "error", err)
 				}
 			}
 			c.closeWith("read: %v", err)
@@ -153,7 +160,7 @@ func (c *conn) cleanup() {
 func (c *conn) dispatch(m wire.Message) (ok bool) {
 	defer func() {
 		if r := recover(); r != nil {
-			c.log.Error("internal error while handling a call; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
+			c.logger().Error("internal error while handling a call; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
 			c.closeWith("internal error in %s", m.Method)
 			ok = false
 		}
@@ -201,7 +208,7 @@ func (c *conn) dispatch(m wire.Message) (ok bool) {
 			defer func() { <-c.readSem }()
 			defer func() {
 				if r := recover(); r != nil {
-					c.log.Error("internal error while reading; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
+					c.logger().Error("internal error while reading; closing", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
 					c.closeWith("internal error in %s", m.Method)
 				}
 			}()
@@ -239,7 +246,7 @@ func (c *conn) reply(m wire.Message, res any, err error) bool {
 		if errors.Is(sendErr, wire.ErrConnClosed) {
 			return false
 		}
-		c.log.Error("cannot encode reply", "method", m.Method, "error", sendErr)
+		c.logger().Error("cannot encode reply", "method", m.Method, "error", sendErr)
 		c.send(wire.NewErrorReply(m.ID, zodb.NewValueError("Couldn't pickle response")))
 	}
 	return true

@@ -96,7 +96,7 @@ func (c *conn) register(args []any) (any, error) {
 	}
 	ss := c.srv.storages[name]
 	if ss == nil {
-		c.log.Warn("unknown storage", "storage", name)
+		c.logger().Warn("unknown storage", "storage", name)
 		return nil, zodb.NewValueError("unknown storage: %s", name)
 	}
 	readOnly := wire.Truth(args[1])
@@ -111,7 +111,7 @@ func (c *conn) register(args []any) (any, error) {
 	}
 	c.readOnly = readOnly || c.srv.cfg.ReadOnly
 	c.ss = ss
-	c.log = c.log.With("storage", name)
+	c.setLog(c.logger().With("storage", name))
 	return ss.fan.register(c), nil
 }
 
@@ -179,7 +179,7 @@ func (c *conn) ping(ctx context.Context, args []any) (any, error) {
 
 func (c *conn) setClientLabel(ctx context.Context, args []any) (any, error) {
 	if len(args) == 1 {
-		c.log = c.log.With("label", wire.Repr(args[0]))
+		c.setLog(c.logger().With("label", wire.Repr(args[0])))
 	}
 	return nil, nil
 }
@@ -550,13 +550,13 @@ func (c *conn) pack(m wire.Message) {
 	packTID := packTime(t)
 	ss := c.ss
 	run := func() error {
-		c.log.Info("pack started", "time", t, "tid", packTID)
+		c.logger().Info("pack started", "time", t, "tid", packTID)
 		err := ss.st.Pack(context.Background(), packTID)
 		if err != nil {
-			c.log.Error("pack failed", "error", err)
+			c.logger().Error("pack failed", "error", err)
 			return err
 		}
-		c.log.Info("pack complete", "tid", packTID)
+		c.logger().Info("pack complete", "tid", packTID)
 		if info, err := ss.st.Info(context.Background()); err == nil {
 			ss.fan.broadcast(wire.NewOneWay("info", sizeInfo(info)))
 		}

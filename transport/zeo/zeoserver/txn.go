@@ -55,7 +55,7 @@ func (c *conn) tpcBegin(ctx context.Context, args []any) (any, error) {
 	c.mu.Unlock()
 	if cur != nil {
 		if wire.Equal(cur.id, id) {
-			c.log.Info("duplicate tpc_begin", "txn", wire.Repr(id))
+			c.logger().Info("duplicate tpc_begin", "txn", wire.Repr(id))
 			return nil, nil
 		}
 		return nil, zodb.NewStorageTransactionError("Multiple simultaneous tpc_begin requests from one client.")
@@ -385,7 +385,7 @@ func (c *conn) tpcFinish(m wire.Message) {
 	tid, err := ss.st.Finish(fctx, t.zt)
 	ss.fan.setCommitter(t.zt, nil)
 	if err != nil {
-		c.log.Error("tpc_finish failed after a successful vote", "error", err)
+		c.logger().Error("tpc_finish failed after a successful vote", "error", err)
 	} else {
 		ss.stats.mu.Lock()
 		ss.stats.commits++
@@ -436,7 +436,7 @@ func (c *conn) abortTxn(ctx context.Context) {
 	defer c.mu.Unlock()
 	if t.voted {
 		if err := c.ss.st.Abort(context.WithoutCancel(ctx), t.zt); err != nil {
-			c.log.Error("storage abort failed", "error", err)
+			c.logger().Error("storage abort failed", "error", err)
 		}
 		t.voted = false
 	}
