@@ -199,8 +199,9 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 	var window time.Duration
 	prevWindowGap := 0
 	for {
-		// Copy what the source has now.
-		n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Time{})
+		// Copy what the source has now (for at most roundTime, so that a
+		// copy that falls behind is noticed soon).
+		n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Now().Add(roundTime))
 		if err != nil {
 			return err
 		}
@@ -214,7 +215,9 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if prevGap >= 0 && gap >= prevGap {
+		// A round that does not take a quarter off the gap is not
+		// converging fast enough.
+		if prevGap >= 0 && gap > prevGap*3/4 {
 			stalled++
 		} else {
 			stalled = 0
@@ -227,7 +230,7 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 			// holds the lease until the end) starts.
 			if window == 0 {
 				window = leaseWindow
-			} else if gap >= prevWindowGap {
+			} else if gap > prevWindowGap*3/4 {
 				window *= 2
 			}
 			if window > maxLeaseWindow {
@@ -342,6 +345,7 @@ type copyResult struct {
 const (
 	leaseWindow    = 250 * time.Millisecond
 	maxLeaseWindow = 4 * time.Second
+	roundTime      = time.Second
 )
 
 // copyFrom restores every source transaction after `after` into the
@@ -425,11 +429,10 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		}
 		out.count++
 		out.last = rec.TID
+		lag, _ := a.behind(rec.TID)
 		r.update(func(p *Progress) {
 			p.TID, p.Transactions, p.Bytes = rec.TID, p.Transactions+1, p.Bytes+size
-			if p.LagTransactions > 0 {
-				p.LagTransactions--
-			}
+			p.LagTransactions = lag
 		})
 		if lim := opts.MaxBytesPerSecond; lim > 0 {
 			// Sleep until the copy rate is back under the limit.

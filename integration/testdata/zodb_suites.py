@@ -8,10 +8,16 @@ real ZEO.ClientStorage. ZEORAID_SERVER_KIND selects the server:
   demo     (default) `zeoraid demo --listen 127.0.0.1:0`, in-memory storage;
   backend  `zeoraid backend --listen 127.0.0.1:0 --data DIR`, the bbolt
            storage, DIR a fresh temporary directory per server (under
-           ZEORAID_DATA_DIR if set), removed when the server stops.
+           ZEORAID_DATA_DIR if set), removed when the server stops;
+  proxy    `zeoraid proxy --listen 127.0.0.1:0 --http '' --data DIR` over
+           ZEORAID_PROXY_BACKENDS (default 3) fresh `zeoraid backend`s,
+           each with its own fresh data directory (as for backend); the
+           proxy and its backends start and stop together.
 
 Extra flags come from ZEORAID_SERVER_ARGS (ZEORAID_DEMO_ARGS is its older
-name), e.g. "--msgpack". The test
+name), e.g. "--msgpack"; for the proxy they are the proxy's flags, and its
+backends get ZEORAID_BACKEND_ARGS (default: "--msgpack" if the proxy has
+it, else nothing). The test
 classes are composed the way ZEO's own testZEO.FileStorageTests (that is,
 FullGenericTests) is, plus ZODB's HistoryStorage, PersistentStorage and,
 with two servers per test, RecoveryStorage -- the same composition the
@@ -64,11 +70,16 @@ from ZODB.tests import StorageTestBase
 
 BINARY = None
 SERVER_KIND = os.environ.get('ZEORAID_SERVER_KIND') or 'demo'
-if SERVER_KIND not in ('demo', 'backend'):
-    raise SystemExit('ZEORAID_SERVER_KIND must be demo or backend, not %r'
-                     % SERVER_KIND)
+if SERVER_KIND not in ('demo', 'backend', 'proxy'):
+    raise SystemExit('ZEORAID_SERVER_KIND must be demo, backend or proxy, '
+                     'not %r' % SERVER_KIND)
 DEMO_ARGS = shlex.split(os.environ.get('ZEORAID_SERVER_ARGS') or
                         os.environ.get('ZEORAID_DEMO_ARGS', ''))
+PROXY_BACKENDS = int(os.environ.get('ZEORAID_PROXY_BACKENDS') or '3')
+if 'ZEORAID_BACKEND_ARGS' in os.environ:
+    BACKEND_ARGS = shlex.split(os.environ['ZEORAID_BACKEND_ARGS'])
+else:
+    BACKEND_ARGS = ['--msgpack'] if '--msgpack' in DEMO_ARGS else []
 # Parent of the backends' data directories (removed at exit if we made it).
 DATA_ROOT = os.environ.get('ZEORAID_DATA_DIR') or None
 _made_data_root = False
@@ -95,38 +106,29 @@ def data_root():
     return DATA_ROOT
 
 
-def start_server(test_id):
-    """Start a zeoraid server; return ((host, port), stop)."""
-    with _live_lock:
-        _server_seq[0] += 1
-        n = _server_seq[0]
-    log_path = os.path.join(LOG_DIR, 'server-%04d.log' % n)
+def _spawn(argv, log_path, test_id, data_dir=None):
+    """Start one zeoraid process with stdout piped (for its banner)."""
     log = open(log_path, 'wb')
     log.write(('# %s\n' % test_id).encode())
     log.flush()
-    data_dir = None
-    if SERVER_KIND == 'backend':
-        data_dir = tempfile.mkdtemp(prefix='server-%04d-' % n,
-                                    dir=data_root())
-        argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
-                '--data', data_dir]
-    else:
-        argv = [BINARY, 'demo', '--listen', '127.0.0.1:0']
-    p = subprocess.Popen(
-        argv + DEMO_ARGS,
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
+                         stdin=subprocess.DEVNULL)
     log.close()
     p.data_dir = data_dir
+    p.log_path = log_path
     with _live_lock:
         _live.add(p)
-    deadline = time.monotonic() + 20
+    return p
+
+
+def _address(p, what, deadline):
+    """Read p's banner line and return the (host, port) it announces."""
     line = b''
     while not line.endswith(b'\n'):
         left = deadline - time.monotonic()
         if left <= 0 or p.poll() is not None:
-            _stop(p)
             raise RuntimeError('zeoraid %s did not start (got %r; log %s)'
-                               % (SERVER_KIND, line, log_path))
+                               % (what, line, p.log_path))
         r, _, _ = select.select([p.stdout], [], [], left)
         if r:
             ch = os.read(p.stdout.fileno(), 1)
@@ -135,14 +137,79 @@ def start_server(test_id):
             line += ch
     m = ADDR_RE.search(line)
     if not m:
+        raise RuntimeError('cannot parse zeoraid %s banner %r' % (what, line))
+    return (m.group(1).decode(), int(m.group(2)))
+
+
+def start_server(test_id):
+    """Start a zeoraid server; return ((host, port), stop)."""
+    with _live_lock:
+        _server_seq[0] += 1
+        n = _server_seq[0]
+    if SERVER_KIND == 'proxy':
+        return _start_proxy(test_id, n)
+    log_path = os.path.join(LOG_DIR, 'server-%04d.log' % n)
+    data_dir = None
+    if SERVER_KIND == 'backend':
+        data_dir = tempfile.mkdtemp(prefix='server-%04d-' % n,
+                                    dir=data_root())
+        argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
+                '--data', data_dir]
+    else:
+        argv = [BINARY, 'demo', '--listen', '127.0.0.1:0']
+    p = _spawn(argv + DEMO_ARGS, log_path, test_id, data_dir)
+    try:
+        addr = _address(p, SERVER_KIND, time.monotonic() + 20)
+    except Exception:
         _stop(p)
-        raise RuntimeError('cannot parse zeoraid %s banner %r'
-                           % (SERVER_KIND, line))
-    addr = (m.group(1).decode(), int(m.group(2)))
+        raise
 
     def stop():
         _stop(p)
     return addr, stop
+
+
+def _start_proxy(test_id, n):
+    """A proxy over PROXY_BACKENDS fresh backends (started in parallel)."""
+    procs = []
+    try:
+        backends = []
+        for i in range(1, PROXY_BACKENDS + 1):
+            d = tempfile.mkdtemp(prefix='server-%04d-b%d-' % (n, i),
+                                 dir=data_root())
+            p = _spawn([BINARY, 'backend', '--listen', '127.0.0.1:0',
+                        '--data', d] + BACKEND_ARGS,
+                       os.path.join(LOG_DIR, 'server-%04d-b%d.log' % (n, i)),
+                       test_id, d)
+            procs.append(p)
+            backends.append(('b%d' % i, p))
+        deadline = time.monotonic() + 30
+        argv = [BINARY, 'proxy', '--listen', '127.0.0.1:0', '--http', '']
+        for name, p in backends:
+            host, port = _address(p, 'backend', deadline)
+            argv += ['--backend', '%s=%s:%d' % (name, host, port)]
+        d = tempfile.mkdtemp(prefix='server-%04d-proxy-' % n, dir=data_root())
+        p = _spawn(argv + ['--data', d] + DEMO_ARGS,
+                   os.path.join(LOG_DIR, 'server-%04d-proxy.log' % n),
+                   test_id, d)
+        procs.append(p)
+        addr = _address(p, 'proxy', time.monotonic() + 30)
+    except Exception:
+        _stop_all(procs)
+        raise
+
+    def stop():
+        _stop_all(procs)
+    return addr, stop
+
+
+def _stop_all(procs):
+    """Stop processes together: SIGTERM to all, then wait for each."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        _stop(p)
 
 
 def _stop(p):

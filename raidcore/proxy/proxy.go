@@ -234,7 +234,7 @@ func (p *Proxy) Reload(ctx context.Context, storages map[string][]BackendConfig)
 // autoRecover starts recoveries of degraded backends that are reachable.
 func (p *Proxy) autoRecover() {
 	defer p.wg.Done()
-	t := time.NewTicker(2 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Measures what the RAID-1 proxy costs, in one run of "zeoraid bench":
+#   direct   a zeoraid backend, no proxy
+#   proxy-1  a proxy over one zeoraid backend (its own)
+#   proxy-3  a proxy over three zeoraid backends (its own)
+# Each target has backends to itself (a proxy must be the only writer of
+# its backends), all fresh and empty, same settings.
+#   scripts/bench-proxy.sh [extra zeoraid bench flags, e.g. --duration 20s --clients 8]
+# Set MSGPACK=1 to run everything in M5 (msgpack). Loopback only;
+# temporary data directories are removed at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+go build -o "$work/zeoraid" ./cmd/zeoraid
+enc=()
+if [[ "${MSGPACK:-}" == 1 ]]; then enc=(--msgpack); fi
+
+# start_server NAME ARGS...: starts "zeoraid ARGS... --listen 127.0.0.1:0"
+# and sets $addr from its banner.
+start_server() {
+  local name=$1; shift
+  "$work/zeoraid" "$@" --listen 127.0.0.1:0 --log-level warn >"$work/$name.out" 2>"$work/$name.log" &
+  pids+=($!)
+  for _ in $(seq 300); do
+    if addr=$(sed -nE 's/^zeoraid [a-z]+: ZEO server .* on ([0-9.]+:[0-9]+),.*/\1/p' "$work/$name.out") && [[ -n "$addr" ]]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "$name did not start; log:" >&2; cat "$work/$name.log" >&2; exit 1
+}
+
+backend() { start_server "$1" backend --data "$work/$1" "${enc[@]}"; }
+
+backend direct;  direct=$addr
+backend p1-b1;   p1b1=$addr
+start_server proxy-1 proxy --http "" --data "$work/proxy-1" --backend "b1=$p1b1" "${enc[@]}"; proxy1=$addr
+backend p3-b1;   p3b1=$addr
+backend p3-b2;   p3b2=$addr
+backend p3-b3;   p3b3=$addr
+start_server proxy-3 proxy --http "" --data "$work/proxy-3" --backend "b1=$p3b1" --backend "b2=$p3b2" --backend "b3=$p3b3" "${enc[@]}"; proxy3=$addr
+
+echo "zeoraid bench --target direct=$direct --target proxy-1=$proxy1 --target proxy-3=$proxy3 ${*:-}"
+"$work/zeoraid" bench --target "direct=$direct" --target "proxy-1=$proxy1" --target "proxy-3=$proxy3" "${enc[@]}" "$@"
