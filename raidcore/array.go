@@ -28,7 +28,11 @@ type Config struct {
 	// VoteTimeout, FinishTimeout and ReadTimeout bound every backend call
 	// of that kind (defaults 20 s, 20 s, 10 s).
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
-	Logger                                  hclog.Logger
+	// VerifyReads reads every loadBefore/loadSerial from two backends
+	// (three when they disagree) and degrades the one that answers
+	// differently. It costs a second read per load.
+	VerifyReads bool
+	Logger      hclog.Logger
 }
 
 // Array is a RAID-1 array of backends that is itself a zodb.Storage.

@@ -28,7 +28,9 @@ type fixture struct {
 	events []zodb.CommitEvent
 }
 
-func newFixture(t *testing.T, n int) *fixture {
+func newFixture(t *testing.T, n int) *fixture { return newFixtureWith(t, n, false) }
+
+func newFixtureWith(t *testing.T, n int, verifyReads bool) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -46,7 +48,8 @@ func newFixture(t *testing.T, n int) *fixture {
 		bs = append(bs, raidcore.Backend{Name: fmt.Sprintf("b%d", i), Storage: fb})
 	}
 	arr, err := raidcore.New(ctx, raidcore.Config{Storage: "1", Backends: bs, Coord: coord,
-		VoteTimeout: 300 * time.Millisecond, FinishTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond})
+		VoteTimeout: 300 * time.Millisecond, FinishTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
+		VerifyReads: verifyReads})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,4 +325,25 @@ func TestContract(t *testing.T) {
 		}
 		return arr
 	}, storagetest.Caps{CommitLock: true})
+}
+
+// TestReadsVerifiedAcrossBackends: with read verification on, a backend
+// that returns different data for a load is degraded and the client gets
+// the majority's answer.
+func TestReadsVerifiedAcrossBackends(t *testing.T) {
+	for _, bad := range []int{0, 1} {
+		f := newFixtureWith(t, 3, true)
+		oids, _ := f.arr.NewOIDs(f.ctx, 1)
+		t1, _ := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+		f.faults[bad].set("load", different)
+		for i := 0; i < 4; i++ {
+			rev, err := f.arr.LoadBefore(f.ctx, oids[0], zodb.MaxTID)
+			if err != nil || rev.TID != t1 || !bytes.Equal(rev.Data, storagetest.Record("a")) {
+				t.Fatalf("verified load %d (bad b%d): %+v %v", i, bad, rev, err)
+			}
+		}
+		if st := f.state(bad); st.State != raidcore.Degraded || !strings.Contains(st.Reason, "answered differently") {
+			t.Fatalf("b%d after different reads: %+v", bad, st)
+		}
+	}
 }

@@ -2,7 +2,9 @@ package raidcore
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"sort"
 	"sync"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -100,13 +102,95 @@ func (a *Array) need(before zodb.TID) zodb.TID {
 // known to hold every transaction the answer depends on (architecture
 // invariant 5).
 func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	need := a.need(before)
+	if a.cfg.VerifyReads {
+		v, err := a.verifiedRead(ctx, "loadBefore", need, func(ctx context.Context, st zodb.Storage) (any, string, error) {
+			rev, err := st.LoadBefore(ctx, oid, before)
+			if rev == nil {
+				return rev, fmt.Sprintf("none %v", errKey(err)), err
+			}
+			return rev, fmt.Sprintf("%s %s %x", rev.TID, rev.End, sha256.Sum256(rev.Data)), err
+		})
+		rev, _ := v.(*zodb.Revision)
+		return rev, err
+	}
 	var rev *zodb.Revision
-	err := a.read(ctx, "loadBefore", a.need(before), func(ctx context.Context, st zodb.Storage) error {
+	err := a.read(ctx, "loadBefore", need, func(ctx context.Context, st zodb.Storage) error {
 		var err error
 		rev, err = st.LoadBefore(ctx, oid, before)
 		return err
 	})
 	return rev, err
+}
+
+func errKey(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// verifiedRead asks two up-to-date backends and compares their answers by
+// key; when they differ it asks a third, and degrades whoever is not in
+// the majority (with two, the backend configured first wins).
+func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn func(ctx context.Context, st zodb.Storage) (any, string, error)) (any, error) {
+	type answer struct {
+		m   *member
+		v   any
+		key string
+		err error
+	}
+	var answers []answer
+	ask := func(m *member) bool {
+		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
+		v, key, err := fn(rctx, m.st)
+		cancel()
+		if isFailure(err) {
+			a.degrade(m, fmt.Sprintf("%s failed: %v", what, err))
+			return false
+		}
+		answers = append(answers, answer{m, v, key, err})
+		return true
+	}
+	cands := a.candidates(need)
+	// Configuration order, so that a tie goes to the first backend.
+	a.mu.Lock()
+	pos := map[string]int{}
+	for i, n := range a.order {
+		pos[n] = i
+	}
+	a.mu.Unlock()
+	sort.Slice(cands, func(i, j int) bool { return pos[cands[i].name] < pos[cands[j].name] })
+	next := 0
+	for len(answers) < 2 && next < len(cands) {
+		ask(cands[next])
+		next++
+	}
+	if len(answers) == 0 {
+		return nil, errNoBackend(what)
+	}
+	if len(answers) == 2 && answers[0].key != answers[1].key {
+		for next < len(cands) && len(answers) < 3 {
+			ask(cands[next])
+			next++
+		}
+	}
+	count := map[string]int{}
+	for _, an := range answers {
+		count[an.key]++
+	}
+	win := answers[0]
+	for _, an := range answers {
+		if count[an.key] > count[win.key] {
+			win = an
+		}
+	}
+	for _, an := range answers {
+		if an.key != win.key {
+			a.degrade(an.m, fmt.Sprintf("%s answered differently from %s", what, win.m.name))
+		}
+	}
+	return win.v, win.err
 }
 
 // LoadSerial implements zodb.Loader.

@@ -39,6 +39,7 @@ func registerProxyFlags(s *settings) {
 	s.fs.Duration("read-timeout", 10*time.Second, "deadline of a backend read")
 	s.fs.Bool("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.fs.Int64("recovery-rate", 0, "recovery copy limit in bytes per second (0: none)")
+	s.fs.Bool("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
 	s.fs.Int("max-frame", wire.DefaultMaxFrame, "largest message accepted from a client, in bytes")
 	s.fs.Usage = func() { s.usage(proxySummary) }
 }
@@ -47,7 +48,7 @@ type proxyCfg struct {
 	listen, http, data, token string
 	storages                  map[string][]proxy.BackendConfig
 	encoding                  wire.Encoding
-	ccr, autoRecover          bool
+	ccr, autoRecover, verify  bool
 	vote, finish, read        time.Duration
 	rate                      int64
 	maxFrame                  int
@@ -56,7 +57,7 @@ type proxyCfg struct {
 func proxyConfig(s *settings) (proxyCfg, error) {
 	c := proxyCfg{
 		listen: s.str("listen"), http: s.str("http"), data: s.str("data"), token: s.str("admin-token"),
-		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"),
+		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"),
 		vote: s.v.GetDuration(s.key("vote-timeout")), finish: s.v.GetDuration(s.key("finish-timeout")),
 		read: s.v.GetDuration(s.key("read-timeout")), rate: s.v.GetInt64(s.key("recovery-rate")),
 		maxFrame: s.v.GetInt(s.key("max-frame")), encoding: wire.Pickle,
@@ -187,7 +188,7 @@ func runProxy(args []string) int {
 	p, err = proxy.Start(ctx, proxy.Config{
 		Storages: cfg.storages, Coord: coord, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
-		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, Reload: reload, Logger: log,
+		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,
 	})
 	cancel()
 	if err != nil {

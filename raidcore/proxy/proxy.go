@@ -50,6 +50,8 @@ type Config struct {
 	// reachable again (not one that needs a rebuild).
 	AutoRecover  bool
 	RecoveryRate int64
+	// VerifyReads compares every load across two backends.
+	VerifyReads bool
 	// Reload, when set, rereads the configuration and applies it (the
 	// command line sets it to reread its file); raid_reload calls it.
 	Reload func(ctx context.Context) (ReloadReport, error)
@@ -95,7 +97,7 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		arr, err := raidcore.New(ctx, raidcore.Config{
 			Storage: name, Backends: backends, Coord: cfg.Coord,
 			VoteTimeout: cfg.VoteTimeout, FinishTimeout: cfg.FinishTimeout, ReadTimeout: cfg.ReadTimeout,
-			Logger: cfg.Logger.Named("raid"),
+			VerifyReads: cfg.VerifyReads, Logger: cfg.Logger.Named("raid"),
 		})
 		if err != nil {
 			p.Close()
