@@ -337,6 +337,15 @@ func (a *Array) Sync(ctx context.Context) error {
 
 // Close implements zodb.Storage. Backends are closed too.
 func (a *Array) Close() error {
+	a.mu.Lock()
+	var running []string
+	for n := range a.recoveries {
+		running = append(running, n)
+	}
+	a.mu.Unlock()
+	for _, n := range running {
+		a.CancelRecovery(n)
+	}
 	if a.unwatch != nil {
 		a.unwatch()
 	}

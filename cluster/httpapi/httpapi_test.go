@@ -1,0 +1,127 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/zeoraid/zeoraid/cluster/httpapi"
+	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/localcoord"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
+)
+
+type manager struct{ arr *raidcore.Array }
+
+func (m manager) Arrays() map[string]*raidcore.Array { return map[string]*raidcore.Array{"1": m.arr} }
+func (m manager) Recover(s, b string) error          { return m.arr.Recover(b, raidcore.RecoveryOptions{}) }
+func (m manager) ReloadConfig(context.Context) (any, error) {
+	return map[string]string{"result": "nothing to do"}, nil
+}
+
+func setup(t *testing.T, token string) (*httptest.Server, *raidcore.Array) {
+	srv, arr, _ := setupCoord(t, token)
+	return srv, arr
+}
+
+func setupCoord(t *testing.T, token string) (*httptest.Server, *raidcore.Array, *localcoord.Coordinator) {
+	coord, err := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	arr, err := raidcore.New(context.Background(), raidcore.Config{Storage: "1", Coord: coord, Backends: []raidcore.Backend{
+		{Name: "a", Storage: memstorage.New("a")}, {Name: "b", Storage: memstorage.New("b")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { arr.Close() })
+	srv := httptest.NewServer(httpapi.Handler(manager{arr}, token))
+	t.Cleanup(srv.Close)
+	return srv, arr, coord
+}
+
+func do(t *testing.T, method, url, token string) (int, string) {
+	req, _ := http.NewRequest(method, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sb strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		sb.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, sb.String()
+}
+
+func TestStatusActionsAndProbes(t *testing.T) {
+	srv, _ := setup(t, "secret")
+	code, body := do(t, "GET", srv.URL+"/v1/status", "")
+	var o httpapi.Overall
+	if code != 200 || json.Unmarshal([]byte(body), &o) != nil || o.Status != "optimal" || len(o.Storages[0].Backends) != 2 {
+		t.Fatalf("status %d %s", code, body)
+	}
+	if code, _ := do(t, "POST", srv.URL+"/v1/storages/1/backends/b/disable", ""); code != http.StatusUnauthorized {
+		t.Fatalf("action without the token: %d", code)
+	}
+	if code, body := do(t, "POST", srv.URL+"/v1/storages/1/backends/b/disable", "wrong"); code != http.StatusUnauthorized {
+		t.Fatalf("action with a wrong token: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", srv.URL+"/v1/storages/1/backends/b/disable", "secret"); code != 200 || !strings.Contains(body, "disabled b") {
+		t.Fatalf("disable: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", srv.URL+"/v1/storages/1/backends/a/disable", "secret"); code != http.StatusConflict || !strings.Contains(body, "last optimal") {
+		t.Fatalf("disabling the last optimal backend: %d %s", code, body)
+	}
+	if code, _ := do(t, "GET", srv.URL+"/v1/storages/nosuch", ""); code != 404 {
+		t.Fatalf("unknown storage: %d", code)
+	}
+	_, body = do(t, "GET", srv.URL+"/v1/status", "")
+	json.Unmarshal([]byte(body), &o)
+	if o.Status != "degraded" {
+		t.Fatalf("status after disable: %s", body)
+	}
+	if code, _ := do(t, "GET", srv.URL+"/readyz", ""); code != 200 {
+		t.Fatalf("readyz with one optimal backend: %d", code)
+	}
+	if code, body := do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `zeoraid_backend_state{storage="1",backend="b",state="degraded"} 1`) {
+		t.Fatalf("metrics: %d %s", code, body)
+	}
+	if code, body := do(t, "GET", srv.URL+"/", ""); code != 200 || !strings.Contains(body, "degraded") {
+		t.Fatalf("status page: %d", code)
+	}
+	if code, body := do(t, "POST", srv.URL+"/v1/storages/1/verify", "secret"); code != 200 || !strings.Contains(body, `"identical": true`) {
+		t.Fatalf("verify: %d %s", code, body)
+	}
+	if code, body := do(t, "POST", srv.URL+"/v1/storages/1/backends/b/recover", "secret"); code != http.StatusAccepted {
+		t.Fatalf("recover: %d %s", code, body)
+	}
+	if code, _ := do(t, "GET", srv.URL+"/healthz", ""); code != 200 {
+		t.Fatalf("healthz: %d", code)
+	}
+}
+
+func TestReadyzFailsWithoutOptimalBackends(t *testing.T) {
+	srv, _, coord := setupCoord(t, "")
+	for _, b := range []string{"a", "b"} {
+		coord.SetState(context.Background(), "1", b, raidcore.BackendState{State: raidcore.Degraded, Reason: "test"})
+	}
+	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "no optimal backend") {
+		t.Fatalf("readyz with no optimal backend: %d %s", code, body)
+	}
+	code, body := do(t, "GET", srv.URL+"/v1/status", "")
+	if code != 200 || !strings.Contains(body, `"status": "failed"`) {
+		t.Fatalf("status: %s", body)
+	}
+}
