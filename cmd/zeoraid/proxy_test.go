@@ -1,0 +1,63 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProxyConfigFromFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "zeoraid.yaml")
+	os.WriteFile(conf, []byte(`proxy:
+  listen: 127.0.0.1:8100
+  data: `+dir+`
+  backend:
+    - b1=127.0.0.1:8101
+    - main/b2=127.0.0.1:8102,127.0.0.1:9102
+  vote-timeout: 5s
+  verify-reads: true
+`), 0o600)
+	s := newSettings("proxy")
+	registerProxyFlags(s)
+	if err := s.parse([]string{"--config", conf}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := proxyConfig(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.listen != "127.0.0.1:8100" || c.vote != 5*time.Second || !c.verify || len(c.storages["1"]) != 1 ||
+		len(c.storages["main"]) != 1 || len(c.storages["main"][0].Addrs) != 2 || c.storages["main"][0].Name != "b2" {
+		t.Fatalf("config %+v", c)
+	}
+}
+
+func TestProxyConfigErrorsNameTheKey(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--listen", "127.0.0.1:0", "--data", dir}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--data", dir, "--backend", "b=127.0.0.1:1"}, "proxy.listen"},
+		{append(base, "--backend", "nonsense"), "proxy.backend"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--backend", "b=127.0.0.1:2"), "proxy.backend"},
+		{base, "proxy.backend"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--vote-timeout", "0s"), "proxy.vote-timeout"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--http", "nope"), "proxy.http"},
+		{[]string{"--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"}, "proxy.data"},
+	} {
+		s := newSettings("proxy")
+		registerProxyFlags(s)
+		err := s.parse(c.args)
+		if err == nil {
+			_, err = proxyConfig(s)
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want an error naming %s", c.args, err, c.want)
+		}
+	}
+}
