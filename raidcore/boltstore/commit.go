@@ -8,17 +8,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-func (s *Store) lock(ctx context.Context) error {
-	select {
-	case s.commitLock <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *Store) unlock() { <-s.commitLock }
-
 // NewOIDs implements zodb.Committer. Oids come from a counter persisted in
 // blocks: a block is on disk before any of its oids is handed out.
 func (s *Store) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
@@ -52,14 +41,14 @@ func (s *Store) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if s.opts.ReadOnly {
 		return zodb.VoteResult{}, zodb.NewReadOnlyError()
 	}
-	if err := s.lock(ctx); err != nil {
+	if err := s.commit.Acquire(ctx); err != nil {
 		return zodb.VoteResult{}, err
 	}
 	s.mu.Lock()
 	last, closed := s.last, s.closed
 	s.mu.Unlock()
 	if closed {
-		s.unlock()
+		s.commit.Release()
 		return zodb.VoteResult{}, s.checkOpen()
 	}
 	var plan *txnplan.Plan
@@ -70,25 +59,21 @@ func (s *Store) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		return err
 	})
 	if err != nil || plan == nil {
-		s.unlock()
+		s.commit.Release()
 		return res, s.wrap(err)
 	}
-	s.mu.Lock()
-	s.voted = plan
-	s.mu.Unlock()
+	s.commit.Hold(plan)
 	return res, nil
 }
 
 // Finish implements zodb.Committer: one bbolt write transaction, fsynced
 // before it returns.
 func (s *Store) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
-	s.mu.Lock()
-	p := s.voted
-	if p == nil || p.Txn != txn {
-		s.mu.Unlock()
+	p := s.commit.Take(txn)
+	if p == nil {
 		return zodb.ZeroTID, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote")
 	}
-	s.voted = nil
+	s.mu.Lock()
 	// The oid counter moves past any oid this transaction writes; s.mu
 	// is held across the write so that NewOIDs cannot persist a lower
 	// limit in between.
@@ -142,7 +127,7 @@ func (s *Store) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	})
 	if err != nil {
 		s.mu.Unlock()
-		s.unlock()
+		s.commit.Release()
 		s.log.Error("commit failed; the transaction is not committed", "tid", p.TID, "error", err)
 		return zodb.ZeroTID, zodb.NewStorageError("commit of %s failed: %v", p.TID, s.wrap(err))
 	}
@@ -157,20 +142,12 @@ func (s *Store) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	s.mu.Unlock()
 	// Still under the commit lock: events go out in tid order.
 	s.Notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
-	s.unlock()
+	s.commit.Release()
 	return p.TID, nil
 }
 
 // Abort implements zodb.Committer.
 func (s *Store) Abort(ctx context.Context, txn *zodb.Transaction) error {
-	s.mu.Lock()
-	p := s.voted
-	if p == nil || p.Txn != txn {
-		s.mu.Unlock()
-		return nil
-	}
-	s.voted = nil
-	s.mu.Unlock()
-	s.unlock()
+	s.commit.Abort(txn)
 	return nil
 }

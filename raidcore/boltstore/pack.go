@@ -52,10 +52,10 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 			gc = false
 		}
 	}
-	if err := s.lock(ctx); err != nil {
+	if err := s.commit.Acquire(ctx); err != nil {
 		return err
 	}
-	defer s.unlock()
+	defer s.commit.Release()
 	if gc {
 		// Take in what was committed during the scan.
 		var err error

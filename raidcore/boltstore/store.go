@@ -50,13 +50,12 @@ type Store struct {
 	opts Options
 	log  hclog.Logger
 
-	commitLock chan struct{} // held from Vote to Finish/Abort, and by pack's final phase
+	commit *txnplan.Lock // held from Vote to Finish/Abort, and by pack's final phase
 
 	mu       sync.Mutex // guards the fields below
 	last     zodb.TID
 	oidNext  uint64 // next oid to hand out
 	oidLimit uint64 // oids below this are reserved on disk
-	voted    *txnplan.Plan
 	closed   bool
 
 	zodb.Subscribers
@@ -100,7 +99,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commitLock: make(chan struct{}, 1)}
+	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock()}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err

@@ -31,14 +31,13 @@ type Storage struct {
 	readOnly bool
 	now      func() time.Time
 
-	commitLock chan struct{} // held from Vote to Finish/Abort
+	commit *txnplan.Lock // held from Vote to Finish/Abort, and by Pack
 
 	mu      sync.RWMutex
 	objects map[zodb.OID][]revision // ascending tid
 	txns    []txnRecord             // ascending tid
 	last    zodb.TID
 	nextOID uint64
-	voted   *txnplan.Plan
 	closed  bool
 
 	zodb.Subscribers
@@ -58,10 +57,10 @@ func Clock(now func() time.Time) Option { return func(s *Storage) { s.now = now 
 // New returns an empty storage called name.
 func New(name string, opts ...Option) *Storage {
 	s := &Storage{
-		name:       name,
-		now:        time.Now,
-		commitLock: make(chan struct{}, 1),
-		objects:    make(map[zodb.OID][]revision),
+		name:    name,
+		now:     time.Now,
+		commit:  txnplan.NewLock(),
+		objects: make(map[zodb.OID][]revision),
 	}
 	for _, o := range opts {
 		o(s)
@@ -146,17 +145,6 @@ func (s *Storage) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 	return out, nil
 }
 
-func (s *Storage) lock(ctx context.Context) error {
-	select {
-	case s.commitLock <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (s *Storage) unlock() { <-s.commitLock }
-
 func (s *Storage) current(oid zodb.OID) (revision, bool) {
 	revs := s.objects[oid]
 	if len(revs) == 0 {
@@ -170,31 +158,25 @@ func (s *Storage) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteRes
 	if s.readOnly {
 		return zodb.VoteResult{}, zodb.NewReadOnlyError()
 	}
-	if err := s.lock(ctx); err != nil {
+	if err := s.commit.Acquire(ctx); err != nil {
 		return zodb.VoteResult{}, err
 	}
-	res, err := s.vote(txn)
-	if err != nil || len(res.Conflicts) > 0 {
-		s.mu.Lock()
-		s.voted = nil
-		s.mu.Unlock()
-		s.unlock()
+	plan, res, err := s.plan(txn)
+	if plan == nil {
+		s.commit.Release()
+		return res, err
 	}
-	return res, err
+	s.commit.Hold(plan)
+	return res, nil
 }
 
-func (s *Storage) vote(txn *zodb.Transaction) (zodb.VoteResult, error) {
+func (s *Storage) plan(txn *zodb.Transaction) (*txnplan.Plan, zodb.VoteResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.checkOpen(); err != nil {
-		return zodb.VoteResult{}, err
+		return nil, zodb.VoteResult{}, err
 	}
-	plan, res, err := txnplan.Make(view{s}, txn, s.last, s.now())
-	if err != nil || plan == nil {
-		return res, err
-	}
-	s.voted = plan
-	return res, nil
+	return txnplan.Make(view{s}, txn, s.last, s.now())
 }
 
 // view is the committed state for txnplan; s.mu is held.
@@ -226,13 +208,11 @@ func (v view) Records(tid zodb.TID) ([]zodb.DataRecord, bool, error) {
 
 // Finish implements zodb.Committer.
 func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
-	s.mu.Lock()
-	p := s.voted
-	if p == nil || p.Txn != txn {
-		s.mu.Unlock()
+	p := s.commit.Take(txn)
+	if p == nil {
 		return zodb.ZeroTID, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote")
 	}
-	s.voted = nil
+	s.mu.Lock()
 	rec := txnRecord{tid: p.TID, status: zodb.StatusNormal, meta: txn.Meta, records: p.Records}
 	if txn.Status != 0 && !txn.TID.IsZero() {
 		rec.status = txn.Status
@@ -248,21 +228,13 @@ func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, 
 	s.mu.Unlock()
 	// Still under the commit lock: events go out in tid order.
 	s.Notify(zodb.CommitEvent{TID: p.TID, OIDs: p.OIDs(), Txn: txn})
-	s.unlock()
+	s.commit.Release()
 	return p.TID, nil
 }
 
 // Abort implements zodb.Committer.
 func (s *Storage) Abort(ctx context.Context, txn *zodb.Transaction) error {
-	s.mu.Lock()
-	p := s.voted
-	if p == nil || p.Txn != txn {
-		s.mu.Unlock()
-		return nil
-	}
-	s.voted = nil
-	s.mu.Unlock()
-	s.unlock()
+	s.commit.Abort(txn)
 	return nil
 }
 
@@ -378,10 +350,10 @@ func (s *Storage) RecordIterNext(ctx context.Context, from zodb.OID) (zodb.Curre
 // Pack implements zodb.Packer: it drops revisions that nobody can read at
 // or after packTID. Unreachable objects are not collected.
 func (s *Storage) Pack(ctx context.Context, packTID zodb.TID) error {
-	if err := s.lock(ctx); err != nil {
+	if err := s.commit.Acquire(ctx); err != nil {
 		return err
 	}
-	defer s.unlock()
+	defer s.commit.Release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	keep := map[zodb.OID]map[zodb.TID]bool{}

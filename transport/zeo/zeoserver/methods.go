@@ -304,7 +304,7 @@ func (c *conn) freshRead(m wire.Message, oid zodb.OID, do func() (res any, curre
 			c.reply(m, res, nil)
 			return
 		}
-		if c.ss.fan.sendIfFresh(c, mark, oid, replyOrError(m, res)) {
+		if c.ss.fan.sendIfFresh(c, mark, oid, wire.NewReply(m.ID, res)) {
 			return
 		}
 	}
@@ -315,11 +315,7 @@ func (c *conn) freshRead(m wire.Message, oid zodb.OID, do func() (res any, curre
 		c.send(wire.NewErrorReply(m.ID, err))
 		return
 	}
-	c.send(replyOrError(m, res))
-}
-
-func replyOrError(m wire.Message, res any) wire.Message {
-	return wire.NewReply(m.ID, res)
+	c.send(wire.NewReply(m.ID, res))
 }
 
 func (c *conn) loadSerial(ctx context.Context, args []any) (any, error) {
