@@ -1,5 +1,10 @@
 package zodb
 
+import (
+	"fmt"
+	"io"
+)
+
 // TxnMeta is the metadata of a transaction.
 type TxnMeta struct {
 	User        []byte
@@ -52,13 +57,47 @@ func (k OpKind) String() string {
 
 // Op is one queued operation of a transaction.
 type Op struct {
-	Kind    OpKind
-	OID     OID
-	Serial  TID
+	Kind   OpKind
+	OID    OID
+	Serial TID
+	// Data is the record's data when it is in memory. A large transaction
+	// keeps its data in a spool file instead (Spilled set, Data nil), so
+	// that its size does not have to fit in memory; read it with Payload.
 	Data    []byte
+	Spilled *Spilled
 	NoData  bool
 	PrevTxn TID
 	UndoID  []byte
+}
+
+// Spilled locates an operation's data in a spool: Len bytes at Off of R.
+// R must allow concurrent ReadAt calls (an *os.File does), because the
+// RAID array streams one transaction to several backends at once.
+type Spilled struct {
+	R   io.ReaderAt
+	Off int64
+	Len int
+}
+
+// Payload returns the operation's data, read from the spool when it is
+// not in memory. The slice is the caller's.
+func (op *Op) Payload() ([]byte, error) {
+	if op.Spilled == nil {
+		return op.Data, nil
+	}
+	buf := make([]byte, op.Spilled.Len)
+	if _, err := op.Spilled.R.ReadAt(buf, op.Spilled.Off); err != nil {
+		return nil, fmt.Errorf("zodb: reading spooled data of %s: %w", op.OID, err)
+	}
+	return buf, nil
+}
+
+// PayloadLen is the size of the operation's data, in memory or spooled.
+func (op *Op) PayloadLen() int {
+	if op.Spilled != nil {
+		return op.Spilled.Len
+	}
+	return len(op.Data)
 }
 
 // Transaction is everything a client sent between tpc_begin and vote. ZEO

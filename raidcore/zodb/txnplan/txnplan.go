@@ -62,6 +62,15 @@ func Make(view View, txn *zodb.Transaction, last zodb.TID, now time.Time) (*Plan
 	var conflicts []zodb.Conflict
 	var undoErrs []*zodb.UndoError
 	for _, op := range txn.Ops {
+		if op.Spilled != nil {
+			// This storage keeps a transaction in memory until it is
+			// written; take spooled data in.
+			data, err := op.Payload()
+			if err != nil {
+				return nil, zodb.VoteResult{}, zodb.NewStorageError("%v", err)
+			}
+			op.Data, op.Spilled = data, nil
+		}
 		switch op.Kind {
 		case zodb.OpStore:
 			cur, _, err := view.Current(op.OID)
