@@ -47,7 +47,8 @@ type Array struct {
 	inflight map[*zodb.Transaction]*inflight
 	rr       int
 	// recoveries by backend name (running and finished)
-	recoveries map[string]*recovery
+	recoveries  map[string]*recovery
+	recoverySeq int64
 
 	evMu      sync.Mutex
 	evCond    *sync.Cond

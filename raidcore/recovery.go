@@ -12,6 +12,9 @@ import (
 
 // Progress describes one recovery, for status pages and the CLI.
 type Progress struct {
+	// ID numbers the recoveries of one array (per proxy process), so that
+	// a caller can tell the recovery it started from an earlier one.
+	ID      int64  `json:"id"`
 	Backend string `json:"backend"`
 	Source  string `json:"source"`
 	// Phase is "verifying", "copying", "catching up" (under the commit
@@ -100,7 +103,8 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 		opts.FinalGap = 20
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &recovery{cancel: cancel, done: make(chan struct{}), p: Progress{Backend: backend, Phase: "verifying", Started: time.Now()}}
+	a.recoverySeq++
+	r := &recovery{cancel: cancel, done: make(chan struct{}), p: Progress{ID: a.recoverySeq, Backend: backend, Phase: "verifying", Started: time.Now()}}
 	a.recoveries[backend] = r
 	a.mu.Unlock()
 	if err := a.cfg.Coord.SetState(ctx, a.cfg.Storage, backend, BackendState{State: Recovering, Reason: "recovery started", LastTID: st.LastTID}); err != nil {

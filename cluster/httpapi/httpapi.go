@@ -110,7 +110,11 @@ func Handler(m Manager, token string) http.Handler {
 			writeError(w, http.StatusConflict, err)
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"result": "recovering " + r.PathValue("backend")})
+		out := map[string]any{"result": "recovering " + r.PathValue("backend")}
+		if p, ok := a.Recoveries()[r.PathValue("backend")]; ok {
+			out["recovery"] = p
+		}
+		writeJSON(w, http.StatusAccepted, out)
 	})
 	action("POST /v1/storages/{storage}/verify", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
 		var names []string
