@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,9 +26,25 @@ type Config struct {
 	Storage  string
 	Backends []Backend
 	Coord    Coordinator
+	// ProxyID names this proxy in the table (recovery owner); default
+	// "proxy".
+	ProxyID string
 	// VoteTimeout, FinishTimeout and ReadTimeout bound every backend call
 	// of that kind (defaults 20 s, 20 s, 10 s).
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
+	// StateTimeout bounds a change of the state table (default 10 s): an
+	// answer that depends on a change that could not be made in time is
+	// an error.
+	StateTimeout time.Duration
+	// StartupWait is how long Assemble waits for every backend to answer
+	// before it starts with those that did (default 5 s).
+	StartupWait time.Duration
+	// HealthInterval is how often unreachable, unknown and suspect
+	// backends are probed, and re-assembly is tried (default 500 ms).
+	HealthInterval time.Duration
+	// LeaseWarnAfter: status warns when one transaction has held the
+	// commit lease longer (default 10 s).
+	LeaseWarnAfter time.Duration
 	// VerifyReads reads every loadBefore/loadSerial from two backends
 	// (three when they disagree) and degrades the one that answers
 	// differently. It costs a second read per load.
@@ -36,23 +53,40 @@ type Config struct {
 }
 
 // Array is a RAID-1 array of backends that is itself a zodb.Storage.
+//
+// Locks, in the order they may be taken: the coordinator's (Watch
+// callbacks run under it) before evMu before mu. evMu guards the event
+// stream and each member's view of its backend (reported, known,
+// suspect); mu guards the table copy, membership and bookkeeping. No
+// coordinator call, backend call or subscriber callback is made under mu,
+// and no coordinator or backend call under evMu (subscribers are called
+// under evMu, in tid order; see zodb.Watcher for what they may do).
 type Array struct {
 	cfg Config
 	log hclog.Logger
 
-	mu       sync.Mutex
-	backends map[string]*member
-	order    []string // configuration order: tie-breaks prefer earlier
-	table    Table
-	inflight map[*zodb.Transaction]*inflight
-	rr       int
-	// recoveries by backend name (running and finished)
+	mu          sync.Mutex
+	backends    map[string]*member
+	order       []string // configuration order: tie-breaks prefer earlier
+	table       Table
+	inflight    map[*zodb.Transaction]*inflight
+	expired     map[*zodb.Transaction]error // aborted when the lease was lost
+	rr          int
 	recoveries  map[string]*recovery
 	recoverySeq int64
+	packing     bool
+	assembled   bool
+	waiting     string // what assembly or re-assembly waits for
+	refused     string // why re-assembly is refused
+	holder      *leaseHolder
+	closed      bool
 
 	evMu      sync.Mutex
 	evCond    *sync.Cond
 	announced zodb.TID
+	// positioned: announced is the array's real position (some optimal
+	// backend answered since start-up).
+	positioned bool
 	pending   map[zodb.TID]*pendingEvent
 	own       map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
 	subs      zodb.Subscribers
@@ -60,14 +94,31 @@ type Array struct {
 	// first, to tell how many transactions a backend is behind.
 	recent []zodb.TID
 
+	stop    chan struct{}
+	bg      sync.WaitGroup
 	unwatch func()
+	counts  counters
 }
 
+// member is one backend as the array sees it. The fields after unsub are
+// guarded by Array.evMu.
 type member struct {
-	name     string
-	st       zodb.Storage
-	reported zodb.TID // last commit this backend reported
-	unsub    func()
+	name  string
+	st    zodb.Storage
+	unsub func()
+
+	// reported is the last transaction the backend reported.
+	reported zodb.TID
+	// known: reported is the backend's real last transaction (it answered
+	// at least once since the array started).
+	known bool
+	// suspect: the backend's history must be checked before it is used
+	// again (a tpc_finish whose outcome is unknown, or it reconnected at
+	// another transaction than expected).
+	suspect  bool
+	inDoubt  zodb.TID // the transaction whose outcome is unknown
+	lastErr  string   // the last probe or call failure, for status
+	probeErr string
 }
 
 type pendingEvent struct {
@@ -79,15 +130,37 @@ type inflight struct {
 	bt           *zodb.Transaction
 	lease        *Lease
 	participants []*member
+	finishing    chan struct{} // closed when Finish or Abort takes over
+	aborted      error         // set when the lease was lost while waiting
+}
+
+// leaseHolder describes the transaction holding the commit lease, for
+// status warnings.
+type leaseHolder struct {
+	tid   zodb.TID
+	since time.Time
+	what  string
 }
 
 var _ zodb.Storage = (*Array)(nil)
 var _ zodb.Syncer = (*Array)(nil)
 
-// New builds the array: it probes every backend, registers them with the
-// coordinator (which derives or loads the state table) and subscribes to
-// their commits.
+// New builds the array and assembles it (Open, then Assemble).
 func New(ctx context.Context, cfg Config) (*Array, error) {
+	a, err := Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Assemble(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Open builds the array without talking to anybody: it subscribes to the
+// backends' commits so that nothing is missed, and waits for Assemble.
+func Open(cfg Config) (*Array, error) {
 	if cfg.Coord == nil || len(cfg.Backends) == 0 {
 		return nil, errors.New("raidcore: an array needs a coordinator and at least one backend")
 	}
@@ -99,6 +172,13 @@ func New(ctx context.Context, cfg Config) (*Array, error) {
 	def(&cfg.VoteTimeout, 20*time.Second)
 	def(&cfg.FinishTimeout, 20*time.Second)
 	def(&cfg.ReadTimeout, 10*time.Second)
+	def(&cfg.StateTimeout, 10*time.Second)
+	def(&cfg.StartupWait, 5*time.Second)
+	def(&cfg.HealthInterval, 500*time.Millisecond)
+	def(&cfg.LeaseWarnAfter, 10*time.Second)
+	if cfg.ProxyID == "" {
+		cfg.ProxyID = "proxy"
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -106,44 +186,147 @@ func New(ctx context.Context, cfg Config) (*Array, error) {
 		cfg: cfg, log: cfg.Logger.With("storage", cfg.Storage),
 		backends: map[string]*member{}, inflight: map[*zodb.Transaction]*inflight{},
 		pending: map[zodb.TID]*pendingEvent{}, own: map[*zodb.Transaction]*zodb.Transaction{},
+		stop: make(chan struct{}),
 	}
 	a.evCond = sync.NewCond(&a.evMu)
-	var probes []BackendProbe
 	for _, b := range cfg.Backends {
 		if _, dup := a.backends[b.Name]; dup {
 			return nil, fmt.Errorf("raidcore: backend %q configured twice", b.Name)
 		}
-		m := &member{name: b.Name, st: b.Storage}
-		a.backends[b.Name] = m
+		a.backends[b.Name] = &member{name: b.Name, st: b.Storage}
 		a.order = append(a.order, b.Name)
-		probes = append(probes, a.probe(ctx, m))
 	}
-	table, err := cfg.Coord.Start(ctx, cfg.Storage, probes)
-	if err != nil {
-		return nil, err
-	}
-	a.table = table
-	// The array's history starts where its optimal backends are.
-	for _, n := range table.Optimal() {
-		if m := a.backends[n]; m != nil && a.announced.Less(m.reported) {
-			a.announced = m.reported
-		}
-	}
-	a.unwatch = cfg.Coord.Watch(func(storage string, t Table) {
-		if storage == cfg.Storage {
-			a.mu.Lock()
-			a.table = t
-			a.mu.Unlock()
-			a.evMu.Lock()
-			a.emitReady()
-			a.evMu.Unlock()
-		}
-	})
-	for _, m := range a.backends {
-		m := m
+	a.waiting = "assembling: no backend asked yet"
+	for _, n := range a.order {
+		m := a.backends[n]
 		m.unsub = m.st.Subscribe(func(ev zodb.CommitEvent) { a.backendEvent(m, ev) })
 	}
 	return a, nil
+}
+
+// Assemble asks every backend (in parallel) for its last transaction,
+// waits up to StartupWait for all of them (and without limit for the
+// first one, saying in Status whom it waits for), registers them with the
+// coordinator, which returns the state table, and starts serving. It
+// returns when the array serves or ctx ends.
+func (a *Array) Assemble(ctx context.Context) error {
+	first := time.Time{}
+	lastLog := time.Time{}
+	for {
+		probes := a.probeAll(ctx)
+		answered := 0
+		var missing []string
+		for _, p := range probes {
+			if p.Reachable {
+				answered++
+			} else {
+				missing = append(missing, fmt.Sprintf("%s (%s)", p.Name, orUnknown(p.Err)))
+			}
+		}
+		if answered > 0 && first.IsZero() {
+			first = time.Now()
+		}
+		if answered == len(probes) || answered > 0 && time.Since(first) >= a.cfg.StartupWait {
+			table, err := a.cfg.Coord.Start(ctx, a.cfg.Storage, probes)
+			if err == nil {
+				a.started(table, probes)
+				return nil
+			}
+			if !errors.Is(err, ErrNoBackendReachable) {
+				return fmt.Errorf("raidcore: storage %s: %w", a.cfg.Storage, err)
+			}
+		}
+		what := "waiting for backends: " + strings.Join(missing, ", ")
+		if answered > 0 {
+			what = fmt.Sprintf("waiting up to %s for backends: %s", a.cfg.StartupWait, strings.Join(missing, ", "))
+		}
+		a.mu.Lock()
+		a.waiting = what
+		a.mu.Unlock()
+		if time.Since(lastLog) > 10*time.Second {
+			a.log.Warn("array not assembled yet", "waiting_for", strings.Join(missing, ", "))
+			lastLog = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("raidcore: storage %s: %s: %w", a.cfg.Storage, what, ctx.Err())
+		case <-a.stop:
+			return errors.New("raidcore: array closed")
+		case <-time.After(a.cfg.HealthInterval):
+		}
+	}
+}
+
+// started takes the table from the coordinator and starts serving.
+func (a *Array) started(table Table, probes []BackendProbe) {
+	a.evMu.Lock()
+	a.mu.Lock()
+	a.table = table
+	for _, p := range probes {
+		m := a.backends[p.Name]
+		if m == nil || !p.Reachable {
+			continue
+		}
+		m.known = true
+		if m.reported.Less(p.LastTID) {
+			m.reported = p.LastTID
+		}
+		// The array's history starts where its optimal backends are.
+		if row := table[p.Name]; row.State == Optimal {
+			a.positioned = true
+			if a.announced.Less(m.reported) {
+				a.announced = m.reported
+			}
+		}
+	}
+	a.assembled, a.waiting = true, ""
+	a.mu.Unlock()
+	a.evMu.Unlock()
+	a.unwatch = a.cfg.Coord.Watch(func(storage string, t Table) {
+		if storage != a.cfg.Storage {
+			return
+		}
+		a.evMu.Lock()
+		a.mu.Lock()
+		a.table = t
+		a.mu.Unlock()
+		a.emitReady()
+		a.evMu.Unlock()
+	})
+	// A change between Start and Watch would be lost otherwise.
+	if t := a.cfg.Coord.Table(a.cfg.Storage); t != nil {
+		a.evMu.Lock()
+		a.mu.Lock()
+		a.table = t
+		a.mu.Unlock()
+		a.emitReady()
+		a.evMu.Unlock()
+	}
+	st := a.Status()
+	a.log.Info("array assembled", "status", st.Status, "last_tid", st.LastTID)
+	a.bg.Add(1)
+	go a.health()
+}
+
+// probeAll asks every backend for its last transaction, in parallel.
+func (a *Array) probeAll(ctx context.Context) []BackendProbe {
+	a.mu.Lock()
+	members := make([]*member, 0, len(a.order))
+	for _, n := range a.order {
+		members = append(members, a.backends[n])
+	}
+	a.mu.Unlock()
+	out := make([]BackendProbe, len(members))
+	var wg sync.WaitGroup
+	for i, m := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = a.probe(ctx, m)
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // probe asks a backend for its last tid and an oid above all it holds.
@@ -153,24 +336,48 @@ func (a *Array) probe(ctx context.Context, m *member) BackendProbe {
 	defer cancel()
 	last, err := m.st.LastTransaction(ctx)
 	if err != nil {
-		a.log.Warn("backend unreachable at start-up", "backend", m.name, "error", err)
+		p.Err = err.Error()
+		a.evMu.Lock()
+		m.probeErr = p.Err
+		a.evMu.Unlock()
 		return p
 	}
 	p.Reachable, p.LastTID = true, last
-	m.reported = last
 	// A backend's own oid counter is never used for clients (a
 	// FileStorage reissues oids after kill -9); it only tells where the
 	// array's sequence must start.
 	if oids, err := m.st.NewOIDs(ctx, 1); err == nil && len(oids) == 1 {
 		p.OIDFloor = oids[0].Uint64()
 	}
+	a.evMu.Lock()
+	m.probeErr = ""
+	a.evMu.Unlock()
 	return p
+}
+
+// Ready reports whether the array serves, and otherwise what it waits for.
+func (a *Array) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.assembled, a.waiting
+}
+
+// row returns a backend's row in the table the array has applied.
+func (a *Array) row(name string) (BackendState, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.table[name]
+	return r, ok
 }
 
 // optimal returns the optimal members in configuration order.
 func (a *Array) optimal() []*member {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.optimalLocked()
+}
+
+func (a *Array) optimalLocked() []*member {
 	var out []*member
 	for _, n := range a.order {
 		if b, ok := a.table[n]; ok && b.State == Optimal {
@@ -180,45 +387,207 @@ func (a *Array) optimal() []*member {
 	return out
 }
 
-// reachableOptimal returns the optimal members whose connection is up;
-// an optimal backend found disconnected is degraded on the spot, so that
-// nobody waits for it.
-func (a *Array) reachableOptimal() []*member {
-	var out []*member
+func connected(m *member) bool {
+	if c, ok := m.st.(interface{ Connected() bool }); ok {
+		return c.Connected()
+	}
+	return true
+}
+
+// usable returns the optimal members that can take part in a commit or
+// serve a read now. Optimal members that cannot (unknown since start-up,
+// suspect, disconnected) are checked on the spot and otherwise degraded,
+// so that the members returned are exactly the optimal ones: a commit
+// that leaves one out would leave it behind. ok is false when an optimal
+// member could be neither used nor degraded (it is the last optimal one,
+// or the table could not be changed): then nothing may be committed.
+func (a *Array) usable(ctx context.Context) (out []*member, err error) {
 	for _, m := range a.optimal() {
-		if c, ok := m.st.(interface{ Connected() bool }); ok && !c.Connected() {
-			a.degrade(m, "connection to the backend lost")
+		if a.check(ctx, m) {
+			out = append(out, m)
 			continue
 		}
-		out = append(out, m)
+		a.evMu.Lock()
+		why := m.lastErr
+		a.evMu.Unlock()
+		if err := a.degrade(m, "unreachable: "+orUnknown(why)); err != nil {
+			if errors.Is(err, ErrLastOptimal) {
+				return nil, zodb.NewStorageError("storage %s: the last optimal backend %s is unreachable (%s); waiting for it to answer", a.cfg.Storage, m.name, orUnknown(why))
+			}
+			return nil, err
+		}
 	}
-	return out
+	if len(out) == 0 {
+		return nil, errNoBackend("serve")
+	}
+	return out, nil
 }
 
-// degradeIfOptimal degrades m unless it already is degraded or recovering
-// (so that a late event cannot override a recovery that just started).
-func (a *Array) degradeIfOptimal(m *member, reason string) {
-	a.mu.Lock()
-	st := a.table[m.name]
-	a.mu.Unlock()
-	if st.State == Optimal {
-		a.degrade(m, reason)
+// check makes sure an optimal member can be used: connected, its last
+// transaction known and consistent with the array's history. It probes the
+// backend when needed (bounded).
+func (a *Array) check(ctx context.Context, m *member) bool {
+	if !connected(m) {
+		a.evMu.Lock()
+		m.lastErr = "connection to the backend lost"
+		a.evMu.Unlock()
+		return false
 	}
-}
-
-// degrade marks a backend degraded in the coordinator (durably) before the
-// caller answers anybody.
-func (a *Array) degrade(m *member, reason string) error {
-	a.log.Warn("degrading backend", "backend", m.name, "reason", reason)
 	a.evMu.Lock()
-	last := m.reported
+	ok := m.known && !m.suspect
 	a.evMu.Unlock()
-	err := a.cfg.Coord.SetState(context.Background(), a.cfg.Storage, m.name, BackendState{State: Degraded, Reason: reason, LastTID: last})
-	if err != nil {
-		a.log.Error("cannot record the degraded backend", "backend", m.name, "error", err)
-		return fmt.Errorf("raidcore: cannot degrade backend %s: %w", m.name, err)
+	if ok {
+		return true
 	}
-	return nil
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.cfg.ReadTimeout, 2*time.Second))
+	defer cancel()
+	last, err := m.st.LastTransaction(cctx)
+	if err != nil {
+		a.evMu.Lock()
+		m.lastErr = err.Error()
+		a.evMu.Unlock()
+		return false
+	}
+	return a.contact(m, last)
+}
+
+// contact takes what an optimal member answered as its last transaction
+// (a probe after start-up or after a failure, or a reconnection) and
+// decides whether it can serve (true) or must be degraded (done here).
+// The rules, with the array's position P (its last announced transaction)
+// and the member's row R:
+//
+//   - below R.LastTID it lost data: degraded, even if it is the last
+//     optimal backend (re-assembly then waits for one that holds it all);
+//   - at the transaction of its interrupted tpc_finish: committed (it is
+//     announced); at P: not committed;
+//   - at P: usable;
+//   - other optimal members serve: behind P it misses transactions, ahead
+//     of P it holds some the array never acknowledged: degraded;
+//   - it is the only one and the array has no position yet (nothing
+//     answered at start-up): its last transaction becomes P;
+//   - it is the only one and behind P: the array served transactions it
+//     lacks from backends that are gone since; it cannot serve alone
+//     (degraded as having lost them; re-assembly waits for one that
+//     holds them);
+//   - it is the only one and ahead of P: it is the only copy of a
+//     transaction whose tpc_finish the array lost; its history becomes
+//     the array's, and clients start over.
+func (a *Array) contact(m *member, last zodb.TID) bool {
+	row, _ := a.row(m.name)
+	a.evMu.Lock()
+	m.reported, m.known = last, true
+	if row.State != Optimal {
+		m.suspect, m.inDoubt = false, zodb.ZeroTID
+		a.evMu.Unlock()
+		return false
+	}
+	others := 0
+	for _, o := range a.optimalEv() {
+		if o != m && o.known && !o.suspect {
+			others++
+		}
+	}
+	pos, doubt := a.announced, m.inDoubt
+	verdict, lost := "", false
+	usable := func() bool {
+		m.suspect, m.inDoubt = false, zodb.ZeroTID
+		a.emitReady()
+		a.evCond.Broadcast()
+		a.evMu.Unlock()
+		return true
+	}
+	switch {
+	case last.Less(row.LastTID):
+		verdict, lost = fmt.Sprintf("lost transactions: answers at %s but held %s", last, row.LastTID), true
+	case !doubt.IsZero() && last == doubt:
+		a.log.Info("interrupted tpc_finish resolved: committed", "backend", m.name, "tid", doubt)
+		return usable()
+	case !doubt.IsZero() && last == pos:
+		delete(a.pending, doubt)
+		a.log.Info("interrupted tpc_finish resolved: not committed", "backend", m.name, "tid", doubt)
+		return usable()
+	case last == pos && a.positioned:
+		return usable()
+	case others > 0 && last.Less(pos):
+		verdict = fmt.Sprintf("missing transactions: answers at %s, the array is at %s", last, pos)
+	case others > 0:
+		verdict = fmt.Sprintf("holds transactions the array did not acknowledge: answers at %s, the array is at %s", last, pos)
+	case !a.positioned:
+		a.announced, a.positioned = last, true
+		return usable()
+	case last.Less(pos):
+		verdict, lost = fmt.Sprintf("lost transactions: answers at %s, but the array served up to %s (from backends that are gone)", last, pos), true
+	default:
+		a.log.Warn("the last optimal backend holds transactions the array did not acknowledge; its history becomes the array's", "backend", m.name, "tid", last, "array", pos)
+		a.announced = last
+		for tid := range a.pending {
+			if !last.Less(tid) {
+				delete(a.pending, tid)
+			}
+		}
+		a.subs.Notify(zodb.CommitEvent{TID: last, Reset: true})
+		return usable()
+	}
+	m.suspect = true
+	a.evMu.Unlock()
+	if err := a.degradeWith(m, verdict, lost); err != nil {
+		a.log.Error("cannot degrade backend", "backend", m.name, "reason", verdict, "error", err)
+	}
+	return false
+}
+
+// optimalEv is optimal() for callers holding evMu.
+func (a *Array) optimalEv() []*member {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.optimalLocked()
+}
+
+// degrade marks a backend degraded, durably, before the caller answers
+// anybody. It refuses (ErrLastOptimal) to degrade the last optimal backend:
+// that one holds every acknowledged transaction, and the operation that
+// failed on it fails instead. A backend that is no longer optimal is left
+// as it is (nil).
+func (a *Array) degrade(m *member, reason string) error { return a.degradeWith(m, reason, false) }
+
+// degradeWith degrades m; lost allows it to be the last optimal backend
+// (it lost data, so it cannot serve).
+func (a *Array) degradeWith(m *member, reason string, lost bool) error {
+	for attempt := 0; ; attempt++ {
+		row, ok := a.cfg.Coord.Table(a.cfg.Storage)[m.name]
+		if !ok || row.State != Optimal {
+			return nil
+		}
+		a.evMu.Lock()
+		last := m.reported
+		if !m.known || last.Less(row.LastTID) {
+			// What it held is at least what the row says.
+			last = row.LastTID
+		}
+		a.evMu.Unlock()
+		if lost {
+			last = row.LastTID
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
+		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: m.name, Version: row.Version, AllowNoOptimal: lost,
+			To: BackendState{State: Degraded, Reason: reason, By: "proxy", LastTID: last, PackedTo: row.PackedTo}})
+		cancel()
+		switch {
+		case err == nil:
+			a.log.Warn("backend degraded", "backend", m.name, "reason", reason)
+			a.counts.add(&a.counts.degrades)
+			return nil
+		case errors.Is(err, ErrStale) && attempt < 3:
+			continue
+		case errors.Is(err, ErrLastOptimal):
+			a.log.Warn("not degrading the last optimal backend", "backend", m.name, "reason", reason)
+			return err
+		default:
+			a.log.Error("cannot record the degraded backend", "backend", m.name, "reason", reason, "error", err)
+			return fmt.Errorf("raidcore: cannot degrade backend %s: %w", m.name, err)
+		}
+	}
 }
 
 // --- commit events ------------------------------------------------------
@@ -229,17 +598,25 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 	a.evMu.Lock()
 	defer a.evMu.Unlock()
 	if ev.Reset {
-		if ev.TID != m.reported {
+		if ev.TID != m.reported || m.suspect {
 			// The backend reconnected at another transaction than the
-			// array knew (a tpc_finish whose outcome was lost, or a write
-			// behind the array's back): an optimal one must be checked by
-			// a recovery. (Not here: degrading calls the coordinator,
-			// whose watchers take a.evMu.)
+			// array knew: decide (outside the lock: it may degrade)
+			// whether it can still be used.
 			was := m.reported
-			go a.degradeIfOptimal(m, fmt.Sprintf("reconnected at transaction %s, the array knew %s", ev.TID, was))
+			m.suspect = true
+			a.bg.Add(1)
+			go func() {
+				defer a.bg.Done()
+				if row, ok := a.row(m.name); ok && row.State == Optimal {
+					a.log.Info("backend reconnected at another transaction; checking it", "backend", m.name, "tid", ev.TID, "was", was)
+					a.contact(m, ev.TID)
+				} else {
+					a.evMu.Lock()
+					m.suspect, m.reported = false, ev.TID
+					a.evMu.Unlock()
+				}
+			}()
 		}
-		m.reported = ev.TID
-		a.emitReady()
 		return
 	}
 	if !m.reported.Less(ev.TID) {
@@ -262,19 +639,21 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 }
 
 // emitReady announces, in tid order, every pending transaction that all
-// optimal backends hold. a.evMu is held.
+// usable optimal backends hold. a.evMu is held.
 func (a *Array) emitReady() {
-	opt := a.optimal()
-	if len(opt) == 0 {
-		return
-	}
-	water := opt[0].reported
-	for _, m := range opt[1:] {
-		if m.reported.Less(water) {
+	opt := a.optimalEv()
+	var water zodb.TID
+	n := 0
+	for _, m := range opt {
+		if !m.known || m.suspect {
+			continue
+		}
+		if n == 0 || m.reported.Less(water) {
 			water = m.reported
 		}
+		n++
 	}
-	if !a.announced.Less(water) {
+	if n == 0 || !a.announced.Less(water) {
 		return
 	}
 	var tids []zodb.TID
@@ -287,6 +666,9 @@ func (a *Array) emitReady() {
 	for _, tid := range tids {
 		p := a.pending[tid]
 		delete(a.pending, tid)
+		if !a.announced.Less(tid) {
+			continue
+		}
 		a.subs.Notify(zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn})
 		a.recent = append(a.recent, tid)
 	}
@@ -320,10 +702,16 @@ func (a *Array) LastTransaction(ctx context.Context) (zodb.TID, error) {
 	return a.announced, nil
 }
 
-// Sync implements zodb.Syncer: every optimal backend is synced, so that
-// what they committed has been reported and announced.
+// Sync implements zodb.Syncer: every usable optimal backend is synced, so
+// that what they committed has been reported and announced.
 func (a *Array) Sync(ctx context.Context) error {
 	for _, m := range a.optimal() {
+		a.evMu.Lock()
+		ok := m.known && !m.suspect
+		a.evMu.Unlock()
+		if !ok {
+			continue
+		}
 		if s, ok := m.st.(zodb.Syncer); ok {
 			cctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
 			err := s.Sync(cctx)
@@ -336,9 +724,111 @@ func (a *Array) Sync(ctx context.Context) error {
 	return nil
 }
 
+// health runs in the background once the array is assembled: it probes
+// backends whose state is unknown or suspect, and re-assembles an array
+// that has no optimal backend left.
+func (a *Array) health() {
+	defer a.bg.Done()
+	t := time.NewTicker(a.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-a.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		opt := a.optimal()
+		if len(opt) == 0 {
+			a.reassemble(ctx)
+		}
+		for _, m := range opt {
+			a.evMu.Lock()
+			need := !m.known || m.suspect
+			a.evMu.Unlock()
+			if need && connected(m) {
+				a.check(ctx, m)
+			}
+		}
+		cancel()
+	}
+}
+
+// reassemble returns an array without an optimal backend to service when
+// a backend can be proven to hold every acknowledged transaction
+// (PlanReassembly), and otherwise says in Status what it waits for.
+func (a *Array) reassemble(ctx context.Context) {
+	probes := a.probeAll(ctx)
+	answers := map[string]zodb.TID{}
+	for _, p := range probes {
+		if p.Reachable {
+			answers[p.Name] = p.LastTID
+		}
+	}
+	a.mu.Lock()
+	table, order := a.table.Copy(), append([]string(nil), a.order...)
+	a.mu.Unlock()
+	plan := PlanReassembly(table, answers, order, time.Now().UTC())
+	if plan.Source == "" {
+		a.mu.Lock()
+		changed := a.refused != plan.Refusal
+		a.refused, a.waiting = plan.Refusal, plan.Refusal
+		a.mu.Unlock()
+		if changed {
+			a.log.Error("cannot re-assemble the array", "reason", plan.Refusal)
+		}
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
+	defer cancel()
+	m := a.member(plan.Source)
+	if m == nil {
+		return
+	}
+	a.evMu.Lock()
+	m.reported, m.known, m.suspect, m.inDoubt = answers[plan.Source], true, false, zodb.ZeroTID
+	// What was pending while the array was down is part of the source's
+	// history or of nobody's; clients start over below either way.
+	a.pending = map[zodb.TID]*pendingEvent{}
+	a.evMu.Unlock()
+	if _, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, plan.Changes...); err != nil {
+		a.log.Warn("re-assembly not recorded", "source", plan.Source, "error", err)
+		return
+	}
+	a.evMu.Lock()
+	a.announced, a.positioned = answers[plan.Source], true
+	// Clients cannot be told what changed while the array was down.
+	a.subs.Notify(zodb.CommitEvent{TID: a.announced, Reset: true})
+	a.evCond.Broadcast()
+	a.evMu.Unlock()
+	a.mu.Lock()
+	a.refused, a.waiting = "", ""
+	a.mu.Unlock()
+	a.log.Warn("array re-assembled", "source", plan.Source, "tid", answers[plan.Source], "needed", plan.Needed)
+}
+
+func (a *Array) member(name string) *member {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.backends[name]
+}
+
 // Close implements zodb.Storage. Backends are closed too.
 func (a *Array) Close() error {
 	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	close(a.stop)
 	var running []string
 	for n := range a.recoveries {
 		running = append(running, n)
@@ -347,10 +837,17 @@ func (a *Array) Close() error {
 	for _, n := range running {
 		a.CancelRecovery(n)
 	}
+	a.bg.Wait()
 	if a.unwatch != nil {
 		a.unwatch()
 	}
+	a.mu.Lock()
+	members := make([]*member, 0, len(a.backends))
 	for _, m := range a.backends {
+		members = append(members, m)
+	}
+	a.mu.Unlock()
+	for _, m := range members {
 		if m.unsub != nil {
 			m.unsub()
 		}
@@ -365,4 +862,16 @@ func (a *Array) Name() string { return a.cfg.Storage }
 // errNoBackend is what clients get when no backend can serve them.
 func errNoBackend(what string) error {
 	return zodb.NewStorageError("no optimal backend left to %s; the array needs recovery", what)
+}
+
+// counters are the array's event counts, for metrics.
+type counters struct {
+	mu                                         sync.Mutex
+	degrades, voteTimeouts, leaseLost, aborted int64
+}
+
+func (c *counters) add(p *int64) {
+	c.mu.Lock()
+	*p++
+	c.mu.Unlock()
 }

@@ -83,12 +83,19 @@ func isFailure(err error) bool {
 	return !errors.As(err, &py)
 }
 
-// Vote implements zodb.Committer: the commit lease and the tid come from the
-// coordinator; the transaction is replayed to every optimal backend in
+// Vote implements zodb.Committer: the commit lease and the tid come from
+// the coordinator; the transaction is replayed to every optimal backend in
 // parallel under a deadline; the answers are compared. A backend that
 // fails or disagrees with the majority is degraded (recorded by the
 // coordinator) before the client gets the majority's answer.
+//
+// The backend calls do not run under the client's context: a client that
+// gives up (tpc_abort, a disconnect) is no evidence against a backend. The
+// votes then end under their own deadline and are aborted everywhere.
 func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
+	if ok, why := a.Ready(); !ok {
+		return zodb.VoteResult{}, zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
+	}
 	// Oids a client chose itself (restore, copying transactions) move the
 	// array's oid sequence past them before anything is written.
 	var maxOID zodb.OID
@@ -104,16 +111,22 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if err != nil {
 		return zodb.VoteResult{}, err
 	}
+	bctx := context.WithoutCancel(ctx)
+	members, err := a.usable(bctx)
+	if err != nil {
+		lease.Release()
+		return zodb.VoteResult{}, err
+	}
+	a.setHolder(lease.TID, "transaction")
+	release := func() {
+		a.clearHolder(lease.TID)
+		lease.Release()
+	}
 	status := txn.Status
 	if status == 0 || txn.TID.IsZero() {
 		status = zodb.StatusNormal
 	}
 	bt := &zodb.Transaction{Meta: txn.Meta, TID: lease.TID, Status: status, Ops: txn.Ops, CollectConflicts: txn.CollectConflicts}
-	members := a.reachableOptimal()
-	if len(members) == 0 {
-		lease.Release()
-		return zodb.VoteResult{}, errNoBackend("commit")
-	}
 	a.evMu.Lock()
 	a.own[bt] = txn
 	a.evMu.Unlock()
@@ -127,7 +140,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if !lease.Deadline.IsZero() && lease.Deadline.Before(deadline) {
 		deadline = lease.Deadline
 	}
-	vctx, cancel := context.WithDeadline(ctx, deadline)
+	vctx, cancel := context.WithDeadline(bctx, deadline)
 	outs := make([]voteOutcome, len(members))
 	var wg sync.WaitGroup
 	for i, m := range members {
@@ -140,14 +153,39 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	}
 	wg.Wait()
 	cancel()
+	abortAll := func(which []*member) {
+		var wg sync.WaitGroup
+		for _, m := range which {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.abortOne(m, bt)
+			}()
+		}
+		wg.Wait()
+	}
 
 	// The majority among the answers; a tie goes to the group of the
 	// backend configured first.
 	count := map[string]int{}
+	timeouts := 0
 	for _, o := range outs {
 		if !o.failed {
 			count[o.key]++
+		} else if errors.Is(o.err, context.DeadlineExceeded) {
+			timeouts++
 		}
+	}
+	if len(count) == 0 && timeouts == len(outs) {
+		// Every backend timed out at once: that says more about this
+		// proxy (or a holder before it that still owns their locks) than
+		// about the backends. Nothing is degraded; the transaction fails.
+		abortAll(members)
+		forget()
+		release()
+		a.counts.add(&a.counts.voteTimeouts)
+		a.log.Warn("vote timed out on every backend; nothing degraded, the transaction fails", "tid", bt.TID, "timeout", time.Until(deadline))
+		return zodb.VoteResult{}, zodb.NewStorageError("vote of %s timed out on every backend (after %s); the transaction was aborted", bt.TID, a.cfg.VoteTimeout)
 	}
 	winner := ""
 	for _, o := range outs { // outs are in configuration order
@@ -156,41 +194,128 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		}
 	}
 	var winnerOut *voteOutcome
-	var participants []*member
+	var participants, toAbort []*member
+	var recordErr error
 	for i := range outs {
 		o := &outs[i]
+		var reason string
 		switch {
 		case o.failed:
-			a.abortOne(o.m, bt)
-			a.degrade(o.m, fmt.Sprintf("vote of %s failed: %v", bt.TID, o.err))
+			toAbort = append(toAbort, o.m)
+			reason = fmt.Sprintf("vote of %s failed: %v", bt.TID, o.err)
 		case o.key != winner:
 			if o.err == nil && len(o.res.Conflicts) == 0 {
-				a.abortOne(o.m, bt)
+				toAbort = append(toAbort, o.m)
 			}
-			a.degrade(o.m, fmt.Sprintf("vote of %s answered %q, the majority %q", bt.TID, o.key, winner))
+			reason = fmt.Sprintf("vote of %s answered %q, the majority %q", bt.TID, o.key, winner)
 		default:
 			if winnerOut == nil {
 				winnerOut = o
 			}
 			participants = append(participants, o.m)
+			continue
+		}
+		if err := a.degrade(o.m, reason); err != nil && recordErr == nil {
+			recordErr = err
 		}
 	}
+	abortAll(toAbort)
 	if winnerOut == nil {
 		forget()
-		lease.Release()
-		return zodb.VoteResult{}, errNoBackend("vote")
+		release()
+		if recordErr != nil && !errors.Is(recordErr, ErrLastOptimal) {
+			return zodb.VoteResult{}, recordErr
+		}
+		return zodb.VoteResult{}, zodb.NewStorageError("vote of %s failed on every backend: %s", bt.TID, outs[0].err)
 	}
-	if winnerOut.err != nil || len(winnerOut.res.Conflicts) > 0 {
+	refusal := winnerOut.err != nil || len(winnerOut.res.Conflicts) > 0
+	if recordErr != nil || ctx.Err() != nil {
+		// A backend that missed this transaction could not be recorded
+		// as degraded (invariant 1: nothing is committed then), or the
+		// client is gone: abort everywhere.
+		if !refusal {
+			abortAll(participants)
+		}
+		forget()
+		release()
+		if recordErr != nil {
+			return zodb.VoteResult{}, recordErr
+		}
+		return zodb.VoteResult{}, ctx.Err()
+	}
+	if refusal {
 		// A valid refusal (conflict and the like): every backend that
 		// agrees has already aborted.
 		forget()
-		lease.Release()
+		release()
 		return winnerOut.res, winnerOut.err
 	}
+	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{})}
 	a.mu.Lock()
-	a.inflight[txn] = &inflight{bt: bt, lease: lease, participants: participants}
+	a.inflight[txn] = inf
 	a.mu.Unlock()
+	a.bg.Add(1)
+	go a.watchLease(txn, inf)
 	return winnerOut.res, nil
+}
+
+// watchLease aborts a voted transaction whose lease is lost before the
+// client finishes or aborts it (a client that votes and goes idle must
+// not keep the backends' commit locks).
+func (a *Array) watchLease(txn *zodb.Transaction, inf *inflight) {
+	defer a.bg.Done()
+	select {
+	case <-inf.finishing:
+		return
+	case <-a.stop:
+		return
+	case <-inf.lease.Done():
+	}
+	reason := inf.lease.Err()
+	a.mu.Lock()
+	if a.inflight[txn] != inf {
+		a.mu.Unlock()
+		return
+	}
+	delete(a.inflight, txn)
+	if a.expired == nil {
+		a.expired = map[*zodb.Transaction]error{}
+	}
+	a.expired[txn] = reason
+	a.mu.Unlock()
+	a.log.Warn("commit lease lost while the client held a voted transaction; aborting it on every backend", "tid", inf.bt.TID, "reason", reason)
+	a.counts.add(&a.counts.leaseLost)
+	var wg sync.WaitGroup
+	for _, m := range inf.participants {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.abortOne(m, inf.bt)
+		}()
+	}
+	wg.Wait()
+	a.clearHolder(inf.bt.TID)
+	a.evMu.Lock()
+	delete(a.own, inf.bt)
+	a.evMu.Unlock()
+}
+
+// take removes a voted transaction from the in-flight set for Finish or
+// Abort; err explains a transaction that was aborted meanwhile.
+func (a *Array) take(txn *zodb.Transaction) (*inflight, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	inf := a.inflight[txn]
+	if inf == nil {
+		if reason, ok := a.expired[txn]; ok {
+			delete(a.expired, txn)
+			return nil, zodb.NewStorageTransactionError("the transaction was aborted before tpc_finish: %v", reason)
+		}
+		return nil, nil
+	}
+	delete(a.inflight, txn)
+	close(inf.finishing)
+	return inf, nil
 }
 
 // abortOne aborts a backend's vote, bounded by the finish timeout.
@@ -202,24 +327,38 @@ func (a *Array) abortOne(m *member, bt *zodb.Transaction) {
 	}
 }
 
-// Finish implements zodb.Committer: tpc_finish on every backend that voted;
-// one that fails or commits under another tid is degraded before the tid
-// goes back to the client; the commit is announced, then the lease is
-// released.
+// Finish implements zodb.Committer: tpc_finish on every backend that
+// voted. One that fails or commits under another tid is degraded before
+// the tid goes back to the client; the tid goes back only once the
+// transaction is on every optimal backend and announced. When every
+// backend fails, the outcome is asked of them: committed somewhere means
+// committed; nowhere means an error; unknown everywhere means an error
+// and the last optimal backend stays in doubt until it answers.
 func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
-	a.mu.Lock()
-	inf := a.inflight[txn]
-	delete(a.inflight, txn)
-	a.mu.Unlock()
+	inf, err := a.take(txn)
+	if err != nil {
+		return zodb.TID{}, err
+	}
 	if inf == nil {
 		return zodb.TID{}, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote")
 	}
+	bt := inf.bt
 	defer inf.lease.Release()
+	defer a.clearHolder(bt.TID)
 	defer func() {
 		a.evMu.Lock()
-		delete(a.own, inf.bt)
+		delete(a.own, bt)
 		a.evMu.Unlock()
 	}()
+	if err := inf.lease.Err(); err != nil {
+		// Never tpc_finish after the lease is gone: someone else may be
+		// committing by now.
+		for _, m := range inf.participants {
+			a.abortOne(m, bt)
+		}
+		a.counts.add(&a.counts.leaseLost)
+		return zodb.TID{}, zodb.NewStorageTransactionError("transaction %s aborted: %v before tpc_finish", bt.TID, err)
+	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FinishTimeout)
 	defer cancel()
 	type result struct {
@@ -232,43 +371,190 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tid, err := m.st.Finish(fctx, inf.bt)
+			tid, err := m.st.Finish(fctx, bt)
 			results[i] = result{tid, err}
 		}()
 	}
 	wg.Wait()
-	committed := 0
+	var committed, failed []*member
+	reasons := map[*member]string{}
 	for i, m := range inf.participants {
 		r := results[i]
 		switch {
 		case r.err != nil:
-			a.degrade(m, fmt.Sprintf("tpc_finish of %s failed: %v", inf.bt.TID, r.err))
-		case r.tid != inf.bt.TID:
-			a.degrade(m, fmt.Sprintf("committed %s under tid %s", inf.bt.TID, r.tid))
+			failed = append(failed, m)
+			reasons[m] = fmt.Sprintf("tpc_finish of %s failed: %v", bt.TID, r.err)
+		case r.tid != bt.TID:
+			failed = append(failed, m)
+			reasons[m] = fmt.Sprintf("committed %s under tid %s", bt.TID, r.tid)
 		default:
-			committed++
+			committed = append(committed, m)
 		}
 	}
-	if committed == 0 {
-		return zodb.TID{}, zodb.NewStorageError("tpc_finish of %s failed on every backend; the array needs recovery", inf.bt.TID)
+	var notCommitted, unknown []*member
+	if len(committed) == 0 {
+		// Ask what happened.
+		for _, m := range failed {
+			switch a.outcome(fctx, m, bt.TID) {
+			case outcomeCommitted:
+				committed = append(committed, m)
+			case outcomeNotCommitted:
+				notCommitted = append(notCommitted, m)
+			default:
+				unknown = append(unknown, m)
+			}
+		}
+		failed = append(append([]*member(nil), notCommitted...), unknown...)
+		if len(committed) == 0 {
+			return zodb.TID{}, a.finishFailed(bt, notCommitted, unknown, reasons)
+		}
 	}
-	// Every backend that committed has reported it; degraded ones no
-	// longer hold the announcement back.
+	for _, m := range failed {
+		if c := a.isIn(committed, m); c {
+			continue
+		}
+		if err := a.degrade(m, reasons[m]); err != nil {
+			a.markSuspect(m, zodb.ZeroTID)
+			return zodb.TID{}, zodb.NewStorageError("transaction %s committed on %s, but the failure of %s could not be recorded (%v); its outcome is unknown", bt.TID, names(committed), m.name, err)
+		}
+	}
+	// Every optimal backend that committed has reported it (a ZEO
+	// client reports its own commit before its Finish returns; others
+	// may trail); degraded ones no longer hold the announcement back.
 	a.evMu.Lock()
 	a.emitReady()
-	for a.announced.Less(inf.bt.TID) {
-		if len(a.optimal()) == 0 {
+	for a.announced.Less(bt.TID) {
+		if !waitCond(fctx, a.evCond) {
 			break
 		}
-		// A backend's report may trail its tpc_finish reply (it comes
-		// from its own reader); wait for it, bounded by the deadline.
-		if !waitCond(fctx, a.evCond) {
-			a.evMu.Unlock()
-			return inf.bt.TID, nil
+	}
+	done := !a.announced.Less(bt.TID)
+	var silent []*member
+	if !done {
+		for _, m := range committed {
+			if m.reported.Less(bt.TID) {
+				silent = append(silent, m)
+			}
 		}
 	}
 	a.evMu.Unlock()
-	return inf.bt.TID, nil
+	if done {
+		return bt.TID, nil
+	}
+	// A backend that committed but never reported it holds the
+	// announcement back: it is out of step with the array.
+	for _, m := range silent {
+		if err := a.degrade(m, fmt.Sprintf("committed %s but did not report it within %s", bt.TID, a.cfg.FinishTimeout)); err != nil {
+			a.markSuspect(m, zodb.ZeroTID)
+		}
+	}
+	a.evMu.Lock()
+	a.emitReady()
+	done = !a.announced.Less(bt.TID)
+	a.evMu.Unlock()
+	if done {
+		return bt.TID, nil
+	}
+	return zodb.TID{}, zodb.NewStorageError("transaction %s was committed on %s but could not be announced (no optimal backend reported it in time); its outcome is unknown", bt.TID, names(committed))
+}
+
+// finishFailed handles a tpc_finish that committed nowhere for sure:
+// backends that did not commit stay; those whose outcome is unknown are
+// degraded, except that the last optimal backend stays in doubt (unused
+// until it answers, see contact).
+func (a *Array) finishFailed(bt *zodb.Transaction, notCommitted, unknown []*member, reasons map[*member]string) error {
+	var kept *member
+	for _, m := range unknown {
+		if err := a.degrade(m, reasons[m]); err != nil {
+			a.markSuspect(m, bt.TID)
+			kept = m
+		}
+	}
+	if kept == nil {
+		return zodb.NewStorageError("tpc_finish of %s failed on every backend; it was not committed (%s)", bt.TID, reasons[firstOf(notCommitted, unknown)])
+	}
+	// Keep what the transaction wrote, to announce it if it turns out
+	// committed.
+	oids := make([]zodb.OID, 0, len(bt.Ops))
+	for _, op := range bt.Ops {
+		if op.Kind != zodb.OpCheckCurrent && op.Kind != zodb.OpUndo {
+			oids = append(oids, op.OID)
+		}
+	}
+	a.evMu.Lock()
+	if a.announced.Less(bt.TID) && a.pending[bt.TID] == nil {
+		a.pending[bt.TID] = &pendingEvent{oids: oids}
+	}
+	a.evMu.Unlock()
+	a.log.Error("outcome of a transaction unknown: tpc_finish failed on every backend", "tid", bt.TID, "in_doubt", kept.name)
+	return zodb.NewStorageError("the outcome of transaction %s is unknown: tpc_finish failed on every backend (%s); it is decided when backend %s answers again",
+		bt.TID, reasons[kept], kept.name)
+}
+
+func firstOf(lists ...[]*member) *member {
+	for _, l := range lists {
+		if len(l) > 0 {
+			return l[0]
+		}
+	}
+	return nil
+}
+
+func (a *Array) isIn(list []*member, m *member) bool {
+	for _, x := range list {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
+func names(ms []*member) string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.name
+	}
+	return strings.Join(out, ", ")
+}
+
+// markSuspect takes a member out of use until its history is checked
+// (contact); doubt, when not zero, is a transaction whose outcome on it is
+// unknown.
+func (a *Array) markSuspect(m *member, doubt zodb.TID) {
+	a.evMu.Lock()
+	m.suspect = true
+	if !doubt.IsZero() {
+		m.inDoubt = doubt
+	}
+	a.emitReady()
+	a.evMu.Unlock()
+}
+
+type outcomeKind int
+
+const (
+	outcomeUnknown outcomeKind = iota
+	outcomeCommitted
+	outcomeNotCommitted
+)
+
+// outcome asks a backend whose tpc_finish failed whether it committed tid.
+func (a *Array) outcome(ctx context.Context, m *member, tid zodb.TID) outcomeKind {
+	if !connected(m) {
+		return outcomeUnknown
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.cfg.ReadTimeout, 2*time.Second))
+	defer cancel()
+	last, err := m.st.LastTransaction(cctx)
+	switch {
+	case err != nil:
+		return outcomeUnknown
+	case last == tid:
+		return outcomeCommitted
+	case last.Less(tid):
+		return outcomeNotCommitted
+	}
+	return outcomeUnknown
 }
 
 // waitCond waits on c (whose lock is held) until it is signalled or ctx
@@ -289,14 +575,12 @@ func waitCond(ctx context.Context, c *sync.Cond) bool {
 
 // Abort implements zodb.Committer.
 func (a *Array) Abort(ctx context.Context, txn *zodb.Transaction) error {
-	a.mu.Lock()
-	inf := a.inflight[txn]
-	delete(a.inflight, txn)
-	a.mu.Unlock()
+	inf, _ := a.take(txn)
 	if inf == nil {
 		return nil
 	}
 	defer inf.lease.Release()
+	defer a.clearHolder(inf.bt.TID)
 	var wg sync.WaitGroup
 	for _, m := range inf.participants {
 		wg.Add(1)
@@ -310,4 +594,19 @@ func (a *Array) Abort(ctx context.Context, txn *zodb.Transaction) error {
 	delete(a.own, inf.bt)
 	a.evMu.Unlock()
 	return nil
+}
+
+// setHolder records who holds the commit lease (for status warnings).
+func (a *Array) setHolder(tid zodb.TID, what string) {
+	a.mu.Lock()
+	a.holder = &leaseHolder{tid: tid, since: time.Now(), what: what}
+	a.mu.Unlock()
+}
+
+func (a *Array) clearHolder(tid zodb.TID) {
+	a.mu.Lock()
+	if a.holder != nil && a.holder.tid == tid {
+		a.holder = nil
+	}
+	a.mu.Unlock()
 }

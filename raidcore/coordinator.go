@@ -2,6 +2,8 @@ package raidcore
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -12,14 +14,19 @@ type State string
 
 // The backend states.
 const (
-	// Optimal backends take every write and serve reads.
+	// Optimal backends take every write and serve reads. Every optimal
+	// backend holds every acknowledged transaction.
 	Optimal State = "optimal"
-	// Degraded backends are out of service: they missed something, or
-	// failed, or disagreed with the others.
+	// Degraded backends are out of service because the proxy found them
+	// failed, behind or different. Automatic recovery brings them back.
 	Degraded State = "degraded"
 	// Recovering backends are being copied up to date; they take no
 	// client writes or reads until they are optimal again.
 	Recovering State = "recovering"
+	// Disabled backends were taken out of service by an operator. They
+	// stay out (automatic recovery leaves them alone) until an operator
+	// recovers them.
+	Disabled State = "disabled"
 )
 
 // BackendState is one row of the state table.
@@ -27,9 +34,25 @@ type BackendState struct {
 	State  State     `json:"state"`
 	Reason string    `json:"reason,omitempty"`
 	Since  time.Time `json:"since"`
-	// LastTID is the last transaction the backend is known to hold (for a
-	// degraded backend: when it was degraded).
+	// By says who made the last change: "proxy" for the proxies' own
+	// decisions, "operator ..." for an operator's (with where the request
+	// came from).
+	By string `json:"by,omitempty"`
+	// LastTID is a transaction the backend is known to hold: for an
+	// optimal backend its last transaction when the row was last written
+	// (a lower bound of what it holds; a backend that later answers with
+	// less has lost data), for a degraded one its last transaction when it
+	// was degraded.
 	LastTID zodb.TID `json:"last_tid"`
+	// PackedTo is the last pack time applied to this backend (zero:
+	// never packed through the array).
+	PackedTo zodb.TID `json:"packed_to,omitempty"`
+	// Owner is the proxy running the recovery of a recovering backend.
+	Owner string `json:"owner,omitempty"`
+	// Version is set by the coordinator: it grows with every change of
+	// the row, so that a change can be made conditional on the row not
+	// having changed since it was read (Change.Version).
+	Version uint64 `json:"version"`
 }
 
 // Table is the state of every backend of one storage, by backend name.
@@ -46,47 +69,143 @@ func (t Table) Optimal() []string {
 	return out
 }
 
+// Copy returns a copy of t.
+func (t Table) Copy() Table {
+	out := make(Table, len(t))
+	for k, v := range t {
+		out[k] = v
+	}
+	return out
+}
+
+// Change is a compare-and-set of one row of a table.
+type Change struct {
+	Backend string
+	// Version is the row's version the change was decided on; the change
+	// is refused with ErrStale when the row has changed since.
+	Version uint64
+	// To is the new row (its Version is ignored; Since defaults to now).
+	To BackendState
+	// AllowNoOptimal lets the change leave the storage without an optimal
+	// backend. Without it such a change is refused with ErrLastOptimal:
+	// the last optimal backend holds every acknowledged transaction and is
+	// never given up for a failure (the operation that failed fails
+	// instead). Only a backend found to have lost data is given up.
+	AllowNoOptimal bool
+}
+
+// Errors of Coordinator.Update.
+var (
+	// ErrStale reports a change decided on a row that has changed since.
+	ErrStale = errors.New("the backend's state changed meanwhile")
+	// ErrLastOptimal reports a change that would leave no optimal backend.
+	ErrLastOptimal = errors.New("it is the last optimal backend")
+	// ErrNoBackendReachable reports a start-up without any table and
+	// without any backend to derive one from.
+	ErrNoBackendReachable = errors.New("no backend is reachable")
+)
+
 // Lease is the commit lease: while it is held nobody else in the cluster
-// commits to the storage's backends. It carries the tid of the transaction
-// it was granted for.
+// commits to the storage's backends. It carries the tid of the
+// transaction it was granted for. A lease ends when it is released or
+// when it is lost (its deadline passed, or the coordinator revoked it);
+// its holder must not start any backend call of the commit after that.
 type Lease struct {
 	Storage string
 	TID     zodb.TID
-	// Deadline is when the lease expires if not released; the holder
-	// must be done with every backend call by then.
+	// Deadline is when the lease expires if not released.
 	Deadline time.Time
-	release  func()
+
+	once    sync.Once
+	done    chan struct{}
+	mu      sync.Mutex
+	lost    error
+	release func()
 }
 
-// Release gives the lease back.
-func (l *Lease) Release() {
-	if l != nil && l.release != nil {
-		l.release()
-		l.release = nil
-	}
-}
-
-// NewLease builds a lease; coordinators use it.
+// NewLease builds a lease; coordinators use it. release gives the lease
+// back to the coordinator (called once, by Release or Lose).
 func NewLease(storage string, tid zodb.TID, deadline time.Time, release func()) *Lease {
-	return &Lease{Storage: storage, TID: tid, Deadline: deadline, release: release}
+	return &Lease{Storage: storage, TID: tid, Deadline: deadline, release: release, done: make(chan struct{})}
 }
+
+// Release gives the lease back. It is safe to call more than once and
+// after the lease was lost.
+func (l *Lease) Release() {
+	if l == nil {
+		return
+	}
+	l.end(nil)
+}
+
+// Lose ends the lease because it can no longer be held (coordinators
+// call it at the deadline or when leadership is lost).
+func (l *Lease) Lose(reason error) {
+	if reason == nil {
+		reason = errors.New("lease lost")
+	}
+	l.end(reason)
+}
+
+func (l *Lease) end(reason error) {
+	l.once.Do(func() {
+		l.mu.Lock()
+		l.lost = reason
+		l.mu.Unlock()
+		close(l.done)
+		if l.release != nil {
+			l.release()
+		}
+	})
+}
+
+// Done is closed when the lease ends (released or lost).
+func (l *Lease) Done() <-chan struct{} { return l.done }
+
+// Err is why the lease is no longer held, or nil while it is (a released
+// lease reports ErrLeaseReleased).
+func (l *Lease) Err() error {
+	select {
+	case <-l.done:
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.lost != nil {
+			return l.lost
+		}
+		return ErrLeaseReleased
+	default:
+	}
+	if !l.Deadline.IsZero() && !time.Now().Before(l.Deadline) {
+		return ErrLeaseExpired
+	}
+	return nil
+}
+
+// Lease errors.
+var (
+	ErrLeaseReleased = errors.New("the commit lease was released")
+	ErrLeaseExpired  = errors.New("the commit lease expired")
+)
 
 // Coordinator makes every decision the proxies of a cluster must agree on.
 // raidcore calls it and does not care whether a local implementation (one
 // proxy, state in its data directory) or the Raft cluster answers. Every
 // method that changes state returns only after the change is durable
-// (fsynced, or committed in Raft).
+// (fsynced, or committed in Raft). The contract is tested by coordtest.
 type Coordinator interface {
-	// Start registers a storage's backends. When the coordinator has no
-	// table for it yet, it derives one from the backends' last tids
-	// (backends at the newest tid optimal, the rest degraded) and starts
-	// the tid and oid sequences above everything the backends hold.
+	// Start registers a storage's backends and returns its table. A
+	// coordinator without a table for the storage derives one with
+	// DeriveTable (ErrNoBackendReachable when no backend answered); a
+	// lone proxy that restarts applies RestartTable to the table it kept
+	// (its restart is the whole cluster's); a cluster member that joins a
+	// running cluster takes the table as it is. The tid and oid sequences
+	// are moved above everything the reachable backends hold.
 	Start(ctx context.Context, storage string, probe []BackendProbe) (Table, error)
 	// AcquireLease waits for the storage's commit lease (first come, first
 	// served) and returns it with a new tid above every tid granted
 	// before. explicit, when not zero, is a tid the client chose (copying
 	// transactions); it is granted only if it lies above every tid granted
-	// before.
+	// before and is a valid tid not far ahead of the clock (CheckExplicitTID).
 	AcquireLease(ctx context.Context, storage string, explicit zodb.TID) (*Lease, error)
 	// NewOIDs returns n oids never handed out before for the storage.
 	NewOIDs(ctx context.Context, storage string, n int) ([]zodb.OID, error)
@@ -94,22 +213,29 @@ type Coordinator interface {
 	// oid (a client stored or restored an object with an oid it did not
 	// get from NewOIDs).
 	AdvanceOIDs(ctx context.Context, storage string, oid zodb.OID) error
-	// SetState changes one backend's row.
-	SetState(ctx context.Context, storage, backend string, st BackendState) error
+	// Update applies changes to the storage's table atomically: all or
+	// none. It fails with ErrStale when a row's version differs from the
+	// change's, and with ErrLastOptimal when the result would have no
+	// optimal backend and no change allows that.
+	Update(ctx context.Context, storage string, changes ...Change) (Table, error)
 	// AddBackend and RemoveBackend change the table's membership.
 	AddBackend(ctx context.Context, storage, backend string, st BackendState) error
 	RemoveBackend(ctx context.Context, storage, backend string) error
-	// Table returns the storage's current table.
+	// Table returns the storage's current table (nil if not started).
 	Table(storage string) Table
-	// Watch calls fn after every change of any table.
+	// Watch calls fn after every change of any table, in the order of the
+	// changes. fn may be called with the coordinator's locks held: it
+	// must not call the coordinator.
 	Watch(fn func(storage string, t Table)) (cancel func())
 }
 
 // BackendProbe is what a proxy learned about a backend at start-up.
 type BackendProbe struct {
 	Name string
-	// Reachable is false when the backend could not be asked.
+	// Reachable is false when the backend could not be asked; Err says
+	// why.
 	Reachable bool
+	Err       string
 	LastTID   zodb.TID
 	// OIDFloor is above every oid the backend holds (its own counter).
 	OIDFloor uint64

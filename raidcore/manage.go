@@ -3,6 +3,7 @@ package raidcore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"crypto/sha256"
 	"fmt"
 	"sort"
@@ -19,48 +20,119 @@ const (
 	StatusFailed     = "failed"
 )
 
+// StatusAssembling is the state of an array that waits for its backends
+// at start-up.
+const StatusAssembling = "assembling"
+
 // BackendStatus is one backend's row in Status.
 type BackendStatus struct {
 	Name     string    `json:"name"`
 	State    State     `json:"state"`
 	Reason   string    `json:"reason,omitempty"`
 	Since    time.Time `json:"since"`
+	By       string    `json:"by,omitempty"`
 	LastTID  zodb.TID  `json:"last_tid"`
+	PackedTo zodb.TID  `json:"packed_to,omitempty"`
+	Owner    string    `json:"owner,omitempty"`
+	// Reachable reports whether the proxy's connection to it is up.
+	Reachable bool `json:"reachable"`
+	// Note says what the array is checking about an optimal backend
+	// (an interrupted tpc_finish, a reconnection) or why it cannot reach
+	// it.
+	Note     string    `json:"note,omitempty"`
 	Recovery *Progress `json:"recovery,omitempty"`
 }
 
 // Status is an array's state for operators.
 type Status struct {
-	Storage  string          `json:"storage"`
-	Status   string          `json:"status"`
-	LastTID  zodb.TID        `json:"last_tid"`
+	Storage string `json:"storage"`
+	// Status is optimal, recovering, degraded, failed (no optimal backend
+	// can serve) or assembling (waiting for backends at start-up).
+	Status  string   `json:"status"`
+	LastTID zodb.TID `json:"last_tid"`
+	// Waiting says what an assembling or failed array waits for.
+	Waiting string `json:"waiting,omitempty"`
+	// Warnings lists conditions an operator should look at (a commit
+	// lease held for long, say).
+	Warnings []string        `json:"warnings,omitempty"`
 	Backends []BackendStatus `json:"backends"`
+	// Lease describes who holds the commit lease, if anybody.
+	Lease *LeaseStatus `json:"lease,omitempty"`
+}
+
+// LeaseStatus is the holder of the commit lease.
+type LeaseStatus struct {
+	TID     zodb.TID      `json:"tid"`
+	Holder  string        `json:"holder"`
+	Since   time.Time     `json:"since"`
+	Held    time.Duration `json:"held_ns"`
+	Waiting int           `json:"waiting"`
+}
+
+// LeaseReporter is implemented by coordinators that can tell how many
+// callers wait for a storage's lease.
+type LeaseReporter interface {
+	LeaseStats(storage string) (held bool, since time.Time, waiting int)
 }
 
 // Status returns the array's state.
 func (a *Array) Status() Status {
 	a.mu.Lock()
-	table := copyTable(a.table)
+	table := a.table.Copy()
 	order := append([]string(nil), a.order...)
+	assembled, waiting := a.assembled, a.waiting
+	members := map[string]*member{}
+	for n, m := range a.backends {
+		members[n] = m
+	}
+	var holder *leaseHolder
+	if a.holder != nil {
+		h := *a.holder
+		holder = &h
+	}
 	a.mu.Unlock()
 	recs := a.Recoveries()
+	type view struct {
+		reported          zodb.TID
+		known, suspect    bool
+		doubt             zodb.TID
+		lastErr, probeErr string
+	}
 	a.evMu.Lock()
 	last := a.announced
-	reported := map[string]zodb.TID{}
-	for n, m := range a.backends {
-		reported[n] = m.reported
+	views := map[string]view{}
+	for n, m := range members {
+		views[n] = view{m.reported, m.known, m.suspect, m.inDoubt, m.lastErr, m.probeErr}
 	}
 	a.evMu.Unlock()
-	s := Status{Storage: a.cfg.Storage, LastTID: last}
-	var optimal, degraded, recovering int
+	s := Status{Storage: a.cfg.Storage, LastTID: last, Waiting: waiting}
+	var optimal, usable, degraded, recovering int
 	for _, n := range order {
 		st, ok := table[n]
-		if !ok {
+		if !ok && assembled {
 			continue
 		}
-		b := BackendStatus{Name: n, State: st.State, Reason: st.Reason, Since: st.Since, LastTID: st.LastTID}
-		if st.State == Optimal {
-			b.LastTID = reported[n]
+		m := members[n]
+		v := views[n]
+		b := BackendStatus{Name: n, State: st.State, Reason: st.Reason, Since: st.Since, By: st.By, LastTID: st.LastTID,
+			PackedTo: st.PackedTo, Owner: st.Owner, Reachable: m != nil && connected(m)}
+		if !assembled {
+			b.State = ""
+			if v.probeErr != "" {
+				b.Note = "not answering: " + v.probeErr
+			}
+		}
+		if v.known {
+			b.LastTID = v.reported
+		}
+		switch {
+		case st.State != Optimal:
+		case !v.doubt.IsZero():
+			b.Note = fmt.Sprintf("outcome of transaction %s unknown (its tpc_finish failed); waiting for the backend to answer", v.doubt)
+		case v.suspect:
+			b.Note = "being checked (reconnected or failed)"
+		case !v.known || !b.Reachable:
+			b.Note = "not reachable: " + orUnknown(firstNonEmpty(v.lastErr, v.probeErr))
 		}
 		if p, ok := recs[n]; ok && (st.State == Recovering || p.Phase == "failed") {
 			p := p
@@ -69,6 +141,9 @@ func (a *Array) Status() Status {
 		switch st.State {
 		case Optimal:
 			optimal++
+			if v.known && !v.suspect && b.Reachable {
+				usable++
+			}
 		case Recovering:
 			recovering++
 		default:
@@ -77,8 +152,13 @@ func (a *Array) Status() Status {
 		s.Backends = append(s.Backends, b)
 	}
 	switch {
-	case optimal == 0:
+	case !assembled:
+		s.Status = StatusAssembling
+	case optimal == 0 || usable == 0:
 		s.Status = StatusFailed
+		if s.Waiting == "" && optimal > 0 {
+			s.Waiting = "no optimal backend answers; waiting for one to come back"
+		}
 	case recovering > 0:
 		s.Status = StatusRecovering
 	case degraded > 0:
@@ -86,15 +166,27 @@ func (a *Array) Status() Status {
 	default:
 		s.Status = StatusOptimal
 	}
+	if holder != nil {
+		ls := &LeaseStatus{TID: holder.tid, Holder: holder.what, Since: holder.since, Held: time.Since(holder.since)}
+		if lr, ok := a.cfg.Coord.(LeaseReporter); ok {
+			_, _, ls.Waiting = lr.LeaseStats(a.cfg.Storage)
+		}
+		s.Lease = ls
+		if ls.Held > a.cfg.LeaseWarnAfter {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("the commit lease has been held for %s by %s %s; commits wait behind it",
+				ls.Held.Round(time.Second), holder.what, holder.tid))
+		}
+	}
 	return s
 }
 
-func copyTable(t Table) Table {
-	out := make(Table, len(t))
-	for k, v := range t {
-		out[k] = v
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
 	}
-	return out
+	return ""
 }
 
 // Details is gocept.zeoraid's raid_details: backend name -> "optimal",
@@ -113,6 +205,8 @@ func (a *Array) Details() map[string]string {
 				msg += "???"
 			}
 			out[b.Name] = msg
+		case Disabled:
+			out[b.Name] = "failed: " + b.Reason
 		default:
 			out[b.Name] = "failed: " + b.Reason
 		}
@@ -120,21 +214,53 @@ func (a *Array) Details() map[string]string {
 	return out
 }
 
-// Disable degrades a backend on an operator's request. The last optimal
-// backend cannot be disabled.
-func (a *Array) Disable(backend string) error {
+// Disable takes a backend out of service on an operator's request. It
+// stays disabled (automatic recovery leaves it alone) until an operator
+// recovers it. by says who asked (shown in status), reason why. The last
+// optimal backend cannot be disabled.
+func (a *Array) Disable(backend, by, reason string) error {
 	a.mu.Lock()
 	m := a.backends[backend]
-	st, known := a.table[backend]
+	_, known := a.table[backend]
 	a.mu.Unlock()
 	if m == nil || !known {
 		return fmt.Errorf("raidcore: storage %s has no backend %q", a.cfg.Storage, backend)
 	}
-	if st.State == Optimal && len(a.optimal()) == 1 {
-		return fmt.Errorf("raidcore: %q is the last optimal backend of %s; disabling it would stop the storage", backend, a.cfg.Storage)
+	if by == "" {
+		by = "operator"
+	}
+	why := "disabled by " + by
+	if reason != "" {
+		why += ": " + reason
 	}
 	a.CancelRecovery(backend)
-	return a.degrade(m, "disabled by an operator")
+	for attempt := 0; ; attempt++ {
+		row, ok := a.cfg.Coord.Table(a.cfg.Storage)[backend]
+		if !ok {
+			return fmt.Errorf("raidcore: storage %s has no backend %q", a.cfg.Storage, backend)
+		}
+		last := row.LastTID
+		a.evMu.Lock()
+		if m.known && last.Less(m.reported) {
+			last = m.reported
+		}
+		a.evMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
+		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: backend, Version: row.Version,
+			To: BackendState{State: Disabled, Reason: why, By: by, LastTID: last, PackedTo: row.PackedTo}})
+		cancel()
+		switch {
+		case err == nil:
+			a.log.Warn("backend disabled", "backend", backend, "by", by, "reason", reason)
+			return nil
+		case errors.Is(err, ErrStale) && attempt < 3:
+			continue
+		case errors.Is(err, ErrLastOptimal):
+			return fmt.Errorf("raidcore: %q is the last optimal backend of %s; disabling it would stop the storage", backend, a.cfg.Storage)
+		default:
+			return err
+		}
+	}
 }
 
 // AddBackend adds a backend to the running array. It starts degraded
@@ -146,11 +272,12 @@ func (a *Array) AddBackend(ctx context.Context, b Backend) error {
 		return fmt.Errorf("raidcore: storage %s already has a backend %q", a.cfg.Storage, b.Name)
 	}
 	a.mu.Unlock()
-	last, _ := b.Storage.LastTransaction(ctx)
-	if err := a.cfg.Coord.AddBackend(ctx, a.cfg.Storage, b.Name, BackendState{State: Degraded, Reason: "added; needs recovery", LastTID: last}); err != nil {
+	last, err := b.Storage.LastTransaction(ctx)
+	known := err == nil
+	if err := a.cfg.Coord.AddBackend(ctx, a.cfg.Storage, b.Name, BackendState{State: Degraded, Reason: "added; needs recovery", By: "operator", LastTID: last}); err != nil {
 		return err
 	}
-	m := &member{name: b.Name, st: b.Storage, reported: last}
+	m := &member{name: b.Name, st: b.Storage, reported: last, known: known}
 	a.mu.Lock()
 	a.backends[b.Name] = m
 	a.order = append(a.order, b.Name)
@@ -173,6 +300,13 @@ func (a *Array) RemoveBackend(ctx context.Context, name string) error {
 		return fmt.Errorf("raidcore: %q is the last optimal backend of %s; it cannot be removed", name, a.cfg.Storage)
 	}
 	a.CancelRecovery(name)
+	if st.State == Optimal {
+		// Out of the commits first (it must not be optimal while it is
+		// no longer a member).
+		if err := a.Disable(name, "operator", "being removed from the configuration"); err != nil {
+			return err
+		}
+	}
 	if err := a.cfg.Coord.RemoveBackend(ctx, a.cfg.Storage, name); err != nil {
 		return err
 	}

@@ -15,20 +15,23 @@ func TestStatusDetailsDisable(t *testing.T) {
 	if s := f.arr.Status(); s.Status != raidcore.StatusOptimal || len(s.Backends) != 2 {
 		t.Fatalf("status %+v", s)
 	}
-	if err := f.arr.Disable("b1"); err != nil {
+	if err := f.arr.Disable("b1", "operator tester", "disk swap"); err != nil {
 		t.Fatal(err)
 	}
 	if s := f.arr.Status(); s.Status != raidcore.StatusDegraded {
 		t.Fatalf("status after disable %+v", s)
 	}
+	if st := f.state(1); st.State != raidcore.Disabled || st.By != "operator tester" || st.Reason != "disabled by operator tester: disk swap" || st.Since.IsZero() {
+		t.Fatalf("disabled row %+v", st)
+	}
 	d := f.arr.Details()
 	if d["b0"] != "optimal" || !strings.HasPrefix(d["b1"], "failed: disabled") {
 		t.Fatalf("details %v", d)
 	}
-	if err := f.arr.Disable("b0"); err == nil || !strings.Contains(err.Error(), "last optimal") {
+	if err := f.arr.Disable("b0", "operator tester", ""); err == nil || !strings.Contains(err.Error(), "last optimal") {
 		t.Fatalf("disabling the last optimal backend: %v", err)
 	}
-	if err := f.arr.Disable("nosuch"); err == nil {
+	if err := f.arr.Disable("nosuch", "operator tester", ""); err == nil {
 		t.Fatal("disabling an unknown backend")
 	}
 }

@@ -3,17 +3,22 @@ package raidcore
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
 // candidates returns the optimal backends that hold every transaction up
 // to need, starting at the next one in round-robin order.
-func (a *Array) candidates(need zodb.TID) []*member {
-	opt := a.reachableOptimal()
+func (a *Array) candidates(ctx context.Context, need zodb.TID) []*member {
+	opt, err := a.usable(ctx)
+	if err != nil {
+		return nil
+	}
 	a.evMu.Lock()
 	var ok []*member
 	for _, m := range opt {
@@ -36,10 +41,14 @@ func (a *Array) candidates(need zodb.TID) []*member {
 // it fails (degrading the failed one). Valid answers, errors like
 // POSKeyError included, are returned as they are.
 func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ctx context.Context, st zodb.Storage) error) error {
+	if ok, why := a.Ready(); !ok {
+		return zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
+	}
 	tried := map[*member]bool{}
+	var lastErr error
 	for {
 		var m *member
-		for _, c := range a.candidates(need) {
+		for _, c := range a.candidates(ctx, need) {
 			if !tried[c] {
 				m = c
 				break
@@ -53,20 +62,34 @@ func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ct
 					continue
 				}
 			}
+			if lastErr != nil {
+				return lastErr
+			}
+			if _, err := a.usable(ctx); err != nil {
+				return err
+			}
 			return errNoBackend(what)
 		}
 		tried[m] = true
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
 		err := fn(rctx, m.st)
 		cancel()
-		if !isFailure(err) {
+		if !a.backendFailed(ctx, err) {
 			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		lastErr = err
 		a.degrade(m, fmt.Sprintf("%s failed: %v", what, err))
 	}
+}
+
+// backendFailed tells whether err, from a backend call made under the
+// client's ctx, is evidence against the backend: a failure (isFailure)
+// that is not the client's own cancellation or deadline.
+func (a *Array) backendFailed(ctx context.Context, err error) bool {
+	return isFailure(err) && ctx.Err() == nil
 }
 
 // waitAnnounced waits until some optimal backend reported need.
@@ -146,13 +169,18 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 		v, key, err := fn(rctx, m.st)
 		cancel()
 		if isFailure(err) {
-			a.degrade(m, fmt.Sprintf("%s failed: %v", what, err))
+			if a.backendFailed(ctx, err) {
+				a.degrade(m, fmt.Sprintf("%s failed: %v", what, err))
+			}
 			return false
 		}
 		answers = append(answers, answer{m, v, key, err})
 		return true
 	}
-	cands := a.candidates(need)
+	if ok, why := a.Ready(); !ok {
+		return nil, zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
+	}
+	cands := a.candidates(ctx, need)
 	// Configuration order, so that a tie goes to the first backend.
 	a.mu.Lock()
 	pos := map[string]int{}
@@ -167,6 +195,9 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 		next++
 	}
 	if len(answers) == 0 {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, errNoBackend(what)
 	}
 	if len(answers) == 2 && answers[0].key != answers[1].key {
@@ -187,6 +218,7 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 	}
 	for _, an := range answers {
 		if an.key != win.key {
+			// A wrong answer is evidence whatever the client does next.
 			a.degrade(an.m, fmt.Sprintf("%s answered differently from %s", what, win.m.name))
 		}
 	}
@@ -263,40 +295,97 @@ func (a *Array) Info(ctx context.Context) (zodb.StorageInfo, error) {
 }
 
 // Pack implements zodb.Packer: every optimal backend packs to the same
-// time. A backend that fails to pack is degraded (its history would differ
-// from the others').
+// time, one array pack at a time, never while a recovery runs (recovery
+// copies history that pack changes). A backend that fails to pack (no
+// answer) is degraded; one that answers with an error (FileStorage's
+// "Already packing", say) is not: its data is intact, it just did not
+// pack, and the error goes back to the caller. Each backend that packed
+// records the pack time in its row, so that a backend that missed the
+// pack can still be recovered in place (recovery packs it likewise).
 func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
-	if a.recovering() {
+	if ok, why := a.Ready(); !ok {
+		return zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
+	}
+	a.mu.Lock()
+	switch {
+	case a.packing:
+		a.mu.Unlock()
+		return zodb.NewStorageError("Already packing")
+	case a.recoveringLocked():
+		a.mu.Unlock()
 		return zodb.NewStorageError("pack refused: a recovery is running (it copies history that pack would change)")
 	}
-	members := a.optimal()
-	if len(members) == 0 {
-		return errNoBackend("pack")
+	a.packing = true
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.packing = false
+		a.mu.Unlock()
+	}()
+	bctx := context.WithoutCancel(ctx)
+	members, err := a.usable(bctx)
+	if err != nil {
+		return err
 	}
+	// Every backend packs to the same time: not past what the array has
+	// announced (a backend would clamp it to its own last transaction).
+	a.evMu.Lock()
+	if next := a.announced.Next(); next.Less(packTID) {
+		packTID = next
+	}
+	a.evMu.Unlock()
 	errs := make([]error, len(members))
 	var wg sync.WaitGroup
 	for i, m := range members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.st.Pack(ctx, packTID)
+			errs[i] = m.st.Pack(bctx, packTID)
 		}()
 	}
 	wg.Wait()
-	ok := 0
 	var first error
 	for i, m := range members {
-		if errs[i] != nil {
+		err := errs[i]
+		switch {
+		case err == nil:
+			a.recordPack(m, packTID)
+		case isFailure(err):
 			if first == nil {
-				first = errs[i]
+				first = err
 			}
-			a.degrade(m, fmt.Sprintf("pack to %s failed: %v", packTID, errs[i]))
-			continue
+			a.degrade(m, fmt.Sprintf("pack to %s failed: %v", packTID, err))
+		default:
+			if first == nil {
+				first = err
+			}
+			a.log.Warn("backend refused to pack", "backend", m.name, "pack_tid", packTID, "error", err)
 		}
-		ok++
 	}
-	if ok == 0 {
-		return first
+	return first
+}
+
+// recordPack notes in m's row that it was packed to packTID.
+func (a *Array) recordPack(m *member, packTID zodb.TID) {
+	for attempt := 0; attempt < 3; attempt++ {
+		row, ok := a.cfg.Coord.Table(a.cfg.Storage)[m.name]
+		if !ok || !row.PackedTo.Less(packTID) {
+			return
+		}
+		next := row
+		next.PackedTo = packTID
+		next.Since = time.Time{}
+		if row.State == Optimal {
+			next.Since = row.Since
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
+		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: m.name, Version: row.Version, To: next})
+		cancel()
+		if err == nil || !errors.Is(err, ErrStale) {
+			if err != nil {
+				a.log.Warn("pack time not recorded", "backend", m.name, "error", err)
+			}
+			return
+		}
 	}
-	return nil
 }

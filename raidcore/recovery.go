@@ -1,6 +1,7 @@
 package raidcore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -41,6 +42,8 @@ type RecoveryOptions struct {
 	// FinalGap is the lag (in transactions) below which the last round is
 	// copied under the commit lease (default 20).
 	FinalGap int
+	// By says who asked: "proxy" (automatic recovery) or the operator.
+	By string
 }
 
 // ErrNeedsRebuild reports a target that holds transactions the source
@@ -69,62 +72,99 @@ func (r *recovery) update(f func(p *Progress)) {
 	r.mu.Unlock()
 }
 
-// Recover starts copying a degraded backend up to date in the background,
-// while clients keep committing: it verifies that the backend's
-// transactions are a prefix of an optimal backend's, copies the missing
-// ones with their original tids (restore), repeats until the gap is small,
-// copies the rest holding the commit lease, and marks the backend optimal.
-// Progress reports how far it got. A recovery that is interrupted (the
-// proxy dies, the target fails) can simply be started again.
+func (r *recovery) running() bool {
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Recover starts copying a degraded (or disabled) backend up to date in
+// the background, while clients keep committing: it verifies that the
+// backend's transactions are a prefix of an optimal backend's, copies the
+// missing ones with their original tids (restore), repeats until the gap
+// is small, copies the rest holding the commit lease, and marks the
+// backend optimal. Progress reports how far it got. A recovery that is
+// interrupted (the proxy dies, the target fails) can simply be started
+// again: verification finds where it stopped. Recovery and pack exclude
+// each other.
 func (a *Array) Recover(backend string, opts RecoveryOptions) error {
+	if ok, why := a.Ready(); !ok {
+		return fmt.Errorf("raidcore: storage %s is not ready: %s", a.cfg.Storage, why)
+	}
+	if opts.FinalGap <= 0 {
+		opts.FinalGap = 20
+	}
+	if opts.By == "" {
+		opts.By = "proxy"
+	}
 	a.mu.Lock()
 	m := a.backends[backend]
-	st, known := a.table[backend]
-	if m == nil || !known {
+	row, known := a.table[backend]
+	switch {
+	case m == nil || !known:
 		a.mu.Unlock()
 		return fmt.Errorf("raidcore: storage %s has no backend %q", a.cfg.Storage, backend)
-	}
-	if st.State == Optimal {
+	case row.State == Optimal:
 		a.mu.Unlock()
 		return fmt.Errorf("raidcore: backend %q is optimal; nothing to recover", backend)
+	case a.packing:
+		a.mu.Unlock()
+		return fmt.Errorf("raidcore: a pack of %s is running; recover %q when it is done", a.cfg.Storage, backend)
+	case a.closed:
+		a.mu.Unlock()
+		return errors.New("raidcore: array closed")
 	}
 	if a.recoveries == nil {
 		a.recoveries = map[string]*recovery{}
 	}
-	if r := a.recoveries[backend]; r != nil {
-		select {
-		case <-r.done:
-		default:
-			a.mu.Unlock()
-			return fmt.Errorf("raidcore: backend %q is already recovering", backend)
-		}
-	}
-	if opts.FinalGap <= 0 {
-		opts.FinalGap = 20
+	if r := a.recoveries[backend]; r != nil && r.running() {
+		a.mu.Unlock()
+		return fmt.Errorf("raidcore: backend %q is already recovering", backend)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.recoverySeq++
 	r := &recovery{cancel: cancel, done: make(chan struct{}), p: Progress{ID: a.recoverySeq, Backend: backend, Phase: "verifying", Started: time.Now()}}
 	a.recoveries[backend] = r
 	a.mu.Unlock()
-	if err := a.cfg.Coord.SetState(ctx, a.cfg.Storage, backend, BackendState{State: Recovering, Reason: "recovery started", LastTID: st.LastTID}); err != nil {
+	sctx, scancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
+	table, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, Change{Backend: backend, Version: row.Version, To: BackendState{
+		State: Recovering, Reason: "recovery started by " + opts.By, By: opts.By, Owner: a.cfg.ProxyID, LastTID: row.LastTID, PackedTo: row.PackedTo}})
+	scancel()
+	if err != nil {
+		r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
 		cancel()
 		close(r.done)
-		return err
+		return fmt.Errorf("raidcore: recovery of %q not started: %w", backend, err)
 	}
+	version := table[backend].Version
+	a.bg.Add(1)
 	go func() {
+		defer a.bg.Done()
 		defer close(r.done)
 		defer cancel()
-		err := a.recover(ctx, m, r, opts)
-		if err != nil {
-			a.log.Error("recovery failed", "backend", backend, "error", err)
-			r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
-			last, _ := m.st.LastTransaction(context.Background())
-			a.cfg.Coord.SetState(context.Background(), a.cfg.Storage, backend, BackendState{State: Degraded, Reason: "recovery failed: " + err.Error(), LastTID: last})
+		err := a.recover(ctx, m, r, opts, &version)
+		if err == nil {
+			r.update(func(p *Progress) { p.Phase, p.LagTransactions, p.LagSeconds = "done", 0, 0 })
+			a.log.Info("recovery complete", "backend", backend, "transactions", r.progress().Transactions, "bytes", r.progress().Bytes)
 			return
 		}
-		r.update(func(p *Progress) { p.Phase, p.LagTransactions, p.LagSeconds = "done", 0, 0 })
-		a.log.Info("recovery complete", "backend", backend, "transactions", r.progress().Transactions, "bytes", r.progress().Bytes)
+		a.log.Error("recovery failed", "backend", backend, "error", err)
+		r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
+		bctx, bcancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
+		defer bcancel()
+		last := row.LastTID
+		if l, lerr := m.st.LastTransaction(bctx); lerr == nil {
+			last = l
+		}
+		cur, _ := a.row(backend)
+		_, uerr := a.cfg.Coord.Update(bctx, a.cfg.Storage, Change{Backend: backend, Version: version, To: BackendState{
+			State: Degraded, Reason: "recovery failed: " + err.Error(), By: "proxy", LastTID: last, PackedTo: cur.PackedTo}})
+		if uerr != nil && !errors.Is(uerr, ErrStale) {
+			a.log.Error("cannot record the failed recovery", "backend", backend, "error", uerr)
+		}
 	}()
 	return nil
 }
@@ -164,28 +204,82 @@ func (a *Array) WaitRecovery(ctx context.Context, backend string) error {
 func (a *Array) recovering() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.recoveringLocked()
+}
+
+func (a *Array) recoveringLocked() bool {
 	for _, r := range a.recoveries {
-		select {
-		case <-r.done:
-		default:
+		if r.running() {
 			return true
 		}
 	}
 	return false
 }
 
-func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts RecoveryOptions) error {
-	src := a.optimal()
-	if len(src) == 0 {
-		return errNoBackend("recover from")
+// source picks the recovery source: the first usable optimal backend.
+func (a *Array) source(ctx context.Context) (*member, BackendState, error) {
+	members, err := a.usable(ctx)
+	if err != nil {
+		return nil, BackendState{}, err
 	}
-	source := src[0]
+	row, _ := a.row(members[0].name)
+	return members[0], row, nil
+}
+
+// sourceCurrent tells whether source is still an optimal, usable backend
+// at the array's last transaction (checked under the commit lease, before
+// the target is declared optimal: a target copied from a backend that
+// fell behind would be optimal while missing acknowledged transactions).
+func (a *Array) sourceCurrent(source *member, srcLast zodb.TID) error {
+	row, _ := a.row(source.name)
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	switch {
+	case row.State != Optimal:
+		return fmt.Errorf("the source %s is no longer optimal (%s: %s)", source.name, row.State, row.Reason)
+	case !source.known || source.suspect:
+		return fmt.Errorf("the source %s is being checked", source.name)
+	case srcLast != a.announced:
+		return fmt.Errorf("the source %s is at %s, the array at %s", source.name, srcLast, a.announced)
+	}
+	return nil
+}
+
+// errSourceChanged makes recover pick a source again.
+type errSourceChanged struct{ err error }
+
+func (e errSourceChanged) Error() string { return e.err.Error() }
+
+func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts RecoveryOptions, version *uint64) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = a.recoverFrom(ctx, target, r, opts, version)
+		var sc errSourceChanged
+		if !errors.As(err, &sc) {
+			return err
+		}
+		a.log.Warn("recovery source changed; starting over with another", "backend", target.name, "reason", err)
+		r.update(func(p *Progress) { p.Phase = "verifying" })
+	}
+	return err
+}
+
+func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, opts RecoveryOptions, version *uint64) error {
+	source, srcRow, err := a.source(ctx)
+	if err != nil {
+		return err
+	}
+	tgtRow, _ := a.row(target.name)
 	r.update(func(p *Progress) { p.Source = source.name })
 	last, err := target.st.LastTransaction(ctx)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
-	if err := a.verifyPrefix(ctx, source, target, last, r); err != nil {
+	packedTo := zodb.ZeroTID
+	if tgtRow.PackedTo.Less(srcRow.PackedTo) {
+		packedTo = srcRow.PackedTo
+	}
+	if err := a.verifyPrefix(ctx, source, target, last, packedTo, r); err != nil {
 		return err
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
@@ -199,6 +293,12 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 		})
 		return gap
 	}
+	stillSource := func() error {
+		if row, _ := a.row(source.name); row.State != Optimal {
+			return errSourceChanged{fmt.Errorf("the source %s was degraded during the copy (%s)", source.name, row.Reason)}
+		}
+		return nil
+	}
 	prevGap, stalled := -1, 0
 	var window time.Duration
 	prevWindowGap := 0
@@ -207,10 +307,16 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 		// copy that falls behind is noticed soon).
 		n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Now().Add(roundTime))
 		if err != nil {
+			if serr := stillSource(); serr != nil {
+				return serr
+			}
 			return err
 		}
 		if n.count > 0 {
 			copied = n.last
+		}
+		if err := stillSource(); err != nil {
+			return err
 		}
 		gap := report()
 		if gap <= opts.FinalGap {
@@ -246,7 +352,13 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 			if err != nil {
 				return err
 			}
-			n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Now().Add(window))
+			a.setHolder(lease.TID, "recovery of "+target.name)
+			until := time.Now().Add(window)
+			if lease.Deadline.Before(until) {
+				until = lease.Deadline
+			}
+			n, err := a.copyFrom(ctx, source, target, copied, r, opts, until)
+			a.clearHolder(lease.TID)
 			lease.Release()
 			if err != nil {
 				return err
@@ -264,6 +376,15 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 			}
 		}
 	}
+	if !packedTo.IsZero() {
+		// The target missed a pack: pack it the same way, so that both
+		// histories are the same again.
+		r.update(func(p *Progress) { p.Phase = "packing" })
+		if err := target.st.Pack(ctx, packedTo); err != nil {
+			return fmt.Errorf("target: pack to %s: %w", packedTo, err)
+		}
+		a.log.Info("recovery packed the target like the source", "backend", target.name, "pack_tid", packedTo)
+	}
 	// The last round under the commit lease: nobody commits meanwhile, so
 	// the target ends exactly where the source is.
 	r.update(func(p *Progress) { p.Phase = "catching up" })
@@ -271,15 +392,23 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 	if err != nil {
 		return err
 	}
+	a.setHolder(lease.TID, "recovery of "+target.name)
+	defer a.clearHolder(lease.TID)
 	defer lease.Release()
-	n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Time{})
+	n, err := a.copyFrom(ctx, source, target, copied, r, opts, lease.Deadline)
 	if err != nil {
 		return err
 	}
 	if n.count > 0 {
 		copied = n.last
 	}
-	srcLast, _ := source.st.LastTransaction(ctx)
+	srcLast, err := source.st.LastTransaction(ctx)
+	if err != nil {
+		return errSourceChanged{fmt.Errorf("source: %w", err)}
+	}
+	if err := a.sourceCurrent(source, srcLast); err != nil {
+		return errSourceChanged{err}
+	}
 	tgtLast, err := target.st.LastTransaction(ctx)
 	if err != nil {
 		return err
@@ -287,10 +416,20 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 	if tgtLast != srcLast {
 		return fmt.Errorf("after the last round the target is at %s, the source at %s", tgtLast, srcLast)
 	}
+	if err := lease.Err(); err != nil {
+		return fmt.Errorf("the commit lease ended during the last round (%v); the recovery starts again", err)
+	}
 	a.evMu.Lock()
-	target.reported = tgtLast
+	target.reported, target.known, target.suspect, target.inDoubt = tgtLast, true, false, zodb.ZeroTID
 	a.evMu.Unlock()
-	if err := a.cfg.Coord.SetState(ctx, a.cfg.Storage, target.name, BackendState{State: Optimal, Reason: "recovered from " + source.name, LastTID: tgtLast}); err != nil {
+	packed := tgtRow.PackedTo
+	if packed.Less(srcRow.PackedTo) {
+		packed = srcRow.PackedTo
+	}
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
+	defer cancel()
+	if _, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, Change{Backend: target.name, Version: *version, To: BackendState{
+		State: Optimal, Reason: "recovered from " + source.name, By: "proxy", LastTID: tgtLast, PackedTo: packed}}); err != nil {
 		return err
 	}
 	r.update(func(p *Progress) { p.TID = copied })
@@ -298,8 +437,13 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 }
 
 // verifyPrefix checks that every transaction of the target up to last is
-// on the source with the same tid and metadata.
-func (a *Array) verifyPrefix(ctx context.Context, source, target *member, last zodb.TID, r *recovery) error {
+// on the source: the same tid, status, metadata (user, description,
+// extension) and records (data compared by hash), as Verify compares
+// them. Below packedTo (when the source was packed there and the target
+// was not) the source may have dropped transactions and records: there
+// the target may hold more, but everything the source kept must be on the
+// target, equal.
+func (a *Array) verifyPrefix(ctx context.Context, source, target *member, last, packedTo zodb.TID, r *recovery) error {
 	if last.IsZero() {
 		return nil
 	}
@@ -313,28 +457,66 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, last z
 		return fmt.Errorf("source: %w", err)
 	}
 	defer si.Close()
-	for {
-		t, err := ti.Next(ctx)
-		if err != nil {
-			return fmt.Errorf("target: %w", err)
-		}
-		s, err := si.Next(ctx)
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		if t == nil && s == nil {
-			return nil
-		}
+	t, err := ti.Next(ctx)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	s, err := si.Next(ctx)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	for t != nil || s != nil {
 		switch {
-		case t == nil:
+		case t == nil || s != nil && s.TID.Less(t.TID):
 			return fmt.Errorf("%w (the target lacks %s below its last transaction %s)", ErrNeedsRebuild, s.TID, last)
-		case s == nil || t.TID != s.TID:
-			return fmt.Errorf("%w (first difference at %s)", ErrNeedsRebuild, t.TID)
-		case string(t.Meta.User) != string(s.Meta.User) || string(t.Meta.Description) != string(s.Meta.Description):
-			return fmt.Errorf("%w (transaction %s has other metadata)", ErrNeedsRebuild, t.TID)
+		case s == nil || t.TID.Less(s.TID):
+			if !t.TID.Less(packedTo) {
+				return fmt.Errorf("%w (first difference at %s: the source does not have it)", ErrNeedsRebuild, t.TID)
+			}
+			// Packed away on the source only.
+			r.update(func(p *Progress) { p.TID = t.TID })
+			if t, err = ti.Next(ctx); err != nil {
+				return fmt.Errorf("target: %w", err)
+			}
+			continue
+		case s.TID.Less(packedTo):
+			if d := packedDifference(s, t); d != "" {
+				return fmt.Errorf("%w (%s)", ErrNeedsRebuild, d)
+			}
+		default:
+			if d := txnDifference(s, t); d != "" {
+				return fmt.Errorf("%w (%s)", ErrNeedsRebuild, d)
+			}
 		}
 		r.update(func(p *Progress) { p.TID = t.TID })
+		if t, err = ti.Next(ctx); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		if s, err = si.Next(ctx); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
 	}
+	return nil
+}
+
+// packedDifference compares a transaction of a packed source (s) with the
+// same transaction of a target that was not packed (t): same metadata,
+// and every record s kept is on t with the same data.
+func packedDifference(s, t *zodb.TransactionRecord) string {
+	if !bytes.Equal(s.Meta.User, t.Meta.User) || !bytes.Equal(s.Meta.Description, t.Meta.Description) || !bytes.Equal(s.Meta.Extension, t.Meta.Extension) {
+		return fmt.Sprintf("transaction %s: metadata differs", s.TID)
+	}
+	have := map[zodb.OID]zodb.DataRecord{}
+	for _, d := range t.Records {
+		have[d.OID] = d
+	}
+	for _, d := range s.Records {
+		o, ok := have[d.OID]
+		if !ok || o.NoData != d.NoData || !bytes.Equal(o.Data, d.Data) {
+			return fmt.Sprintf("transaction %s: record of %s differs", s.TID, d.OID)
+		}
+	}
+	return ""
 }
 
 type copyResult struct {

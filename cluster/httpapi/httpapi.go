@@ -22,7 +22,8 @@ import (
 // Manager is what the API manages: a proxy.
 type Manager interface {
 	Arrays() map[string]*raidcore.Array
-	Recover(storage, backend string) error
+	// Recover starts an operator's recovery; by says who asked.
+	Recover(storage, backend, by string) error
 	// ReloadConfig rereads the configuration and applies it.
 	ReloadConfig(ctx context.Context) (any, error)
 }
@@ -34,7 +35,7 @@ type Overall struct {
 }
 
 // worst orders array states from good to bad.
-var worst = map[string]int{raidcore.StatusOptimal: 0, raidcore.StatusRecovering: 1, raidcore.StatusDegraded: 2, raidcore.StatusFailed: 3}
+var worst = map[string]int{raidcore.StatusOptimal: 0, raidcore.StatusRecovering: 1, raidcore.StatusDegraded: 2, raidcore.StatusAssembling: 3, raidcore.StatusFailed: 4}
 
 func overall(m Manager) Overall {
 	arrays := m.Arrays()
@@ -62,11 +63,22 @@ func Handler(m Manager, token string) http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		var why []string
 		for _, s := range overall(m).Storages {
-			if s.Status == raidcore.StatusFailed {
-				http.Error(w, "storage "+s.Storage+" has no optimal backend", http.StatusServiceUnavailable)
-				return
+			switch s.Status {
+			case raidcore.StatusAssembling:
+				why = append(why, "storage "+s.Storage+" is "+s.Waiting)
+			case raidcore.StatusFailed:
+				msg := "storage " + s.Storage + " has no optimal backend that answers"
+				if s.Waiting != "" {
+					msg += ": " + s.Waiting
+				}
+				why = append(why, msg)
 			}
+		}
+		if len(why) > 0 {
+			http.Error(w, "not ready: "+strings.Join(why, "; "), http.StatusServiceUnavailable)
+			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
@@ -99,14 +111,14 @@ func Handler(m Manager, token string) http.Handler {
 		})
 	}
 	action("POST /v1/storages/{storage}/backends/{backend}/disable", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
-		if err := a.Disable(r.PathValue("backend")); err != nil {
+		if err := a.Disable(r.PathValue("backend"), operator(r), r.URL.Query().Get("reason")); err != nil {
 			writeError(w, http.StatusConflict, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"result": "disabled " + r.PathValue("backend")})
 	})
 	action("POST /v1/storages/{storage}/backends/{backend}/recover", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
-		if err := m.Recover(r.PathValue("storage"), r.PathValue("backend")); err != nil {
+		if err := m.Recover(r.PathValue("storage"), r.PathValue("backend"), operator(r)); err != nil {
 			writeError(w, http.StatusConflict, err)
 			return
 		}
@@ -150,6 +162,15 @@ func Handler(m Manager, token string) http.Handler {
 	return mux
 }
 
+// operator describes who sent an action, for the state table.
+func operator(r *http.Request) string {
+	who := "operator via HTTP from " + r.RemoteAddr
+	if u := r.Header.Get("X-Zeoraid-User"); u != "" {
+		who = "operator " + u + " via HTTP from " + r.RemoteAddr
+	}
+	return who
+}
+
 func authorized(r *http.Request, token string) bool {
 	if token == "" {
 		return true
@@ -175,7 +196,7 @@ func writeMetrics(w http.ResponseWriter, o Overall) {
 	fmt.Fprintln(w, "# TYPE zeoraid_backend_state gauge")
 	for _, s := range o.Storages {
 		for _, b := range s.Backends {
-			for _, st := range []raidcore.State{raidcore.Optimal, raidcore.Degraded, raidcore.Recovering} {
+			for _, st := range []raidcore.State{raidcore.Optimal, raidcore.Degraded, raidcore.Recovering, raidcore.Disabled} {
 				v := 0
 				if b.State == st {
 					v = 1
@@ -220,10 +241,11 @@ var page = template.Must(template.New("status").Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>zeoraid: {{.Status}}</title>
 <meta http-equiv="refresh" content="5">
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-.optimal{background:#dfd}.degraded,.failed{background:#fdd}.recovering{background:#ffd}</style></head>
+.optimal{background:#dfd}.degraded,.failed,.disabled{background:#fdd}.recovering,.assembling{background:#ffd}</style></head>
 <body><h1>zeoraid <span class="{{.Status}}">{{.Status}}</span></h1><p>{{.Now.Format "2006-01-02 15:04:05"}} UTC, refreshes every 5 s. JSON: <a href="/v1/status">/v1/status</a>, metrics: <a href="/metrics">/metrics</a></p>
 {{range .Storages}}<h2>storage {{.Storage}}: <span class="{{.Status}}">{{.Status}}</span></h2><p>last transaction {{.LastTID}}</p>
+{{with .Waiting}}<p class="failed">{{.}}</p>{{end}}{{range .Warnings}}<p class="degraded">warning: {{.}}</p>{{end}}
 <table><tr><th>backend</th><th>state</th><th>since</th><th>last tid</th><th>reason / recovery</th></tr>
 {{range .Backends}}<tr class="{{.State}}"><td>{{.Name}}</td><td>{{.State}}</td><td>{{.Since.Format "2006-01-02 15:04:05"}}</td><td>{{.LastTID}}</td>
-<td>{{.Reason}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
+<td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
 {{end}}</table>{{end}}</body></html>`))

@@ -17,7 +17,9 @@ import (
 type manager struct{ arr *raidcore.Array }
 
 func (m manager) Arrays() map[string]*raidcore.Array { return map[string]*raidcore.Array{"1": m.arr} }
-func (m manager) Recover(s, b string) error          { return m.arr.Recover(b, raidcore.RecoveryOptions{}) }
+func (m manager) Recover(s, b, by string) error {
+	return m.arr.Recover(b, raidcore.RecoveryOptions{By: by})
+}
 func (m manager) ReloadConfig(context.Context) (any, error) {
 	return map[string]string{"result": "nothing to do"}, nil
 }
@@ -95,7 +97,7 @@ func TestStatusActionsAndProbes(t *testing.T) {
 	if code, _ := do(t, "GET", srv.URL+"/readyz", ""); code != 200 {
 		t.Fatalf("readyz with one optimal backend: %d", code)
 	}
-	if code, body := do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `zeoraid_backend_state{storage="1",backend="b",state="degraded"} 1`) {
+	if code, body := do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `zeoraid_backend_state{storage="1",backend="b",state="disabled"} 1`) {
 		t.Fatalf("metrics: %d %s", code, body)
 	}
 	if code, body := do(t, "GET", srv.URL+"/", ""); code != 200 || !strings.Contains(body, "degraded") {
@@ -115,7 +117,12 @@ func TestStatusActionsAndProbes(t *testing.T) {
 func TestReadyzFailsWithoutOptimalBackends(t *testing.T) {
 	srv, _, coord := setupCoord(t, "")
 	for _, b := range []string{"a", "b"} {
-		coord.SetState(context.Background(), "1", b, raidcore.BackendState{State: raidcore.Degraded, Reason: "test"})
+		// As when a backend is found to have lost data: the only way
+		// an array loses its last optimal backend.
+		if _, err := coord.Update(context.Background(), "1", raidcore.Change{Backend: b, Version: coord.Table("1")[b].Version, AllowNoOptimal: true,
+			To: raidcore.BackendState{State: raidcore.Degraded, Reason: "test"}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "no optimal backend") {
 		t.Fatalf("readyz with no optimal backend: %d %s", code, body)

@@ -38,6 +38,16 @@ type Options struct {
 	OIDWindow uint64
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// SyncDir syncs the data directory after a rename (default
+	// (*os.File).Sync); tests inject failures.
+	SyncDir func(*os.File) error
+}
+
+func (o Options) syncDir(d *os.File) error {
+	if o.SyncDir != nil {
+		return o.SyncDir(d)
+	}
+	return d.Sync()
 }
 
 type storageState struct {
@@ -46,9 +56,11 @@ type storageState struct {
 	Backends   raidcore.Table `json:"backends"`
 
 	// in memory
-	lastTID zodb.TID
-	nextOID uint64
-	lease   chan struct{}
+	lastTID    zodb.TID
+	nextOID    uint64
+	lease      chan struct{}
+	leaseSince time.Time
+	waiting    int
 }
 
 type fileFormat struct {
@@ -143,9 +155,17 @@ func (c *Coordinator) save() error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("localcoord: saving state: %w", err)
 	}
-	if d, err := os.Open(c.opts.Dir); err == nil {
-		d.Sync()
-		d.Close()
+	// The rename is durable only once the directory is: a reservation
+	// that is not durable must not be used (after a power loss the old
+	// ceilings would come back and tids or oids be handed out twice).
+	d, err := os.Open(c.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("localcoord: saving state: syncing %s: %w", c.opts.Dir, err)
+	}
+	err = c.opts.syncDir(d)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("localcoord: saving state: syncing %s: %w", c.opts.Dir, err)
 	}
 	return nil
 }
@@ -158,84 +178,85 @@ func (c *Coordinator) storage(name string) (*storageState, error) {
 	return st, nil
 }
 
-// Start implements raidcore.Coordinator.
+// Start implements raidcore.Coordinator. A storage seen for the first
+// time gets the table raidcore.DeriveTable gives (nothing is saved when
+// no backend answered, so that the next attempt derives again); a known
+// one gets raidcore.RestartTable, because a lone proxy's restart is the
+// restart of its whole cluster.
 func (c *Coordinator) Start(ctx context.Context, storage string, probe []raidcore.BackendProbe) (raidcore.Table, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	st := c.storages[storage]
-	fresh := st == nil
-	if fresh {
-		st = &storageState{Backends: raidcore.Table{}, lease: make(chan struct{}, 1)}
-		c.storages[storage] = st
-	}
 	now := c.opts.Now().UTC()
-	// newest is the last tid of the backends that count: every reachable
-	// one for a new table, the optimal ones for a known table (a proxy
-	// killed during tpc_finish can leave some of them behind).
-	var newest, highest zodb.TID
+	st := c.storages[storage]
+	var table raidcore.Table
+	if st == nil {
+		t, err := raidcore.DeriveTable(probe, now)
+		if err != nil {
+			return nil, err
+		}
+		for n, row := range t {
+			row.Version = 1
+			t[n] = row
+		}
+		st = &storageState{Backends: t, lease: make(chan struct{}, 1)}
+		table = t
+	} else {
+		table = raidcore.RestartTable(st.Backends, probe, now)
+		for n, row := range table {
+			if old, ok := st.Backends[n]; !ok || old != row {
+				row.Version = old.Version + 1
+				table[n] = row
+			}
+		}
+	}
+	// Tids and oids start above everything any backend holds.
+	tidCeiling, oidCeiling := zodb.ZeroTID, uint64(0)
+	if st.Backends != nil {
+		tidCeiling, oidCeiling = st.TIDCeiling, st.OIDCeiling
+	}
 	for _, p := range probe {
 		if !p.Reachable {
 			continue
 		}
-		if highest.Less(p.LastTID) {
-			highest = p.LastTID
+		if tidCeiling.Less(p.LastTID) {
+			tidCeiling = p.LastTID
 		}
-		known, ok := st.Backends[p.Name]
-		counts := fresh || ok && known.State == raidcore.Optimal
-		if counts && newest.Less(p.LastTID) {
-			newest = p.LastTID
-		}
-		if p.OIDFloor > st.OIDCeiling {
-			st.OIDCeiling = p.OIDFloor
+		if p.OIDFloor > oidCeiling {
+			oidCeiling = p.OIDFloor
 		}
 	}
-	// Tids start above everything any backend holds.
-	if st.TIDCeiling.Less(highest) {
-		st.TIDCeiling = highest
-	}
-	st.lastTID = st.TIDCeiling
-	st.nextOID = st.OIDCeiling
-	for _, p := range probe {
-		if known, ok := st.Backends[p.Name]; ok {
-			if known.State == raidcore.Optimal && p.Reachable && p.LastTID != newest {
-				st.Backends[p.Name] = raidcore.BackendState{State: raidcore.Degraded, Since: now, LastTID: p.LastTID,
-					Reason: fmt.Sprintf("missing transactions found at start-up (last %s, newest optimal %s)", p.LastTID, newest)}
-			}
-			continue
-		}
-		// A backend new to the table: optimal only if it holds everything.
-		bs := raidcore.BackendState{State: raidcore.Optimal, Since: now, LastTID: p.LastTID}
-		switch {
-		case !p.Reachable:
-			bs.State, bs.Reason = raidcore.Degraded, "unreachable at start-up"
-		case p.LastTID != newest:
-			bs.State, bs.Reason = raidcore.Degraded, fmt.Sprintf("missing transactions (last %s, newest %s)", p.LastTID, newest)
-		case !fresh:
-			// Joining a running array: it must be verified and recovered.
-			bs.State, bs.Reason = raidcore.Degraded, "added to a running array"
-		}
-		st.Backends[p.Name] = bs
-	}
+	old := *st
+	fresh := c.storages[storage] == nil
+	st.Backends, st.TIDCeiling, st.OIDCeiling = table, tidCeiling, oidCeiling
+	c.storages[storage] = st
 	if err := c.save(); err != nil {
+		if fresh {
+			delete(c.storages, storage)
+		} else {
+			*st = old
+		}
 		return nil, err
 	}
-	t := copyTable(st.Backends)
+	if st.lastTID.Less(st.TIDCeiling) {
+		st.lastTID = st.TIDCeiling
+	}
+	if st.nextOID < st.OIDCeiling {
+		st.nextOID = st.OIDCeiling
+	}
+	t := st.Backends.Copy()
 	c.notify(storage, t)
 	return t, nil
 }
 
-func copyTable(t raidcore.Table) raidcore.Table {
-	out := make(raidcore.Table, len(t))
-	for k, v := range t {
-		out[k] = v
-	}
-	return out
-}
-
-// AcquireLease implements raidcore.Coordinator.
+// AcquireLease implements raidcore.Coordinator. Leases are granted in
+// arrival order; a lease not released within LeaseTimeout is lost (its
+// Done channel closes) and the next waiter gets it.
 func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit zodb.TID) (*raidcore.Lease, error) {
 	c.mu.Lock()
 	st, err := c.storage(storage)
+	if err == nil {
+		st.waiting++
+	}
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -243,23 +264,35 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 	select {
 	case st.lease <- struct{}{}:
 	case <-ctx.Done():
+		c.mu.Lock()
+		st.waiting--
+		c.mu.Unlock()
 		return nil, ctx.Err()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	st.waiting--
+	now := c.opts.Now()
 	var tid zodb.TID
 	if !explicit.IsZero() {
-		if !st.lastTID.Less(explicit) {
+		if err := raidcore.CheckExplicitTID(explicit, st.lastTID, now); err != nil {
 			<-st.lease
-			return nil, zodb.NewStorageTransactionError("explicit tid %s is not above the last tid %s of the array", explicit, st.lastTID)
+			return nil, err
 		}
 		tid = explicit
 	} else {
-		tid = zodb.NewTID(c.opts.Now(), st.lastTID)
+		tid = zodb.NewTID(now, st.lastTID)
+		if !tid.Less(zodb.MaxTID) {
+			<-st.lease
+			return nil, zodb.NewStorageError("the array's tids are exhausted (last %s)", st.lastTID)
+		}
 	}
 	if !tid.Less(st.TIDCeiling) {
 		// Move the ceiling a window above before handing this tid out.
 		ceiling := zodb.TIDFromTime(tid.Time().Add(c.opts.TIDWindow))
+		if !tid.Less(ceiling) {
+			ceiling = tid.Next()
+		}
 		old := st.TIDCeiling
 		st.TIDCeiling = ceiling
 		if err := c.save(); err != nil {
@@ -269,9 +302,36 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 		}
 	}
 	st.lastTID = tid
-	var once sync.Once
-	release := func() { once.Do(func() { <-st.lease }) }
-	return raidcore.NewLease(storage, tid, c.opts.Now().Add(c.opts.LeaseTimeout), release), nil
+	st.leaseSince = now
+	var tmu sync.Mutex
+	var timer *time.Timer
+	lease := raidcore.NewLease(storage, tid, now.Add(c.opts.LeaseTimeout), func() {
+		tmu.Lock()
+		if timer != nil {
+			timer.Stop()
+		}
+		tmu.Unlock()
+		c.mu.Lock()
+		st.leaseSince = time.Time{}
+		c.mu.Unlock()
+		<-st.lease
+	})
+	tmu.Lock()
+	timer = time.AfterFunc(c.opts.LeaseTimeout, func() { lease.Lose(raidcore.ErrLeaseExpired) })
+	tmu.Unlock()
+	return lease, nil
+}
+
+// LeaseStats reports whether the storage's lease is held, since when, and
+// how many callers wait for it.
+func (c *Coordinator) LeaseStats(storage string) (held bool, since time.Time, waiting int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st := c.storages[storage]
+	if st == nil {
+		return false, time.Time{}, 0
+	}
+	return !st.leaseSince.IsZero(), st.leaseSince, st.waiting
 }
 
 // NewOIDs implements raidcore.Coordinator.
@@ -322,28 +382,27 @@ func (c *Coordinator) AdvanceOIDs(ctx context.Context, storage string, oid zodb.
 	return nil
 }
 
-// SetState implements raidcore.Coordinator.
-func (c *Coordinator) SetState(ctx context.Context, storage, backend string, bs raidcore.BackendState) error {
+// Update implements raidcore.Coordinator.
+func (c *Coordinator) Update(ctx context.Context, storage string, changes ...raidcore.Change) (raidcore.Table, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	st, err := c.storage(storage)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	old, ok := st.Backends[backend]
-	if !ok {
-		return fmt.Errorf("localcoord: storage %q has no backend %q", storage, backend)
+	next, err := raidcore.ApplyChanges(st.Backends, changes, c.opts.Now().UTC())
+	if err != nil {
+		return nil, err
 	}
-	if bs.Since.IsZero() {
-		bs.Since = c.opts.Now().UTC()
-	}
-	st.Backends[backend] = bs
+	old := st.Backends
+	st.Backends = next
 	if err := c.save(); err != nil {
-		st.Backends[backend] = old
-		return err
+		st.Backends = old
+		return nil, err
 	}
-	c.notify(storage, copyTable(st.Backends))
-	return nil
+	t := next.Copy()
+	c.notify(storage, t)
+	return t, nil
 }
 
 // AddBackend implements raidcore.Coordinator.
@@ -360,12 +419,13 @@ func (c *Coordinator) AddBackend(ctx context.Context, storage, backend string, b
 	if bs.Since.IsZero() {
 		bs.Since = c.opts.Now().UTC()
 	}
+	bs.Version = 1
 	st.Backends[backend] = bs
 	if err := c.save(); err != nil {
 		delete(st.Backends, backend)
 		return err
 	}
-	c.notify(storage, copyTable(st.Backends))
+	c.notify(storage, st.Backends.Copy())
 	return nil
 }
 
@@ -386,7 +446,7 @@ func (c *Coordinator) RemoveBackend(ctx context.Context, storage, backend string
 		st.Backends[backend] = old
 		return err
 	}
-	c.notify(storage, copyTable(st.Backends))
+	c.notify(storage, st.Backends.Copy())
 	return nil
 }
 
@@ -395,7 +455,7 @@ func (c *Coordinator) Table(storage string) raidcore.Table {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st := c.storages[storage]; st != nil {
-		return copyTable(st.Backends)
+		return st.Backends.Copy()
 	}
 	return nil
 }

@@ -107,7 +107,7 @@ func TestStatesAreDurableAndWatched(t *testing.T) {
 	c.Start(ctx, "1", probes(zodb.ZeroTID, zodb.ZeroTID))
 	var seen []raidcore.Table
 	c.Watch(func(s string, tab raidcore.Table) { seen = append(seen, tab) })
-	if err := c.SetState(ctx, "1", "b", raidcore.BackendState{State: raidcore.Degraded, Reason: "vote timed out"}); err != nil {
+	if _, err := c.Update(ctx, "1", raidcore.Change{Backend: "b", Version: c.Table("1")["b"].Version, To: raidcore.BackendState{State: raidcore.Degraded, Reason: "vote timed out"}}); err != nil {
 		t.Fatal(err)
 	}
 	if len(seen) != 1 || seen[0]["b"].State != raidcore.Degraded {
@@ -118,7 +118,7 @@ func TestStatesAreDurableAndWatched(t *testing.T) {
 	if tab["b"].State != raidcore.Degraded || tab["b"].Reason != "vote timed out" {
 		t.Fatalf("degraded state not kept across restart: %+v", tab["b"])
 	}
-	if err := c2.SetState(ctx, "1", "nosuch", raidcore.BackendState{}); err == nil {
+	if _, err := c2.Update(ctx, "1", raidcore.Change{Backend: "nosuch"}); err == nil {
 		t.Fatal("state of an unknown backend accepted")
 	}
 }
@@ -138,7 +138,12 @@ func TestLeaseIsExclusiveAndExplicitTIDs(t *testing.T) {
 	if _, err := c.AcquireLease(ctx, "1", l.TID); err == nil {
 		t.Fatal("explicit tid at the last granted tid accepted")
 	}
-	want := zodb.TIDFromTime(time.Now().Add(time.Hour))
+	for _, bad := range []zodb.TID{zodb.TIDFromTime(time.Now().Add(time.Hour)), zodb.MaxTID, zodb.EndOfTime} {
+		if _, err := c.AcquireLease(ctx, "1", bad); err == nil {
+			t.Fatalf("explicit tid %s (an hour ahead, or beyond the largest tid) accepted", bad)
+		}
+	}
+	want := zodb.TIDFromTime(time.Now().Add(10 * time.Minute))
 	l2, err := c.AcquireLease(ctx, "1", want)
 	if err != nil || l2.TID != want {
 		t.Fatalf("explicit tid: %v %v", l2, err)

@@ -62,7 +62,7 @@ func (p *Proxy) extensions() map[string]zeoserver.ExtensionFunc {
 			if err != nil {
 				return nil, zodb.NewValueError("%v", err)
 			}
-			if err := a.Disable(n); err != nil {
+			if err := a.Disable(n, "operator (raid_disable over ZEO)", ""); err != nil {
 				return nil, zodb.NewValueError("%v", err)
 			}
 			return fmt.Sprintf("disabled %q", n), nil
@@ -75,7 +75,7 @@ func (p *Proxy) extensions() map[string]zeoserver.ExtensionFunc {
 			if err != nil {
 				return nil, err
 			}
-			if err := p.Recover(call.Storage, n); err != nil {
+			if err := p.Recover(call.Storage, n, "operator (raid_recover over ZEO)"); err != nil {
 				return nil, zodb.NewValueError("%v", err)
 			}
 			return fmt.Sprintf("recovering %q", n), nil

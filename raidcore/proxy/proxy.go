@@ -9,6 +9,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sort"
@@ -42,10 +43,15 @@ type Config struct {
 	MaxFrame                 int
 	// Timeouts of backend calls.
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
-	// BackendDialTimeout bounds the first connection attempt at start-up;
-	// a backend not reached by then starts degraded and is connected in
-	// the background.
-	BackendDialTimeout time.Duration
+	// ProxyID names this proxy in the state table (recovery owner).
+	ProxyID string
+	// StartupWait is how long an array waits at start-up for all its
+	// backends before it starts with those that answered (it waits
+	// without limit for the first). Backends are dialed in parallel and
+	// in the background; see Ready.
+	StartupWait time.Duration
+	// StateTimeout bounds changes of the state table.
+	StateTimeout time.Duration
 	// AutoRecover starts recovering a degraded backend when it is
 	// reachable again (not one that needs a rebuild).
 	AutoRecover  bool
@@ -64,26 +70,35 @@ type Proxy struct {
 	log    hclog.Logger
 	server *zeoserver.Server
 
-	mu     sync.Mutex
-	arrays map[string]*raidcore.Array
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	mu        sync.Mutex
+	arrays    map[string]*raidcore.Array
+	assembled map[string]error // storages done assembling (nil: success)
+	ready     chan struct{}    // closed when every array is assembled
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	backoff   map[string]*retry // automatic recovery, by storage/backend
 }
 
-// Start connects to the backends and builds the arrays and the ZEO server.
-// It does not listen; call Serve.
+// retry spaces out automatic recoveries of a backend that keep failing.
+type retry struct {
+	next  time.Time
+	delay time.Duration
+	id    int64 // the recovery whose outcome was counted
+}
+
+// Start builds the arrays and starts assembling them in the background:
+// every backend is dialed at once, in parallel, and each array serves as
+// soon as its backends allow (see raidcore.Array.Assemble). It returns at
+// once; Ready tells when the proxy can serve, and what it waits for.
 func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	if cfg.BackendDialTimeout <= 0 {
-		cfg.BackendDialTimeout = 5 * time.Second
-	}
 	if cfg.Encoding == 0 {
 		cfg.Encoding = wire.Pickle
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Logger, arrays: map[string]*raidcore.Array{}, stop: make(chan struct{})}
-	storages := map[string]zodb.Storage{}
+	p := &Proxy{cfg: cfg, log: cfg.Logger, arrays: map[string]*raidcore.Array{}, assembled: map[string]error{},
+		ready: make(chan struct{}), stop: make(chan struct{}), backoff: map[string]*retry{}}
 	names := make([]string, 0, len(cfg.Storages))
 	for n := range cfg.Storages {
 		names = append(names, n)
@@ -92,31 +107,53 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 	for _, name := range names {
 		var backends []raidcore.Backend
 		for _, b := range cfg.Storages[name] {
-			backends = append(backends, raidcore.Backend{Name: b.Name, Storage: p.dial(ctx, name, b)})
+			st, err := p.dial(name, b)
+			if err != nil {
+				p.Close()
+				return nil, fmt.Errorf("storage %q: backend %q: %w", name, b.Name, err)
+			}
+			backends = append(backends, raidcore.Backend{Name: b.Name, Storage: st})
 		}
-		arr, err := raidcore.New(ctx, raidcore.Config{
-			Storage: name, Backends: backends, Coord: cfg.Coord,
-			VoteTimeout: cfg.VoteTimeout, FinishTimeout: cfg.FinishTimeout, ReadTimeout: cfg.ReadTimeout,
-			VerifyReads: cfg.VerifyReads, Logger: cfg.Logger.Named("raid"),
-		})
+		arr, err := raidcore.Open(p.arrayConfig(name, backends))
 		if err != nil {
+			for _, b := range backends {
+				b.Storage.Close()
+			}
 			p.Close()
 			return nil, fmt.Errorf("storage %q: %w", name, err)
 		}
 		p.arrays[name] = arr
-		storages[name] = arr
-		st := arr.Status()
-		p.log.Info("array ready", "storage", name, "status", st.Status, "last_tid", st.LastTID)
 	}
-	srv, err := zeoserver.New(zeoserver.Config{
-		Storages: storages, Encoding: cfg.Encoding, ClientConflictResolution: cfg.ClientConflictResolution,
-		MaxFrame: cfg.MaxFrame, Logger: cfg.Logger.Named("zeo"), Extensions: p.extensions(),
-	})
-	if err != nil {
-		p.Close()
-		return nil, err
+	for _, name := range names {
+		arr := p.arrays[name]
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			actx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() {
+				select {
+				case <-p.stop:
+					cancel()
+				case <-actx.Done():
+				}
+			}()
+			err := arr.Assemble(actx)
+			p.mu.Lock()
+			p.assembled[name] = err
+			all := len(p.assembled) == len(p.arrays)
+			p.mu.Unlock()
+			if err != nil {
+				p.log.Error("array not assembled", "storage", name, "error", err)
+			} else {
+				st := arr.Status()
+				p.log.Info("array ready", "storage", name, "status", st.Status, "last_tid", st.LastTID)
+			}
+			if all {
+				close(p.ready)
+			}
+		}()
 	}
-	p.server = srv
 	if cfg.AutoRecover {
 		p.wg.Add(1)
 		go p.autoRecover()
@@ -124,31 +161,101 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
-// dial connects to one backend: at once if it answers within the dial
-// timeout, else in the background.
-func (p *Proxy) dial(ctx context.Context, storage string, b BackendConfig) zodb.Storage {
-	// WaitTimeout -1: a call on a disconnected backend fails at once, so
-	// that the array degrades it and goes on with the others instead of
-	// stalling clients.
+func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.Config {
+	return raidcore.Config{
+		Storage: name, Backends: backends, Coord: p.cfg.Coord, ProxyID: p.cfg.ProxyID,
+		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
+		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
+		VerifyReads: p.cfg.VerifyReads, Logger: p.cfg.Logger.Named("raid"),
+	}
+}
+
+// Ready reports whether every array is assembled (and the ZEO server can
+// serve), and otherwise what the proxy waits for.
+func (p *Proxy) Ready() (bool, string) {
+	var waiting []string
+	for name, arr := range p.Arrays() {
+		if ok, why := arr.Ready(); !ok {
+			waiting = append(waiting, fmt.Sprintf("storage %s: %s", name, why))
+		}
+	}
+	sort.Strings(waiting)
+	return len(waiting) == 0, strings.Join(waiting, "; ")
+}
+
+// WaitReady waits until every array is assembled, or ctx ends.
+func (p *Proxy) WaitReady(ctx context.Context) error {
+	select {
+	case <-p.ready:
+	case <-ctx.Done():
+		_, why := p.Ready()
+		return fmt.Errorf("%s: %w", why, ctx.Err())
+	case <-p.stop:
+		return errors.New("proxy closed")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, err := range p.assembled {
+		if err != nil {
+			return fmt.Errorf("storage %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// dial makes the ZEO client of one backend. It connects in the
+// background (and reconnects when the connection drops); a call while it
+// is disconnected fails at once, so that the array degrades the backend
+// and goes on with the others instead of stalling clients.
+func (p *Proxy) dial(storage string, b BackendConfig) (zodb.Storage, error) {
 	opts := zeoclient.Options{Addrs: b.Addrs, Storage: storage, Encoding: p.cfg.Encoding, WaitTimeout: -1,
 		CallTimeout: max(p.cfg.VoteTimeout, p.cfg.FinishTimeout, p.cfg.ReadTimeout, 10*time.Second),
 		Logger:      p.log.Named("backend").With("backend", b.Name)}
-	dctx, cancel := context.WithTimeout(ctx, p.cfg.BackendDialTimeout)
-	defer cancel()
-	c, err := zeoclient.Open(dctx, opts)
-	if err == nil {
-		return c
-	}
-	p.log.Warn("backend unreachable; connecting in the background", "storage", storage, "backend", b.Name, "addrs", strings.Join(b.Addrs, ","), "error", err)
-	lazy, lerr := zeoclient.OpenLazy(opts)
-	if lerr != nil {
-		p.log.Error("backend configuration", "backend", b.Name, "error", lerr)
-	}
-	return lazy
+	return zeoclient.OpenLazy(opts)
 }
 
-// Serve serves ZEO on l until Close.
-func (p *Proxy) Serve(l net.Listener) error { return p.server.Serve(l) }
+// Serve serves ZEO on l until Close, once every array is assembled (it
+// waits for that first; call it after WaitReady to open the port only
+// when the proxy can serve).
+func (p *Proxy) Serve(l net.Listener) error {
+	if err := p.WaitReady(context.Background()); err != nil {
+		l.Close()
+		return err
+	}
+	srv, err := p.zeoServer()
+	if err != nil {
+		l.Close()
+		return err
+	}
+	return srv.Serve(l)
+}
+
+// zeoServer creates the ZEO server over the assembled arrays (once).
+func (p *Proxy) zeoServer() (*zeoserver.Server, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.server != nil {
+		return p.server, nil
+	}
+	select {
+	case <-p.stop:
+		return nil, errors.New("proxy closed")
+	default:
+	}
+	storages := map[string]zodb.Storage{}
+	for n, a := range p.arrays {
+		storages[n] = a
+	}
+	srv, err := zeoserver.New(zeoserver.Config{
+		Storages: storages, Encoding: p.cfg.Encoding, ClientConflictResolution: p.cfg.ClientConflictResolution,
+		MaxFrame: p.cfg.MaxFrame, Logger: p.cfg.Logger.Named("zeo"), Extensions: p.extensions(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.server = srv
+	return srv, nil
+}
 
 // Arrays returns the arrays by storage name.
 func (p *Proxy) Arrays() map[string]*raidcore.Array {
@@ -172,13 +279,17 @@ func (p *Proxy) Array(storage string) (*raidcore.Array, error) {
 	return a, nil
 }
 
-// Recover starts recovering a backend with the configured rate limit.
-func (p *Proxy) Recover(storage, backend string) error {
+// Recover starts recovering a backend with the configured rate limit; by
+// says who asked (shown in status).
+func (p *Proxy) Recover(storage, backend, by string) error {
 	a, err := p.Array(storage)
 	if err != nil {
 		return err
 	}
-	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate})
+	p.mu.Lock()
+	delete(p.backoff, storage+"/"+backend)
+	p.mu.Unlock()
+	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: by})
 }
 
 // ReloadReport says what a reload changed.
@@ -206,7 +317,12 @@ func (p *Proxy) Reload(ctx context.Context, storages map[string][]BackendConfig)
 		for _, b := range want {
 			wanted[b.Name] = true
 			if !have[b.Name] {
-				if err := arr.AddBackend(ctx, raidcore.Backend{Name: b.Name, Storage: p.dial(ctx, name, b)}); err != nil {
+				st, err := p.dial(name, b)
+				if err != nil {
+					return rep, fmt.Errorf("backend %q: %w", b.Name, err)
+				}
+				if err := arr.AddBackend(ctx, raidcore.Backend{Name: b.Name, Storage: st}); err != nil {
+					st.Close()
 					return rep, err
 				}
 				rep.Added = append(rep.Added, name+"/"+b.Name)
@@ -233,7 +349,11 @@ func (p *Proxy) Reload(ctx context.Context, storages map[string][]BackendConfig)
 	return rep, nil
 }
 
-// autoRecover starts recoveries of degraded backends that are reachable.
+// autoRecover starts recoveries of degraded backends that answer again.
+// It leaves disabled backends alone (an operator took them out), and
+// backends whose last recovery found that they need a rebuild. A backend
+// whose recoveries keep failing is retried less and less often (from 1 s
+// up to a minute between attempts).
 func (p *Proxy) autoRecover() {
 	defer p.wg.Done()
 	t := time.NewTicker(time.Second)
@@ -245,19 +365,46 @@ func (p *Proxy) autoRecover() {
 		case <-t.C:
 		}
 		for name, arr := range p.Arrays() {
+			if ok, _ := arr.Ready(); !ok {
+				continue
+			}
 			recs := arr.Recoveries()
 			for _, b := range arr.Status().Backends {
+				key := name + "/" + b.Name
 				if b.State != raidcore.Degraded {
+					if b.State == raidcore.Optimal {
+						p.mu.Lock()
+						delete(p.backoff, key)
+						p.mu.Unlock()
+					}
 					continue
 				}
-				if r, ok := recs[b.Name]; ok && strings.Contains(r.Error, "rebuilt") {
+				r, hasRec := recs[b.Name]
+				if hasRec && strings.Contains(r.Error, "rebuilt") {
 					continue // needs an operator
 				}
 				if !arr.Reachable(b.Name) {
 					continue
 				}
+				p.mu.Lock()
+				bo := p.backoff[key]
+				if bo == nil {
+					bo = &retry{}
+					p.backoff[key] = bo
+				}
+				if hasRec && r.Phase == "failed" && r.ID != bo.id {
+					// Count each failed recovery once.
+					bo.id = r.ID
+					bo.delay = min(max(2*bo.delay, time.Second), time.Minute)
+					bo.next = time.Now().Add(bo.delay)
+				}
+				wait := time.Now().Before(bo.next)
+				p.mu.Unlock()
+				if wait {
+					continue
+				}
 				p.log.Info("starting automatic recovery", "storage", name, "backend", b.Name)
-				if err := p.Recover(name, b.Name); err != nil {
+				if err := arr.Recover(b.Name, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: "proxy (automatic recovery)"}); err != nil {
 					p.log.Debug("automatic recovery not started", "backend", b.Name, "error", err)
 				}
 			}
@@ -267,14 +414,17 @@ func (p *Proxy) autoRecover() {
 
 // Close stops serving and closes the arrays and backend connections.
 func (p *Proxy) Close() error {
+	p.mu.Lock()
 	select {
 	case <-p.stop:
 	default:
 		close(p.stop)
 	}
+	srv := p.server
+	p.mu.Unlock()
 	p.wg.Wait()
-	if p.server != nil {
-		p.server.Close()
+	if srv != nil {
+		srv.Close()
 	}
 	for _, a := range p.Arrays() {
 		a.Close()
