@@ -87,9 +87,9 @@ type Array struct {
 	// positioned: announced is the array's real position (some optimal
 	// backend answered since start-up).
 	positioned bool
-	pending   map[zodb.TID]*pendingEvent
-	own       map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
-	subs      zodb.Subscribers
+	pending    map[zodb.TID]*pendingEvent
+	own        map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
+	subs       zodb.Subscribers
 	// recent holds the tids of the last announced transactions, oldest
 	// first, to tell how many transactions a backend is behind.
 	recent []zodb.TID

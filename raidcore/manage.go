@@ -3,8 +3,8 @@ package raidcore
 import (
 	"bytes"
 	"context"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
