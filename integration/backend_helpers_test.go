@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,6 +98,9 @@ type firstLineWriter struct {
 	buf  []byte
 	sent bool
 	line chan string
+	// skip: lines with this prefix come before the banner (a proxy says
+	// it is assembling).
+	skip string
 }
 
 func (w *firstLineWriter) Write(p []byte) (int, error) {
@@ -104,10 +108,20 @@ func (w *firstLineWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	if !w.sent {
 		w.buf = append(w.buf, p...)
-		if i := bytes.IndexByte(w.buf, '\n'); i >= 0 {
-			w.line <- string(w.buf[:i])
+		for !w.sent {
+			i := bytes.IndexByte(w.buf, '\n')
+			if i < 0 {
+				break
+			}
+			line := string(w.buf[:i])
+			w.buf = w.buf[i+1:]
+			if w.skip != "" && strings.HasPrefix(line, w.skip) {
+				continue
+			}
+			w.line <- line
 			w.sent, w.buf = true, nil
-		} else if len(w.buf) > 4096 {
+		}
+		if !w.sent && len(w.buf) > 4096 {
 			w.line <- fmt.Sprintf("%.200q... (no newline in 4 KiB)", w.buf)
 			w.sent, w.buf = true, nil
 		}

@@ -47,7 +47,7 @@ func startZeoraid(t *testing.T, what string, args []string, logPath string, re *
 	bin := zeoraidBinary(t)
 	cmd := exec.Command(bin, args...)
 	cmd.Env = serverEnviron()
-	banner := &firstLineWriter{line: make(chan string, 1)}
+	banner := &firstLineWriter{line: make(chan string, 1), skip: "zeoraid proxy: assembling"}
 	cmd.Stdout = banner
 	s := startProcess(t, cmd, logPath)
 	p := &zproc{server: s, what: what}

@@ -211,7 +211,10 @@ func Open(cfg Config) (*Array, error) {
 // returns when the array serves or ctx ends.
 func (a *Array) Assemble(ctx context.Context) error {
 	first := time.Time{}
-	lastLog := time.Time{}
+	lastLog := time.Now()
+	// Connections being made answer within milliseconds: ask often at
+	// first, then every HealthInterval.
+	pause := 10 * time.Millisecond
 	for {
 		probes := a.probeAll(ctx)
 		answered := 0
@@ -252,8 +255,9 @@ func (a *Array) Assemble(ctx context.Context) error {
 			return fmt.Errorf("raidcore: storage %s: %s: %w", a.cfg.Storage, what, ctx.Err())
 		case <-a.stop:
 			return errors.New("raidcore: array closed")
-		case <-time.After(a.cfg.HealthInterval):
+		case <-time.After(pause):
 		}
+		pause = min(2*pause, a.cfg.HealthInterval)
 	}
 }
 
@@ -489,7 +493,7 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 		}
 	}
 	pos, doubt := a.announced, m.inDoubt
-	verdict, lost := "", false
+	verdict, lost, held := "", false, zodb.ZeroTID
 	usable := func() bool {
 		m.suspect, m.inDoubt = false, zodb.ZeroTID
 		a.emitReady()
@@ -499,7 +503,7 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 	}
 	switch {
 	case last.Less(row.LastTID):
-		verdict, lost = fmt.Sprintf("lost transactions: answers at %s but held %s", last, row.LastTID), true
+		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s but held %s", last, row.LastTID), true, row.LastTID
 	case !doubt.IsZero() && last == doubt:
 		a.log.Info("interrupted tpc_finish resolved: committed", "backend", m.name, "tid", doubt)
 		return usable()
@@ -517,7 +521,7 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 		a.announced, a.positioned = last, true
 		return usable()
 	case last.Less(pos):
-		verdict, lost = fmt.Sprintf("lost transactions: answers at %s, but the array served up to %s (from backends that are gone)", last, pos), true
+		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s, but the array served up to %s", last, pos), true, pos
 	default:
 		a.log.Warn("the last optimal backend holds transactions the array did not acknowledge; its history becomes the array's", "backend", m.name, "tid", last, "array", pos)
 		a.announced = last
@@ -531,7 +535,7 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 	}
 	m.suspect = true
 	a.evMu.Unlock()
-	if err := a.degradeWith(m, verdict, lost); err != nil {
+	if err := a.degradeWith(m, verdict, lost, held); err != nil {
 		a.log.Error("cannot degrade backend", "backend", m.name, "reason", verdict, "error", err)
 	}
 	return false
@@ -549,11 +553,15 @@ func (a *Array) optimalEv() []*member {
 // that one holds every acknowledged transaction, and the operation that
 // failed on it fails instead. A backend that is no longer optimal is left
 // as it is (nil).
-func (a *Array) degrade(m *member, reason string) error { return a.degradeWith(m, reason, false) }
+func (a *Array) degrade(m *member, reason string) error {
+	return a.degradeWith(m, reason, false, zodb.ZeroTID)
+}
 
 // degradeWith degrades m; lost allows it to be the last optimal backend
-// (it lost data, so it cannot serve).
-func (a *Array) degradeWith(m *member, reason string, lost bool) error {
+// (it lost data, so it cannot serve), and held is what it held before:
+// its row keeps that, so that re-assembly waits for a backend holding as
+// much.
+func (a *Array) degradeWith(m *member, reason string, lost bool, held zodb.TID) error {
 	for attempt := 0; ; attempt++ {
 		row, ok := a.cfg.Coord.Table(a.cfg.Storage)[m.name]
 		if !ok || row.State != Optimal {
@@ -568,6 +576,9 @@ func (a *Array) degradeWith(m *member, reason string, lost bool) error {
 		a.evMu.Unlock()
 		if lost {
 			last = row.LastTID
+			if last.Less(held) {
+				last = held
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
 		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: m.name, Version: row.Version, AllowNoOptimal: lost,
@@ -867,7 +878,7 @@ func errNoBackend(what string) error {
 // counters are the array's event counts, for metrics.
 type counters struct {
 	mu                                         sync.Mutex
-	degrades, voteTimeouts, leaseLost, aborted int64
+	degrades, voteTimeouts, voteFailures, leaseLost int64
 }
 
 func (c *counters) add(p *int64) {

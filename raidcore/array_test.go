@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/coordtest"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
@@ -22,41 +23,101 @@ type fixture struct {
 	ctx    context.Context
 	arr    *raidcore.Array
 	coord  *localcoord.Coordinator
+	fc     *coordtest.Faulty // wraps coord; the array uses it
+	dir    string
 	mems   []*memstorage.Storage
 	faults []*faulty
 	mu     sync.Mutex
 	events []zodb.CommitEvent
+	// assembled receives Assemble's result (async fixtures).
+	assembled chan error
 }
 
 func newFixture(t *testing.T, n int) *fixture { return newFixtureWith(t, n, false) }
 
 func newFixtureWith(t *testing.T, n int, verifyReads bool) *fixture {
+	return newFixtureOpts(t, n, fixOpts{verifyReads: verifyReads})
+}
+
+// fixOpts vary the fixture.
+type fixOpts struct {
+	verifyReads bool
+	// dir is the coordinator's directory (default a new one).
+	dir string
+	// mems are the backends' storages (default new ones).
+	mems []*memstorage.Storage
+	// leaseTimeout of the coordinator (default its own).
+	leaseTimeout time.Duration
+	// cfg adjusts the array's configuration.
+	cfg func(*raidcore.Config)
+	// before runs on the fixture before the array is assembled (to make
+	// backends unreachable, say).
+	before func(f *fixture)
+	// async: assemble in the background; f.assembled reports the result.
+	async bool
+}
+
+func newFixtureOpts(t *testing.T, n int, o fixOpts) *fixture {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	coord, err := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+	if o.dir == "" {
+		o.dir = t.TempDir()
+	}
+	coord, err := localcoord.New(localcoord.Options{Dir: o.dir, LeaseTimeout: o.leaseTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, ctx: ctx, coord: coord}
+	f := &fixture{t: t, ctx: ctx, coord: coord, fc: coordtest.NewFaulty(coord), dir: o.dir}
 	var bs []raidcore.Backend
 	for i := 0; i < n; i++ {
 		m := memstorage.New(fmt.Sprintf("b%d", i))
+		if i < len(o.mems) {
+			m = o.mems[i]
+		}
 		fb := newFaulty(m)
 		f.mems = append(f.mems, m)
 		f.faults = append(f.faults, fb)
 		bs = append(bs, raidcore.Backend{Name: fmt.Sprintf("b%d", i), Storage: fb})
 	}
-	arr, err := raidcore.New(ctx, raidcore.Config{Storage: "1", Backends: bs, Coord: coord,
+	cfg := raidcore.Config{Storage: "1", Backends: bs, Coord: f.fc,
 		VoteTimeout: 300 * time.Millisecond, FinishTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
-		VerifyReads: verifyReads})
+		StartupWait: 200 * time.Millisecond, HealthInterval: 20 * time.Millisecond,
+		VerifyReads: o.verifyReads}
+	if o.cfg != nil {
+		o.cfg(&cfg)
+	}
+	if o.before != nil {
+		o.before(f)
+	}
+	arr, err := raidcore.Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { arr.Close() })
 	arr.Subscribe(func(ev zodb.CommitEvent) { f.mu.Lock(); f.events = append(f.events, ev); f.mu.Unlock() })
 	f.arr = arr
+	if o.async {
+		f.assembled = make(chan error, 1)
+		go func() { f.assembled <- arr.Assemble(ctx) }()
+		return f
+	}
+	if err := arr.Assemble(ctx); err != nil {
+		t.Fatal(err)
+	}
 	return f
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (f *fixture) commit(ops ...zodb.Op) (zodb.TID, error) {

@@ -136,7 +136,8 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		a.evMu.Unlock()
 	}
 
-	deadline := time.Now().Add(a.cfg.VoteTimeout)
+	voteStart := time.Now()
+	deadline := voteStart.Add(a.cfg.VoteTimeout)
 	if !lease.Deadline.IsZero() && lease.Deadline.Before(deadline) {
 		deadline = lease.Deadline
 	}
@@ -176,16 +177,29 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 			timeouts++
 		}
 	}
-	if len(count) == 0 && timeouts == len(outs) {
-		// Every backend timed out at once: that says more about this
-		// proxy (or a holder before it that still owns their locks) than
-		// about the backends. Nothing is degraded; the transaction fails.
+	if len(count) == 0 {
+		// No backend answered. When every one of them fails the same
+		// transaction at once, the transaction (too large for all, say)
+		// or this proxy (or a holder before it that still owns their
+		// locks, when they all time out) is the likely cause, not the
+		// backends: nothing is degraded, the transaction fails alone.
+		// Backends that are really gone are found unreachable by the
+		// next operation.
 		abortAll(members)
 		forget()
 		release()
-		a.counts.add(&a.counts.voteTimeouts)
-		a.log.Warn("vote timed out on every backend; nothing degraded, the transaction fails", "tid", bt.TID, "timeout", time.Until(deadline))
-		return zodb.VoteResult{}, zodb.NewStorageError("vote of %s timed out on every backend (after %s); the transaction was aborted", bt.TID, a.cfg.VoteTimeout)
+		if timeouts == len(outs) {
+			a.counts.add(&a.counts.voteTimeouts)
+			a.log.Warn("vote timed out on every backend; nothing degraded, the transaction fails", "tid", bt.TID)
+			return zodb.VoteResult{}, zodb.NewStorageError("vote of %s timed out on every backend (after %s); the transaction was aborted", bt.TID, time.Since(voteStart).Round(time.Millisecond))
+		}
+		a.counts.add(&a.counts.voteFailures)
+		var why []string
+		for _, o := range outs {
+			why = append(why, fmt.Sprintf("%s: %v", o.m.name, o.err))
+		}
+		a.log.Warn("vote failed on every backend; nothing degraded, the transaction fails", "tid", bt.TID, "errors", strings.Join(why, "; "))
+		return zodb.VoteResult{}, zodb.NewStorageError("vote of %s failed on every backend (%s); the transaction was aborted", bt.TID, strings.Join(why, "; "))
 	}
 	winner := ""
 	for _, o := range outs { // outs are in configuration order

@@ -19,20 +19,102 @@ const (
 	disconnect       // the connection drops
 	different        // a different, plausible answer
 	slow             // answers correctly, after 3 ms
+	lostReply        // does it, but the answer is lost (connection drops)
 )
 
 func (f fault) String() string {
-	return [...]string{"none", "error", "hang", "disconnect", "different answer", "slow"}[f]
+	return [...]string{"none", "error", "hang", "disconnect", "different answer", "slow", "lost reply"}[f]
 }
 
 // faulty wraps a storage and misbehaves at chosen steps.
 type faulty struct {
 	zodb.Storage
 	mu     sync.Mutex
-	faults map[string]fault // "vote", "finish", "load"
+	faults map[string]fault // "vote", "finish", "load", "last", "pack"
+	down   bool             // Connected reports false, every call fails
+	muted  bool             // commit events are not delivered
+	gate   chan struct{}    // when set, votes wait for it to close
+	// lastOverride, when set, is what LastTransaction answers.
+	lastOverride *zodb.TID
 }
 
 func newFaulty(st zodb.Storage) *faulty { return &faulty{Storage: st, faults: map[string]fault{}} }
+
+// Close leaves the storage open: it belongs to the test, which may build
+// another array over it (a restarted proxy).
+func (f *faulty) Close() error { return nil }
+
+// setDown makes the backend unreachable (or reachable again).
+func (f *faulty) setDown(down bool) {
+	f.mu.Lock()
+	f.down = down
+	f.mu.Unlock()
+}
+
+func (f *faulty) isDown() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.down
+}
+
+// Connected is what a ZEO client reports.
+func (f *faulty) Connected() bool { return !f.isDown() }
+
+func (f *faulty) mute(m bool) {
+	f.mu.Lock()
+	f.muted = m
+	f.mu.Unlock()
+}
+
+// Subscribe delivers the storage's events unless muted.
+func (f *faulty) Subscribe(fn func(zodb.CommitEvent)) func() {
+	return f.Storage.Subscribe(func(ev zodb.CommitEvent) {
+		f.mu.Lock()
+		m := f.muted
+		f.mu.Unlock()
+		if !m {
+			fn(ev)
+		}
+	})
+}
+
+func (f *faulty) LastTransaction(ctx context.Context) (zodb.TID, error) {
+	if f.isDown() {
+		return zodb.TID{}, zodb.NewClientDisconnected("not connected")
+	}
+	if err := misbehave(ctx, f.get("last")); err != nil {
+		return zodb.TID{}, err
+	}
+	f.mu.Lock()
+	o := f.lastOverride
+	f.mu.Unlock()
+	if o != nil {
+		return *o, nil
+	}
+	return f.Storage.LastTransaction(ctx)
+}
+
+func (f *faulty) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
+	if f.isDown() {
+		return nil, zodb.NewClientDisconnected("not connected")
+	}
+	return f.Storage.NewOIDs(ctx, n)
+}
+
+func (f *faulty) Pack(ctx context.Context, packTID zodb.TID) error {
+	switch f.get("pack") {
+	case different:
+		// A valid answer: FileStorage's to a second concurrent pack.
+		return zodb.NewStorageError("Already packing")
+	case slow:
+		time.Sleep(200 * time.Millisecond)
+	default:
+		if err := misbehave(ctx, f.get("pack")); err != nil {
+			return err
+		}
+	}
+	return f.Storage.Pack(ctx, packTID)
+}
 
 func (f *faulty) set(step string, ft fault) {
 	f.mu.Lock()
@@ -62,6 +144,19 @@ func misbehave(ctx context.Context, ft fault) error {
 }
 
 func (f *faulty) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return zodb.VoteResult{}, ctx.Err()
+		}
+	}
+	if f.isDown() {
+		return zodb.VoteResult{}, zodb.NewClientDisconnected("not connected")
+	}
 	ft := f.get("vote")
 	if ft == different && len(txn.Ops) > 0 {
 		// Claim a conflict the others do not see.
@@ -88,6 +183,10 @@ func (f *faulty) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, e
 	if ft == disconnect {
 		return zodb.TID{}, &zodb.OutcomeUnknownError{Err: zodb.NewClientDisconnected("connection lost")}
 	}
+	if ft == lostReply {
+		f.Storage.Finish(ctx, txn)
+		return zodb.TID{}, &zodb.OutcomeUnknownError{Err: zodb.NewClientDisconnected("connection lost")}
+	}
 	if err := misbehave(ctx, ft); err != nil {
 		// The storage still holds the vote: let it go, as a server
 		// would when the connection dies.
@@ -98,7 +197,17 @@ func (f *faulty) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, e
 }
 
 func (f *faulty) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	if f.isDown() {
+		return nil, zodb.NewClientDisconnected("not connected")
+	}
 	ft := f.get("load")
+	if ft == slow {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if ft == different {
 		rev, err := f.Storage.LoadBefore(ctx, oid, before)
 		if rev != nil {

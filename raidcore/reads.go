@@ -14,10 +14,10 @@ import (
 
 // candidates returns the optimal backends that hold every transaction up
 // to need, starting at the next one in round-robin order.
-func (a *Array) candidates(ctx context.Context, need zodb.TID) []*member {
+func (a *Array) candidates(ctx context.Context, need zodb.TID) ([]*member, error) {
 	opt, err := a.usable(ctx)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	a.evMu.Lock()
 	var ok []*member
@@ -28,13 +28,13 @@ func (a *Array) candidates(ctx context.Context, need zodb.TID) []*member {
 	}
 	a.evMu.Unlock()
 	if len(ok) == 0 {
-		return nil
+		return nil, nil
 	}
 	a.mu.Lock()
 	a.rr++
 	start := a.rr % len(ok)
 	a.mu.Unlock()
-	return append(ok[start:], ok[:start]...)
+	return append(ok[start:], ok[:start]...), nil
 }
 
 // read runs fn on one up-to-date optimal backend, and on the next one if
@@ -46,18 +46,27 @@ func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ct
 	}
 	tried := map[*member]bool{}
 	var lastErr error
+	waited := false
 	for {
+		cands, err := a.candidates(ctx, need)
+		if err != nil {
+			if lastErr != nil {
+				return lastErr
+			}
+			return err
+		}
 		var m *member
-		for _, c := range a.candidates(ctx, need) {
+		for _, c := range cands {
 			if !tried[c] {
 				m = c
 				break
 			}
 		}
 		if m == nil {
-			if len(tried) == 0 && len(a.optimal()) > 0 {
+			if len(tried) == 0 && !waited {
 				// Backends still catching up with need: wait for
-				// their reports, bounded.
+				// their reports, once, bounded.
+				waited = true
 				if a.waitAnnounced(ctx, need) {
 					continue
 				}
@@ -65,14 +74,11 @@ func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ct
 			if lastErr != nil {
 				return lastErr
 			}
-			if _, err := a.usable(ctx); err != nil {
-				return err
-			}
 			return errNoBackend(what)
 		}
 		tried[m] = true
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
-		err := fn(rctx, m.st)
+		err = fn(rctx, m.st)
 		cancel()
 		if !a.backendFailed(ctx, err) {
 			return err
@@ -180,7 +186,10 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 	if ok, why := a.Ready(); !ok {
 		return nil, zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
 	}
-	cands := a.candidates(ctx, need)
+	cands, err := a.candidates(ctx, need)
+	if err != nil {
+		return nil, err
+	}
 	// Configuration order, so that a tie goes to the first backend.
 	a.mu.Lock()
 	pos := map[string]int{}

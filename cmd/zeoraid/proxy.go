@@ -195,12 +195,6 @@ func runProxy(args []string) int {
 		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
 		return 1
 	}
-	l, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "zeoraid proxy: config: proxy.listen: %v\n", err)
-		p.Close()
-		return 1
-	}
 	var hs *http.Server
 	httpURL := ""
 	if cfg.http != "" {
@@ -216,6 +210,7 @@ func runProxy(args []string) int {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	stopped := make(chan struct{})
 	go func() {
 		for sg := range sig {
 			if sg == syscall.SIGHUP {
@@ -231,10 +226,33 @@ func runProxy(args []string) int {
 			if hs != nil {
 				hs.Close()
 			}
+			close(stopped)
 			p.Close()
 			return
 		}
 	}()
+	// The HTTP API answers at once (readyz says what the proxy waits
+	// for); the ZEO port opens when the arrays can serve.
+	if ready, why := p.Ready(); !ready {
+		fmt.Printf("zeoraid proxy: assembling (%s); status %s\n", why, orDash(httpURL))
+	}
+	if err := p.WaitReady(context.Background()); err != nil {
+		select {
+		case <-stopped:
+			log.Info("stopped")
+			return 0
+		default:
+		}
+		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
+		p.Close()
+		return 1
+	}
+	l, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "zeoraid proxy: config: proxy.listen: %v\n", err)
+		p.Close()
+		return 1
+	}
 	names := make([]string, 0, len(cfg.storages))
 	for n := range cfg.storages {
 		names = append(names, n)

@@ -2,13 +2,16 @@ package localcoord_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/coordtest"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
@@ -191,5 +194,86 @@ func TestRestartDegradesOptimalBackendsLeftBehind(t *testing.T) {
 	l, _ := c3.AcquireLease(ctx, "1", zodb.ZeroTID)
 	if !zodb.TIDFromUint64(300).Less(l.TID) {
 		t.Fatalf("tid %s not above every backend's", l.TID)
+	}
+}
+
+func TestContract(t *testing.T) {
+	dirs := map[raidcore.Coordinator]string{}
+	coordtest.Run(t, coordtest.Factory{
+		LeaseTimeout: 300 * time.Millisecond,
+		New: func(t *testing.T) raidcore.Coordinator {
+			dir := t.TempDir()
+			c, err := localcoord.New(localcoord.Options{Dir: dir, LeaseTimeout: 300 * time.Millisecond, OIDWindow: 50, TIDWindow: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dirs[c] = dir
+			return c
+		},
+		Reopen: func(t *testing.T, old raidcore.Coordinator) raidcore.Coordinator {
+			c, err := localcoord.New(localcoord.Options{Dir: dirs[old], LeaseTimeout: 300 * time.Millisecond, OIDWindow: 50, TIDWindow: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dirs[c] = dirs[old]
+			return c
+		},
+	})
+}
+
+// TestFailedDirectorySyncFailsTheReservation: a reservation of tids or
+// oids that cannot be made durable must not be used (after a power loss
+// the old ceiling would come back and the same ids be handed out again).
+func TestFailedDirectorySyncFailsTheReservation(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var failing atomic.Bool
+	c, err := localcoord.New(localcoord.Options{Dir: dir, OIDWindow: 10, TIDWindow: 50 * time.Millisecond,
+		SyncDir: func(d *os.File) error {
+			if failing.Load() {
+				return errors.New("EIO (injected)")
+			}
+			return d.Sync()
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(ctx, "1", probes(zodb.ZeroTID)); err != nil {
+		t.Fatal(err)
+	}
+	oids, err := c.NewOIDs(ctx, "1", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+	if got, err := c.NewOIDs(ctx, "1", 20); err == nil || !strings.Contains(err.Error(), "EIO") {
+		t.Fatalf("oids beyond the durable window handed out: %v %v", got, err)
+	}
+	l, err := c.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err == nil {
+		// Within the current window: fine. Beyond it the next must fail.
+		l.Release()
+		time.Sleep(60 * time.Millisecond)
+		if l2, err := c.AcquireLease(ctx, "1", zodb.ZeroTID); err == nil || !strings.Contains(err.Error(), "EIO") {
+			t.Fatalf("tid beyond the durable ceiling handed out: %v %v", l2, err)
+		}
+	} else if !strings.Contains(err.Error(), "EIO") {
+		t.Fatal(err)
+	}
+	tab := c.Table("1")
+	if _, err := c.Update(ctx, "1", raidcore.Change{Backend: "a", Version: tab["a"].Version, AllowNoOptimal: true,
+		To: raidcore.BackendState{State: raidcore.Degraded}}); err == nil {
+		t.Fatal("a state change that is not durable was accepted")
+	}
+	if c.Table("1")["a"].State != raidcore.Optimal {
+		t.Fatal("a failed state change shows in the table")
+	}
+	failing.Store(false)
+	more, err := c.NewOIDs(ctx, "1", 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if more[0].Uint64() <= oids[len(oids)-1].Uint64() {
+		t.Fatalf("oid %s reissued", more[0])
 	}
 }
