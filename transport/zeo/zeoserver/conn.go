@@ -112,9 +112,12 @@ func (c *conn) serve() {
 			case <-c.wc.Done():
 			default:
 				var tooLarge *wire.FrameTooLargeError
+				var tooSlow *wire.FrameTimeoutError
 				switch {
 				case errors.As(err, &tooLarge):
 					c.logger().Warn("frame too large; closing", "error", err)
+				case errors.As(err, &tooSlow):
+					c.logger().Warn("client too slow to send a message; closing", "error", err)
 				case isEOF(err):
 					c.closeLevel(hclog.Debug, "client disconnected")
 					return
