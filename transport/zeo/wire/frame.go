@@ -26,7 +26,7 @@ const (
 	firstStep      = 4 << 10
 	// Payload buffers up to maxPooled bytes are recycled between frames
 	// (and connections); larger ones are left to the garbage collector.
-	maxPooled = firstStep << 8
+	maxPooled = firstStep << 10
 )
 
 // FrameTooLargeError reports a frame header announcing more than the
@@ -206,8 +206,8 @@ func (fr *FrameReader) release() {
 }
 
 // bufPools recycle payload buffers by size class: class k holds buffers
-// of capacity firstStep<<k, up to maxPooled (= firstStep<<8).
-var bufPools [9]sync.Pool
+// of capacity firstStep<<k, up to maxPooled (= firstStep<<10).
+var bufPools [11]sync.Pool
 
 // getBuf returns a buffer with capacity at least n (its length is its
 // capacity).

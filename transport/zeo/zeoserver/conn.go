@@ -50,6 +50,10 @@ type zeoTxn struct {
 	tid    zodb.TID
 	status byte
 	ops    []zodb.Op
+	// inMemory counts the data bytes buffered in ops; beyond the server's
+	// SpoolThreshold data goes to spool.
+	inMemory int64
+	spool    *spool
 
 	zt         *zodb.Transaction // what the storage voted on
 	voting     chan struct{}     // closed when the vote goroutine ends

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -65,6 +66,14 @@ type Config struct {
 	// FrameMinRate is the slowest rate, in bytes per second, at which a
 	// large message may arrive (default 64 KiB/s; see FrameTimeout).
 	FrameMinRate int
+	// SpoolThreshold is how many bytes of one transaction's data (stores
+	// and restores) are buffered in memory until vote (default 16 MiB;
+	// negative: no limit). Data beyond it goes to a temporary file in
+	// SpoolDir, removed when the transaction ends; the storage reads it
+	// back through zodb.Op.Payload.
+	SpoolThreshold int64
+	// SpoolDir is where those files go (default os.TempDir()).
+	SpoolDir string
 	// ReadConcurrency is how many reads of one connection may run at once
 	// (default 8).
 	ReadConcurrency int
@@ -103,6 +112,7 @@ type stats struct {
 	mu                                        sync.Mutex
 	loads, stores, commits, aborts, conflicts int64
 	activeTxns, waiting                       int64
+	spooledBytes                              int64
 	lockTime                                  *time.Time
 }
 
@@ -129,6 +139,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.FrameTimeout == 0 {
 		cfg.FrameTimeout = 60 * time.Second
+	}
+	if cfg.SpoolThreshold == 0 {
+		cfg.SpoolThreshold = 16 << 20
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = os.TempDir()
 	}
 	if cfg.FrameMinRate <= 0 {
 		cfg.FrameMinRate = 64 << 10

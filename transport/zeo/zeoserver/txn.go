@@ -92,8 +92,9 @@ func (c *conn) tpcBegin(ctx context.Context, args []any) (any, error) {
 	return nil, nil
 }
 
-// addOp appends an operation to the current transaction.
-func (c *conn) addOp(name string, id any, op zodb.Op) (any, error) {
+// addOp appends an operation to the current transaction; data, if any, is
+// the op's data, buffered in memory or spooled.
+func (c *conn) addOp(name string, id any, op zodb.Op, data []byte) (any, error) {
 	t, _, err := c.checkTxn(id, false)
 	if err != nil {
 		return nil, err
@@ -102,6 +103,9 @@ func (c *conn) addOp(name string, id any, op zodb.Op) (any, error) {
 		return nil, noTxnErr(id)
 	}
 	c.mu.Lock()
+	if data != nil {
+		c.spoolData(t, &op, data)
+	}
 	t.ops = append(t.ops, op)
 	c.mu.Unlock()
 	if op.Kind == zodb.OpStore || op.Kind == zodb.OpRestore || op.Kind == zodb.OpDelete {
@@ -161,7 +165,7 @@ func (c *conn) storea(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, typeErr("storea", err)
 	}
-	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial, Data: data})
+	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial}, data)
 }
 
 func (c *conn) checkCurrent(ctx context.Context, args []any) (any, error) {
@@ -172,7 +176,7 @@ func (c *conn) checkCurrent(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.addOp("checkCurrentSerialInTransaction", args[2], zodb.Op{Kind: zodb.OpCheckCurrent, OID: oid, Serial: serial})
+	return c.addOp("checkCurrentSerialInTransaction", args[2], zodb.Op{Kind: zodb.OpCheckCurrent, OID: oid, Serial: serial}, nil)
 }
 
 func (c *conn) deleteObject(ctx context.Context, args []any) (any, error) {
@@ -183,7 +187,7 @@ func (c *conn) deleteObject(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.addOp("deleteObject", args[2], zodb.Op{Kind: zodb.OpDelete, OID: oid, Serial: serial})
+	return c.addOp("deleteObject", args[2], zodb.Op{Kind: zodb.OpDelete, OID: oid, Serial: serial}, nil)
 }
 
 func (c *conn) restorea(ctx context.Context, args []any) (any, error) {
@@ -195,15 +199,16 @@ func (c *conn) restorea(ctx context.Context, args []any) (any, error) {
 		return nil, err
 	}
 	op := zodb.Op{Kind: zodb.OpRestore, OID: oid, Serial: serial}
+	var data []byte
 	if args[2] == nil {
 		op.NoData = true
-	} else if op.Data, err = wire.AsBytes(args[2]); err != nil {
+	} else if data, err = wire.AsBytes(args[2]); err != nil {
 		return nil, typeErr("restorea", err)
 	}
 	if op.PrevTxn, _, err = wire.AsOptTID(args[3]); err != nil {
 		return nil, typeErr("restorea", err)
 	}
-	return c.addOp("restorea", args[4], op)
+	return c.addOp("restorea", args[4], op, data)
 }
 
 func (c *conn) undoa(ctx context.Context, args []any) (any, error) {
@@ -214,7 +219,7 @@ func (c *conn) undoa(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, typeErr("undoa", err)
 	}
-	return c.addOp("undoa", args[1], zodb.Op{Kind: zodb.OpUndo, UndoID: id})
+	return c.addOp("undoa", args[1], zodb.Op{Kind: zodb.OpUndo, UndoID: id}, nil)
 }
 
 // vote waits for the storage's commit lock in a goroutine (the reader goes
@@ -243,6 +248,15 @@ func (c *conn) vote(m wire.Message) {
 	if t.voted {
 		c.mu.Unlock()
 		c.reply(m, nil, zodb.NewStorageTransactionError("transaction already voted"))
+		return
+	}
+	if err := t.spoolErr(); err != nil {
+		// Data was lost: the transaction fails, and like any failed vote
+		// it is forgotten.
+		c.logger().Error("transaction failed: its data could not be spooled", "error", err)
+		c.endTxn(t)
+		c.mu.Unlock()
+		c.reply(m, nil, err)
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -304,8 +318,7 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 		if err != nil && c.txn == t {
 			// Python forgets the transaction after a failed vote; the
 			// client's tpc_abort then finds none.
-			c.txn = nil
-			c.countTxnEnd()
+			c.endTxn(t)
 		}
 		c.mu.Unlock()
 	} else {
@@ -344,7 +357,11 @@ func (c *conn) releaseLock(t *zeoTxn) {
 	}
 }
 
-func (c *conn) countTxnEnd() {
+// endTxn forgets the current transaction t, whose storage calls are over,
+// and removes its spool; c.mu is held.
+func (c *conn) endTxn(t *zeoTxn) {
+	c.txn = nil
+	c.dropSpool(t)
 	c.ss.stats.mu.Lock()
 	c.ss.stats.activeTxns--
 	c.ss.stats.mu.Unlock()
@@ -399,8 +416,7 @@ func (c *conn) tpcFinish(m wire.Message) {
 	t.voted = false
 	c.releaseLock(t)
 	if c.txn == t {
-		c.txn = nil
-		c.countTxnEnd()
+		c.endTxn(t)
 	}
 	c.mu.Unlock()
 }
@@ -442,8 +458,7 @@ func (c *conn) abortTxn(ctx context.Context) {
 	}
 	c.releaseLock(t)
 	if c.txn == t {
-		c.txn = nil
-		c.countTxnEnd()
+		c.endTxn(t)
 		c.ss.stats.mu.Lock()
 		c.ss.stats.aborts++
 		c.ss.stats.mu.Unlock()
