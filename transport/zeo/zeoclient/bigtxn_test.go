@@ -342,3 +342,47 @@ func TestSlowServerBackpressure(t *testing.T) {
 		t.Fatal("the storage received different data")
 	}
 }
+
+// TestClientMonitoring checks Connected and QueuedBytes: nothing queued
+// on an idle connection, a backlog while the server does not read,
+// nothing (and not connected) once the server is gone. On the way, a vote
+// cancelled while the server does not read returns at once.
+func TestClientMonitoring(t *testing.T) {
+	srv, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(newHashStore()), SpoolDir: t.TempDir()})
+	g := newGate(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{g.l.Addr().String()}, HeartbeatInterval: -1, WaitTimeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.Connected() || c.QueuedBytes() != 0 {
+		t.Fatalf("idle: connected %v, %d bytes queued", c.Connected(), c.QueuedBytes())
+	}
+	g.set(false)
+	txn, _ := bigTxn(&genData{}, 16, 1<<20)
+	vctx, vcancel := context.WithCancel(ctx)
+	voted := make(chan error, 1)
+	go func() {
+		_, err := c.Vote(vctx, txn)
+		voted <- err
+	}()
+	waitFor(t, "a backlog", func() bool { return c.QueuedBytes() > 1<<20 })
+	// A vote given up by its caller returns without waiting for the stuck
+	// server to confirm the abort (it used to wait up to 10 s more).
+	vcancel()
+	stopped := time.Now()
+	if err := <-voted; err == nil {
+		t.Fatal("a cancelled vote succeeded")
+	}
+	if d := time.Since(stopped); d > 5*time.Second {
+		t.Fatalf("a cancelled vote returned only %v later", d)
+	}
+	g.set(true)
+	srv.Close()
+	waitFor(t, "the disconnect", func() bool { return !c.Connected() })
+	if q := c.QueuedBytes(); q != 0 {
+		t.Fatalf("%d bytes queued while disconnected", q)
+	}
+}

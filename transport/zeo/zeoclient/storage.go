@@ -314,13 +314,13 @@ func (c *Client) forget(txn *zodb.Transaction) {
 	c.mu.Unlock()
 }
 
-// abortRemote sends tpc_abort, best effort, with a short deadline.
+// abortRemote sends tpc_abort, best effort, without waiting for the reply:
+// the call leaves after everything sent before it, so the server has let
+// go of the transaction before it sees anything sent later on this
+// connection, and the caller (whose deadline may have passed) is not
+// held up by a server that is slow or stuck.
 func (c *Client) abortRemote(s *session, rt *remoteTxn) {
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.opts.CallTimeout, 10*time.Second))
-	defer cancel()
-	if p, err := s.start("tpc_abort", nil, rt.id); err == nil {
-		s.wait(ctx, "tpc_abort", p)
-	}
+	s.start("tpc_abort", nil, rt.id)
 }
 
 // Finish implements zodb.Committer. Subscribers get the commit's event
