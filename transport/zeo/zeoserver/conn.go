@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -24,6 +25,7 @@ import (
 type conn struct {
 	srv    *Server
 	wc     *wire.Conn
+	remote string                       // the client's address
 	log    atomic.Pointer[hclog.Logger] // gains storage and label on register
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -60,6 +62,13 @@ type zeoTxn struct {
 	voteCancel context.CancelFunc
 	holdsLock  bool // holds the storage's commit lock
 	voted      bool // the storage voted yes; finish or abort must follow
+	// lockTimer enforces the server's TransactionTimeout while the lock
+	// is held. finishing is set once tpc_finish has called the storage
+	// (the timeout then leaves the transaction alone); timedOut once the
+	// timeout has claimed the transaction (tpc_finish then refuses).
+	lockTimer *time.Timer
+	finishing bool
+	timedOut  bool
 }
 
 func newConn(s *Server, wc *wire.Conn) *conn {
@@ -69,7 +78,8 @@ func newConn(s *Server, wc *wire.Conn) *conn {
 		iters:   map[int64]*iterState{},
 		readSem: make(chan struct{}, s.cfg.ReadConcurrency),
 	}
-	c.setLog(s.log.With("remote", wc.NetConn().RemoteAddr().String()))
+	c.remote = wc.NetConn().RemoteAddr().String()
+	c.setLog(s.log.With("remote", c.remote))
 	return c
 }
 
@@ -152,7 +162,7 @@ func (c *conn) cleanup() {
 	c.closeLevel(hclog.Debug, "disconnected")
 	if c.ss != nil {
 		c.ss.fan.unregister(c)
-		c.abortTxn(context.Background())
+		c.abortTxn(context.Background(), nil)
 	}
 	c.bg.Wait()
 	c.mu.Lock()

@@ -74,6 +74,14 @@ type Config struct {
 	SpoolThreshold int64
 	// SpoolDir is where those files go (default os.TempDir()).
 	SpoolDir string
+	// TransactionTimeout, when positive, bounds how long a transaction may
+	// hold a storage's commit lock (from acquiring it in vote until finish
+	// or abort). A transaction that holds it longer is aborted and its
+	// connection closed, with a warning in the log, so that a client that
+	// votes and then hangs does not block every other writer (Python ZEO's
+	// transaction-timeout). A tpc_finish that has started is never
+	// interrupted. Default 0: no limit, as in Python ZEO.
+	TransactionTimeout time.Duration
 	// ReadConcurrency is how many reads of one connection may run at once
 	// (default 8).
 	ReadConcurrency int
@@ -112,8 +120,9 @@ type stats struct {
 	mu                                        sync.Mutex
 	loads, stores, commits, aborts, conflicts int64
 	activeTxns, waiting                       int64
-	spooledBytes                              int64
+	spooledBytes, txnTimeouts                 int64
 	lockTime                                  *time.Time
+	lockHolder                                string // remote address
 }
 
 // New creates a server. It subscribes to every storage's commits at once,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
@@ -306,9 +307,13 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 	ss.stats.mu.Lock()
 	ss.stats.waiting--
 	ss.stats.lockTime = &now
+	ss.stats.lockHolder = c.remote
 	ss.stats.mu.Unlock()
 	c.mu.Lock()
 	t.holdsLock = true
+	if d := c.srv.cfg.TransactionTimeout; d > 0 {
+		t.lockTimer = time.AfterFunc(d, func() { c.transactionTimeout(t, now) })
+	}
 	c.mu.Unlock()
 
 	res, err := ss.st.Vote(ctx, zt)
@@ -349,12 +354,40 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 func (c *conn) releaseLock(t *zeoTxn) {
 	if t.holdsLock {
 		t.holdsLock = false
+		if t.lockTimer != nil {
+			t.lockTimer.Stop()
+		}
 		ss := c.ss
 		ss.stats.mu.Lock()
 		ss.stats.lockTime = nil
+		ss.stats.lockHolder = ""
 		ss.stats.mu.Unlock()
 		<-ss.lock
 	}
+}
+
+// transactionTimeout runs when t has held the commit lock for the
+// server's TransactionTimeout: unless tpc_finish has already called the
+// storage (whose outcome must then decide), the transaction is aborted,
+// the lock released and the connection closed, as Python ZEO's
+// transaction-timeout does.
+func (c *conn) transactionTimeout(t *zeoTxn, since time.Time) {
+	c.mu.Lock()
+	if c.txn != t || !t.holdsLock || t.finishing || t.timedOut {
+		c.mu.Unlock()
+		return
+	}
+	t.timedOut = true
+	c.mu.Unlock()
+	held, limit := time.Since(since).Round(time.Millisecond), c.srv.cfg.TransactionTimeout
+	c.logger().Warn("transaction held the commit lock longer than the transaction timeout; aborting it and closing the connection",
+		"held", held.String(), "transaction_timeout", limit.String())
+	ss := c.ss
+	ss.stats.mu.Lock()
+	ss.stats.txnTimeouts++
+	ss.stats.mu.Unlock()
+	c.abortTxn(context.Background(), t)
+	c.closeLevel(hclog.Debug, "transaction timeout: held the commit lock for %v (limit %v)", held, limit)
 }
 
 // endTxn forgets the current transaction t, whose storage calls are over,
@@ -388,8 +421,15 @@ func (c *conn) tpcFinish(m wire.Message) {
 		<-voting
 	}
 	c.mu.Lock()
-	voted := t.voted
+	voted, timedOut := t.voted, t.timedOut
+	if voted && !timedOut {
+		t.finishing = true // from here on the storage decides
+	}
 	c.mu.Unlock()
+	if timedOut {
+		c.reply(m, nil, zodb.NewStorageTransactionError("transaction aborted: it held the commit lock longer than the server's transaction timeout"))
+		return
+	}
 	if !voted {
 		c.reply(m, nil, zodb.NewStorageTransactionError("tpc_finish without a successful vote"))
 		return
@@ -425,20 +465,23 @@ func (c *conn) tpcAbort(ctx context.Context, args []any) (any, error) {
 	if err := argc("tpc_abort", args, 1, 1); err != nil {
 		return nil, err
 	}
-	_, ok, err := c.checkTxn(args[0], false)
+	t, ok, err := c.checkTxn(args[0], false)
 	if err != nil || !ok {
 		return nil, err
 	}
-	c.abortTxn(ctx)
+	c.abortTxn(ctx, t)
 	return nil, nil
 }
 
-// abortTxn aborts the current transaction, whatever its state: cancels a
-// pending vote, aborts the storage's vote, releases the lock.
-func (c *conn) abortTxn(ctx context.Context) {
+// abortTxn aborts transaction t (nil: the current one), whatever its
+// state: cancels a pending vote, aborts the storage's vote, releases the
+// lock. Concurrent calls for the same transaction are safe.
+func (c *conn) abortTxn(ctx context.Context, t *zeoTxn) {
 	c.mu.Lock()
-	t := c.txn
 	if t == nil {
+		t = c.txn
+	}
+	if t == nil || c.txn != t {
 		c.mu.Unlock()
 		return
 	}
