@@ -150,10 +150,21 @@ type Packer interface {
 }
 
 // Watcher announces commits.
+//
+// Locking rule: a storage may call subscribers with its internal locks
+// held (a RAID array announces a commit under the lock that its reads
+// also take to decide where they may go). Therefore fn must not call the
+// storage at all, and must not block for long. And a lock that fn takes
+// is part of the storage's lock order: code holding such a lock must
+// never call the storage, nor wait for anything that calls it, or a read
+// waiting for the storage's lock and a commit announcement waiting for
+// that lock deadlock each other. (The ZEO server's fan-out is the example:
+// its reads call the storage first and take the fan-out lock only
+// afterwards, to decide what the reply may say.)
 type Watcher interface {
 	// Subscribe calls fn for every commit from now on, in tid order, one call
-	// at a time. fn must not block for long and must not call back into the
-	// storage's commit methods. The returned function cancels.
+	// at a time, under the locking rule above. The returned function
+	// cancels.
 	Subscribe(fn func(CommitEvent)) (cancel func())
 }
 

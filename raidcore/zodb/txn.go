@@ -86,7 +86,8 @@ func (op *Op) Payload() ([]byte, error) {
 		return op.Data, nil
 	}
 	buf := make([]byte, op.Spilled.Len)
-	if _, err := op.Spilled.R.ReadAt(buf, op.Spilled.Off); err != nil {
+	// A ReaderAt may report io.EOF with a full read at the end of its data.
+	if n, err := op.Spilled.R.ReadAt(buf, op.Spilled.Off); err != nil && !(n == len(buf) && err == io.EOF) {
 		return nil, fmt.Errorf("zodb: reading spooled data of %s: %w", op.OID, err)
 	}
 	return buf, nil

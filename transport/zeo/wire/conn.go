@@ -1,7 +1,7 @@
 package wire
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,9 +9,23 @@ import (
 )
 
 // DefaultMaxQueued is the default limit on bytes waiting to be written to
-// one peer. A peer that stops reading is disconnected when it is reached,
-// so that it cannot make the sender buffer without bound.
+// one peer by Send. A peer that stops reading is disconnected when it is
+// reached, so that it cannot make the sender buffer without bound.
 const DefaultMaxQueued = 256 << 20
+
+// DefaultHighWater is how many queued bytes make SendWait wait.
+const DefaultHighWater = 4 << 20
+
+// Writes: small frames are copied into a pooled buffer of coalesceSize
+// bytes and written together; frames of coalesceMax bytes or more are
+// written from where they are. A connection holds no write buffer while
+// nothing is queued.
+const (
+	coalesceSize = 32 << 10
+	coalesceMax  = 8 << 10
+)
+
+var coalescePool = sync.Pool{New: func() any { b := make([]byte, 0, coalesceSize); return &b }}
 
 // ErrConnClosed is returned by Send after the connection was closed.
 var ErrConnClosed = errors.New("wire: connection closed")
@@ -19,7 +33,8 @@ var ErrConnClosed = errors.New("wire: connection closed")
 // Conn is a ZEO message connection after the handshake. Reads are done by
 // the owner's reader loop; writes go through a FIFO queue that one writer
 // goroutine drains, so that Send never blocks on the network and messages
-// leave in the order Send was called.
+// leave in the order they were queued. SendWait is the same with
+// backpressure, for senders of bulk data.
 type Conn struct {
 	nc  net.Conn
 	enc Encoding
@@ -27,8 +42,10 @@ type Conn struct {
 
 	mu         sync.Mutex
 	queue      [][]byte
-	queued     int
+	queued     int // bytes queued and not yet written
 	maxQueued  int
+	highWater  int
+	space      chan struct{} // closed when queued drops to highWater; nil without waiters
 	wake       chan struct{}
 	closing    bool
 	closingErr error
@@ -41,12 +58,13 @@ type Conn struct {
 
 // NewConn wraps a connection whose handshake is done. fr must be the
 // frame reader that read the handshake (it may hold buffered bytes).
+// maxQueued <= 0 means DefaultMaxQueued.
 func NewConn(nc net.Conn, fr *FrameReader, enc Encoding, maxQueued int) *Conn {
 	if maxQueued <= 0 {
 		maxQueued = DefaultMaxQueued
 	}
 	c := &Conn{
-		nc: nc, enc: enc, fr: fr, maxQueued: maxQueued,
+		nc: nc, enc: enc, fr: fr, maxQueued: maxQueued, highWater: min(DefaultHighWater, maxQueued),
 		wake: make(chan struct{}, 1), closed: make(chan struct{}), written: make(chan struct{}),
 	}
 	go c.writeLoop()
@@ -68,40 +86,124 @@ func (c *Conn) Read() (Message, error) {
 	return c.enc.Decode(p)
 }
 
+// encode encodes m into a frame whose first 4 bytes are left for the
+// header. The buffer is sized for the bulk data in the arguments, so that
+// a large record is copied once, not once per doubling.
+func (c *Conn) encode(m Message) ([]byte, error) {
+	buf := make([]byte, 4, 64+bulkSize(m.Args))
+	return c.enc.AppendEncoded(buf, m)
+}
+
+// bulkSize sums the byte strings among a message's top-level arguments.
+func bulkSize(args any) int {
+	n := 0
+	switch a := args.(type) {
+	case []byte:
+		n += len(a)
+	case Tuple:
+		for _, x := range a {
+			if b, ok := x.([]byte); ok {
+				n += len(b) + 8
+			}
+		}
+	}
+	return n
+}
+
 // Send encodes m and queues it. It fails if m cannot be encoded (nothing is
-// queued then) or the connection is closed.
+// queued then) or the connection is closed. It never waits: a peer that
+// lets more than the connection's maxQueued bytes pile up is disconnected.
 func (c *Conn) Send(m Message) error {
-	buf := make([]byte, 4, 64)
-	buf, err := c.enc.AppendEncoded(buf, m)
+	buf, err := c.encode(m)
 	if err != nil {
 		return err
 	}
 	return c.sendFrame(buf)
 }
 
+// SendWait is Send with backpressure: while more than the high-water mark
+// (DefaultHighWater, or maxQueued if smaller) is queued it waits for the
+// writer to catch up, until ctx is done (ctx.Err() is returned, nothing is
+// queued) or the connection closes (ErrConnClosed). A peer that reads
+// slowly thus slows the sender down instead of being disconnected.
+func (c *Conn) SendWait(ctx context.Context, m Message) error {
+	buf, err := c.encode(m)
+	if err != nil {
+		return err
+	}
+	for {
+		c.mu.Lock()
+		if c.closing || c.isClosed() {
+			c.mu.Unlock()
+			return ErrConnClosed
+		}
+		if c.queued <= c.highWater {
+			c.enqueue(buf)
+			c.mu.Unlock()
+			c.kick()
+			return nil
+		}
+		if c.space == nil {
+			c.space = make(chan struct{})
+		}
+		space := c.space
+		c.mu.Unlock()
+		select {
+		case <-space:
+		case <-c.closed:
+			return ErrConnClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Queued is the number of bytes queued and not yet written to the peer.
+func (c *Conn) Queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued
+}
+
 // SendPayload queues an already encoded payload (for handshakes and
 // special frames).
 func (c *Conn) SendPayload(p []byte) error {
-	return c.sendFrame(AppendFrame(nil, p))
+	return c.sendFrame(AppendFrame(make([]byte, 0, 4+len(p)), p))
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// enqueue appends buf (its first 4 bytes reserved for the header) to the
+// queue; c.mu is held.
+func (c *Conn) enqueue(buf []byte) {
+	size := len(buf) - 4
+	buf[0], buf[1], buf[2], buf[3] = byte(size>>24), byte(size>>16), byte(size>>8), byte(size)
+	c.queue = append(c.queue, buf)
+	c.queued += len(buf)
+}
+
+func (c *Conn) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 // sendFrame queues buf, whose first 4 bytes are reserved for the header.
 func (c *Conn) sendFrame(buf []byte) error {
-	size := len(buf) - 4
-	buf[0], buf[1], buf[2], buf[3] = byte(size>>24), byte(size>>16), byte(size>>8), byte(size)
 	c.mu.Lock()
-	select {
-	case <-c.closed:
-		c.mu.Unlock()
-		return ErrConnClosed
-	default:
-	}
-	if c.closing {
+	if c.closing || c.isClosed() {
 		c.mu.Unlock()
 		return ErrConnClosed
 	}
-	c.queue = append(c.queue, buf)
-	c.queued += len(buf)
+	c.enqueue(buf)
 	over := c.queued > c.maxQueued
 	c.mu.Unlock()
 	if over {
@@ -109,16 +211,12 @@ func (c *Conn) sendFrame(buf []byte) error {
 		c.Close(err)
 		return err
 	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.kick()
 	return nil
 }
 
 func (c *Conn) writeLoop() {
 	defer close(c.written)
-	bw := bufio.NewWriterSize(c.nc, 64<<10)
 	var batch [][]byte
 	for {
 		select {
@@ -129,36 +227,75 @@ func (c *Conn) writeLoop() {
 		for {
 			c.mu.Lock()
 			batch, c.queue = c.queue, batch[:0]
-			n := 0
-			for _, b := range batch {
-				n += len(b)
-			}
-			c.queued -= n
 			closing, reason := c.closing, c.closingErr
 			c.mu.Unlock()
 			if len(batch) == 0 {
 				if closing {
-					if err := bw.Flush(); err != nil {
-						reason = err
-					}
 					c.Close(reason)
 					return
 				}
 				break
 			}
-			for i, b := range batch {
-				if _, err := bw.Write(b); err != nil {
-					c.Close(err)
-					return
-				}
-				batch[i] = nil
+			n, err := c.writeBatch(batch)
+			clear(batch)
+			if err != nil {
+				c.Close(err)
+				return
 			}
-		}
-		if err := bw.Flush(); err != nil {
-			c.Close(err)
-			return
+			c.mu.Lock()
+			if !c.isClosed() { // Close forgot the queue
+				c.queued -= n
+			}
+			if c.space != nil && c.queued <= c.highWater {
+				close(c.space)
+				c.space = nil
+			}
+			c.mu.Unlock()
 		}
 	}
+}
+
+// writeBatch writes frames in order, coalescing small ones, and returns
+// the bytes written.
+func (c *Conn) writeBatch(batch [][]byte) (int, error) {
+	var co *[]byte
+	defer func() {
+		if co != nil {
+			*co = (*co)[:0]
+			coalescePool.Put(co)
+		}
+	}()
+	flush := func() error {
+		if co == nil || len(*co) == 0 {
+			return nil
+		}
+		_, err := c.nc.Write(*co)
+		*co = (*co)[:0]
+		return err
+	}
+	total := 0
+	for _, b := range batch {
+		total += len(b)
+		if len(b) >= coalesceMax {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+			if _, err := c.nc.Write(b); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if co == nil {
+			co = coalescePool.Get().(*[]byte)
+		}
+		if len(*co)+len(b) > cap(*co) {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+		*co = append(*co, b...)
+	}
+	return total, flush()
 }
 
 // Shutdown closes the connection once everything queued so far has been
@@ -170,20 +307,18 @@ func (c *Conn) Shutdown(reason error) {
 		c.closingErr = reason
 	}
 	c.mu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.kick()
 }
 
 // Close closes the connection with the given reason (nil for a normal
-// close). It is safe to call more than once.
+// close). It is safe to call more than once. Queued messages are dropped.
 func (c *Conn) Close(reason error) {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.err = reason
 		close(c.closed)
 		c.queue = nil
+		c.queued = 0
 		c.mu.Unlock()
 		c.nc.Close()
 	})

@@ -47,6 +47,11 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// MaxFrame limits incoming messages (default wire.DefaultMaxFrame).
 	MaxFrame int
+	// MaxQueued limits the bytes of calls queued for the server by calls
+	// that do not wait for it (default wire.DefaultMaxQueued); beyond it the
+	// connection is given up. Transaction data does not count against it:
+	// Vote waits for the server instead.
+	MaxQueued int
 	// TLS, when set, is used for every connection.
 	TLS    *tls.Config
 	Logger hclog.Logger
@@ -231,7 +236,7 @@ func (c *Client) connect(addr string) (*session, error) {
 		nc.Close()
 		return nil, err
 	}
-	wc := wire.NewConn(nc, fr, enc, 0)
+	wc := wire.NewConn(nc, fr, enc, c.opts.MaxQueued)
 	s := &session{c: c, wc: wc, pending: map[int64]*pendingCall{}, nextID: 1}
 	fail := func(err error) (*session, error) {
 		wc.Close(err)
@@ -406,6 +411,19 @@ func (c *Client) Connected() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cur != nil
+}
+
+// QueuedBytes is the number of bytes queued for the server and not yet
+// written to it (0 while disconnected): what a slow or stuck server has
+// not taken yet.
+func (c *Client) QueuedBytes() int {
+	c.mu.Lock()
+	s := c.cur
+	c.mu.Unlock()
+	if s == nil {
+		return 0
+	}
+	return s.wc.Queued()
 }
 
 // Encoding returns the negotiated encoding of the current session, or 0.

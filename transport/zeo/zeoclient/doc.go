@@ -5,4 +5,6 @@
 // heartbeats and reconnection with backoff. A connection lost after
 // tpc_finish was sent and before its reply yields
 // *zodb.OutcomeUnknownError, because the transaction may have committed.
+// Vote streams a transaction's records with backpressure, so that its size
+// is bounded by neither memory nor the send queue.
 package zeoclient

@@ -211,3 +211,18 @@ func (s *session) oneWay(method string, args ...any) error {
 	}
 	return nil
 }
+
+// stream sends a one-way call, waiting (within ctx) while the server is
+// behind with reading: this is how transaction data is streamed.
+func (s *session) stream(ctx context.Context, method string, args ...any) error {
+	if err := s.wc.SendWait(ctx, wire.NewOneWay(method, args...)); err != nil {
+		if errors.Is(err, wire.ErrConnClosed) {
+			return zodb.NewClientDisconnected("connection lost")
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("zeoclient: sending %s: %w", method, err)
+		}
+		return err
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package zeoclient
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"time"
 
@@ -110,7 +111,11 @@ func (c *Client) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 // Vote implements zodb.Committer: it sends tpc_begin (with the explicit
 // tid, if any), the operations and vote. Every argument is checked before
 // anything is sent, because a one-way call that fails on the server costs
-// the connection.
+// the connection. The operations are streamed with backpressure: a
+// record's data is read (zodb.Op.Payload) only when it is its turn, and
+// Vote waits while more than a few MiB are queued for the server, so that
+// a large transaction neither has to fit in memory twice nor makes a slow
+// server look dead. The whole Vote is bounded by ctx (or CallTimeout).
 func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
 	if c.opts.ReadOnly {
 		return zodb.VoteResult{}, zodb.NewReadOnlyError()
@@ -145,35 +150,68 @@ func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 	c.txns[txn] = rt
 	c.mu.Unlock()
 
-	err = s.oneWay("tpc_begin", rt.id, nonNil(txn.Meta.User), nonNil(txn.Meta.Description), ext, tid, string(rune(status)))
-	for _, op := range txn.Ops {
+	// Stream the transaction: one op's data at a time (read from the
+	// spool if it is spooled; the transaction may be voted on other
+	// storages at the same time, so it is only read), waiting whenever the
+	// server falls behind, within the vote's deadline.
+	var scratch []byte // reused for spooled data: encoding copies it
+	payload := func(op *zodb.Op) ([]byte, error) {
+		if op.Spilled == nil {
+			return op.Data, nil
+		}
+		if cap(scratch) < op.Spilled.Len {
+			scratch = make([]byte, op.Spilled.Len)
+		}
+		b := scratch[:op.Spilled.Len]
+		if n, err := op.Spilled.R.ReadAt(b, op.Spilled.Off); err != nil && !(n == len(b) && err == io.EOF) {
+			return nil, zodb.NewStorageError("zeoclient: reading spooled data of %s: %v", op.OID, err)
+		}
+		return b, nil
+	}
+	err = s.stream(ctx, "tpc_begin", rt.id, nonNil(txn.Meta.User), nonNil(txn.Meta.Description), ext, tid, string(rune(status)))
+	for i := range txn.Ops {
 		if err != nil {
 			break
 		}
+		op := &txn.Ops[i]
 		switch op.Kind {
 		case zodb.OpStore:
-			err = s.oneWay("storea", op.OID, op.Serial, nonNil(op.Data), rt.id)
+			var data []byte
+			if data, err = payload(op); err != nil {
+				break
+			}
+			err = s.stream(ctx, "storea", op.OID, op.Serial, nonNil(data), rt.id)
 			rt.oids = append(rt.oids, op.OID)
 		case zodb.OpCheckCurrent:
-			err = s.oneWay("checkCurrentSerialInTransaction", op.OID, op.Serial, rt.id)
+			err = s.stream(ctx, "checkCurrentSerialInTransaction", op.OID, op.Serial, rt.id)
 		case zodb.OpDelete:
-			err = s.oneWay("deleteObject", op.OID, op.Serial, rt.id)
+			err = s.stream(ctx, "deleteObject", op.OID, op.Serial, rt.id)
 			rt.oids = append(rt.oids, op.OID)
 		case zodb.OpRestore:
 			var data, prev any
 			if !op.NoData {
-				data = nonNil(op.Data)
+				var b []byte
+				if b, err = payload(op); err != nil {
+					break
+				}
+				data = nonNil(b)
 			}
 			if !op.PrevTxn.IsZero() {
 				prev = op.PrevTxn
 			}
-			err = s.oneWay("restorea", op.OID, op.Serial, data, prev, rt.id)
+			err = s.stream(ctx, "restorea", op.OID, op.Serial, data, prev, rt.id)
 			rt.oids = append(rt.oids, op.OID)
 		case zodb.OpUndo:
-			err = s.oneWay("undoa", nonNil(op.UndoID), rt.id)
+			err = s.stream(ctx, "undoa", nonNil(op.UndoID), rt.id)
 		}
 	}
 	if err != nil {
+		// Part of the transaction may have reached the server: make it let
+		// go (a lost connection did that already).
+		var cd *zodb.ClientDisconnected
+		if !errors.As(err, &cd) {
+			c.abortRemote(s, rt)
+		}
 		c.forget(txn)
 		return zodb.VoteResult{}, err
 	}
@@ -276,13 +314,13 @@ func (c *Client) forget(txn *zodb.Transaction) {
 	c.mu.Unlock()
 }
 
-// abortRemote sends tpc_abort, best effort, with a short deadline.
+// abortRemote sends tpc_abort, best effort, without waiting for the reply:
+// the call leaves after everything sent before it, so the server has let
+// go of the transaction before it sees anything sent later on this
+// connection, and the caller (whose deadline may have passed) is not
+// held up by a server that is slow or stuck.
 func (c *Client) abortRemote(s *session, rt *remoteTxn) {
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.opts.CallTimeout, 10*time.Second))
-	defer cancel()
-	if p, err := s.start("tpc_abort", nil, rt.id); err == nil {
-		s.wait(ctx, "tpc_abort", p)
-	}
+	s.start("tpc_abort", nil, rt.id)
 }
 
 // Finish implements zodb.Committer. Subscribers get the commit's event

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -24,6 +25,7 @@ import (
 type conn struct {
 	srv    *Server
 	wc     *wire.Conn
+	remote string                       // the client's address
 	log    atomic.Pointer[hclog.Logger] // gains storage and label on register
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -50,12 +52,23 @@ type zeoTxn struct {
 	tid    zodb.TID
 	status byte
 	ops    []zodb.Op
+	// inMemory counts the data bytes buffered in ops; beyond the server's
+	// SpoolThreshold data goes to spool.
+	inMemory int64
+	spool    *spool
 
 	zt         *zodb.Transaction // what the storage voted on
 	voting     chan struct{}     // closed when the vote goroutine ends
 	voteCancel context.CancelFunc
 	holdsLock  bool // holds the storage's commit lock
 	voted      bool // the storage voted yes; finish or abort must follow
+	// lockTimer enforces the server's TransactionTimeout while the lock
+	// is held. finishing is set once tpc_finish has called the storage
+	// (the timeout then leaves the transaction alone); timedOut once the
+	// timeout has claimed the transaction (tpc_finish then refuses).
+	lockTimer *time.Timer
+	finishing bool
+	timedOut  bool
 }
 
 func newConn(s *Server, wc *wire.Conn) *conn {
@@ -65,7 +78,8 @@ func newConn(s *Server, wc *wire.Conn) *conn {
 		iters:   map[int64]*iterState{},
 		readSem: make(chan struct{}, s.cfg.ReadConcurrency),
 	}
-	c.setLog(s.log.With("remote", wc.NetConn().RemoteAddr().String()))
+	c.remote = wc.NetConn().RemoteAddr().String()
+	c.setLog(s.log.With("remote", c.remote))
 	return c
 }
 
@@ -112,9 +126,12 @@ func (c *conn) serve() {
 			case <-c.wc.Done():
 			default:
 				var tooLarge *wire.FrameTooLargeError
+				var tooSlow *wire.FrameTimeoutError
 				switch {
 				case errors.As(err, &tooLarge):
 					c.logger().Warn("frame too large; closing", "error", err)
+				case errors.As(err, &tooSlow):
+					c.logger().Warn("client too slow to send a message; closing", "error", err)
 				case isEOF(err):
 					c.closeLevel(hclog.Debug, "client disconnected")
 					return
@@ -145,7 +162,7 @@ func (c *conn) cleanup() {
 	c.closeLevel(hclog.Debug, "disconnected")
 	if c.ss != nil {
 		c.ss.fan.unregister(c)
-		c.abortTxn(context.Background())
+		c.abortTxn(context.Background(), nil)
 	}
 	c.bg.Wait()
 	c.mu.Lock()

@@ -9,4 +9,12 @@
 // stale current revision after an invalidation, ping as a barrier,
 // client-side conflict resolution mode, iterators, undo, pack and extension
 // methods. Malformed input costs only the offending connection.
+//
+// Resources a client can hold are bounded: a message must be completed
+// within Config.FrameTimeout once it has begun (a client may idle between
+// messages), message buffers grow only as bytes arrive, a transaction's
+// data beyond Config.SpoolThreshold is spooled to a temporary file, and
+// Config.TransactionTimeout (off by default) bounds how long a transaction
+// may hold a storage's commit lock. Server.Stats reports connections, the
+// commit lock and counters per storage.
 package zeoserver

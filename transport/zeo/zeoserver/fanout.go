@@ -1,15 +1,14 @@
 package zeoserver
 
 import (
+	"bytes"
+	"cmp"
+	"slices"
 	"sync"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
-
-// recentEvents is how many commits the stale-read check remembers. A load
-// that overlaps more commits than this is simply retried.
-const recentEvents = 1024
 
 type invEntry struct {
 	tid  zodb.TID
@@ -17,24 +16,58 @@ type invEntry struct {
 	all  bool // unknown oid set (the seed entry): covers nothing
 }
 
-type recentEvent struct {
+// readEvent is a commit event kept for the reads that were in flight when
+// it happened.
+type readEvent struct {
 	seq  uint64
-	oids map[zodb.OID]struct{}
+	tid  zodb.TID
+	oids []zodb.OID // sorted
+	// reset marks an event after which every connection was closed (a
+	// storage reset, or a tid out of order): no reply can be trusted.
+	reset bool
+}
+
+// pinCount counts the in-flight reads that took their mark at seq.
+type pinCount struct {
+	seq uint64
+	n   int
+}
+
+// readMark is an in-flight read's pin on the fan-out's event window; see
+// fanout.mark.
+type readMark struct {
+	seq  uint64
+	done bool // unpinned
 }
 
 // fanout turns a storage's commit events into invalidateTransaction
 // messages for the storage's connections. Everything that must be atomic
 // with respect to the invalidation stream (register's tid, getInvalidations,
 // queuing a load reply) happens under mu.
+//
+// Locking rule: event runs as the storage's subscription callback, possibly
+// with the storage's internal locks held (a RAID array announces commits
+// under its event lock), and takes mu. So nothing may call the storage, or
+// wait for anything that does, while holding mu; under mu the fan-out only
+// updates its own state and queues messages (wire.Conn.Send never blocks).
+// Reads therefore call the storage first and decide afterwards, under mu,
+// what their reply may say (see mark and replyCurrent).
 type fanout struct {
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
 	last      zodb.TID
-	seq       uint64 // number of events so far
-	recent    []recentEvent
+	seq       uint64     // number of events so far
 	invq      []invEntry // oldest first
 	invqSize  int
 	committer map[*zodb.Transaction]*conn
+
+	// events are the commit events after the oldest pinned read mark,
+	// oldest first; pins are the marks of the reads in flight, in
+	// nondecreasing seq order (a mark is always the current seq). Events
+	// are kept only while a read that started before them is in flight,
+	// so memory is bounded by the commits during the longest read.
+	events []readEvent
+	pins   []pinCount
 }
 
 func newFanout(last zodb.TID, invqSize int) *fanout {
@@ -98,7 +131,7 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 		// changed, so every client must reconnect and verify its cache.
 		f.last = ev.TID
 		f.invq = []invEntry{{tid: ev.TID, all: true}}
-		f.recent = nil
+		f.keepEvent(readEvent{seq: f.seq, tid: ev.TID, reset: true})
 		for c := range f.conns {
 			c.closeWith("storage %s was reset; reconnect to verify caches", c.storageName())
 			delete(f.conns, c)
@@ -114,16 +147,14 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 		}
 		f.last = ev.TID
 		f.invq = []invEntry{{tid: ev.TID, all: true}}
+		f.keepEvent(readEvent{seq: f.seq, tid: ev.TID, reset: true})
 		return
 	}
 	f.last = ev.TID
-	set := make(map[zodb.OID]struct{}, len(ev.OIDs))
-	for _, o := range ev.OIDs {
-		set[o] = struct{}{}
-	}
-	f.recent = append(f.recent, recentEvent{seq: f.seq, oids: set})
-	if len(f.recent) > recentEvents {
-		f.recent = append(f.recent[:0], f.recent[len(f.recent)-recentEvents/2:]...)
+	if len(f.pins) > 0 {
+		oids := append([]zodb.OID(nil), ev.OIDs...)
+		slices.SortFunc(oids, func(a, b zodb.OID) int { return bytes.Compare(a[:], b[:]) })
+		f.keepEvent(readEvent{seq: f.seq, tid: ev.TID, oids: oids})
 	}
 	f.invq = append(f.invq, invEntry{tid: ev.TID, oids: ev.OIDs})
 	if len(f.invq) > f.invqSize {
@@ -167,33 +198,141 @@ func (f *fanout) invalidations(tid zodb.TID) (zodb.TID, []zodb.OID, bool) {
 	return f.invq[len(f.invq)-1].tid, oids, true
 }
 
-// mark returns the current event sequence number, to be passed to
-// sendIfFresh after a read.
-func (f *fanout) mark() uint64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.seq
+// keepEvent remembers ev for the reads in flight; f.mu is held. A read
+// that starts later takes a mark at or after ev.seq and never needs it.
+func (f *fanout) keepEvent(ev readEvent) {
+	if len(f.pins) > 0 {
+		f.events = append(f.events, ev)
+	}
 }
 
-// sendIfFresh queues msg on c unless an invalidation of oid was queued
-// since mark (then the read may describe a revision that the client has
-// already been told is no longer current, and must be redone). It reports
-// whether msg was queued.
-func (f *fanout) sendIfFresh(c *conn, mark uint64, oid zodb.OID, msg wire.Message) bool {
+// mark pins the current event sequence number for a read that is about to
+// call the storage: every event after it is kept until the read calls
+// unpin (or replyCurrent). Every mark must be unpinned, on every path.
+func (f *fanout) mark() *readMark {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.seq != mark {
-		if len(f.recent) == 0 || f.recent[0].seq > mark+1 {
-			return false // cannot tell: too many commits since
+	if n := len(f.pins); n > 0 && f.pins[n-1].seq == f.seq {
+		f.pins[n-1].n++
+	} else {
+		f.pins = append(f.pins, pinCount{seq: f.seq, n: 1})
+	}
+	return &readMark{seq: f.seq}
+}
+
+// unpin ends a read's pin; it is a no-op if the read already replied
+// through replyCurrent.
+func (f *fanout) unpin(m *readMark) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unpinLocked(m)
+}
+
+func (f *fanout) unpinLocked(m *readMark) {
+	if m.done {
+		return
+	}
+	m.done = true
+	i, found := slices.BinarySearchFunc(f.pins, m.seq, func(p pinCount, seq uint64) int { return cmp.Compare(p.seq, seq) })
+	if !found || f.pins[i].n == 0 {
+		panic("zeoserver: unpinning a read mark that is not pinned")
+	}
+	f.pins[i].n--
+	// Drop the released marks at the head, then the events no remaining
+	// read can need.
+	k := 0
+	for k < len(f.pins) && f.pins[k].n == 0 {
+		k++
+	}
+	if k > 0 {
+		f.pins = append(f.pins[:0], f.pins[k:]...)
+	}
+	if len(f.pins) == 0 {
+		clear(f.events)
+		f.events = f.events[:0]
+		return
+	}
+	oldest := f.pins[0].seq
+	j := 0
+	for j < len(f.events) && f.events[j].seq <= oldest {
+		j++
+	}
+	if j > 0 {
+		n := copy(f.events, f.events[j:])
+		clear(f.events[n:])
+		f.events = f.events[:n]
+	}
+}
+
+// laterCommits returns the tids, ascending, of the commits announced after
+// m that wrote oid; reset is true if the storage was reset (or reported a
+// tid out of order) since m, after which every connection was closed. f.mu
+// is held.
+func (f *fanout) laterCommits(m *readMark, oid zodb.OID) (tids []zodb.TID, reset bool) {
+	i, _ := slices.BinarySearchFunc(f.events, m.seq+1, func(e readEvent, seq uint64) int { return cmp.Compare(e.seq, seq) })
+	for _, e := range f.events[i:] {
+		if e.reset {
+			return nil, true
 		}
-		for i := len(f.recent) - 1; i >= 0 && f.recent[i].seq > mark; i-- {
-			if _, hit := f.recent[i].oids[oid]; hit {
-				return false
-			}
+		if _, hit := slices.BinarySearchFunc(e.oids, oid, func(a, b zodb.OID) int { return bytes.Compare(a[:], b[:]) }); hit {
+			tids = append(tids, e.tid)
 		}
 	}
-	c.send(msg)
-	return true
+	return tids, false
+}
+
+// replyCurrent queues on c, atomically with the invalidation stream, the
+// reply to call, a read of oid that the storage answered after m was
+// taken, and unpins m. build turns the tids of the commits of oid
+// announced since m (ascending) into the result; it runs under f.mu and
+// must not call the storage. Nothing is sent if the storage was reset
+// meanwhile (the connection has been closed).
+func (f *fanout) replyCurrent(c *conn, m *readMark, call wire.Message, oid zodb.OID, build func(later []zodb.TID) any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.unpinLocked(m)
+	later, reset := f.laterCommits(m, oid)
+	if reset {
+		return
+	}
+	c.reply(call, build(later), nil)
+}
+
+// currentEnd is the end tid of a revision with tid rev that the storage
+// reported as current to a read that started after the mark, given the
+// tids (ascending) of the commits of the object announced since the mark:
+// the first of them above rev, or ZeroTID if the revision is still
+// current.
+//
+// This is exact, not a guess. Events reach the fan-out in tid order, and
+// only once the storage has the transaction everywhere a read can go (for
+// a RAID array: once every optimal backend holds it), and a read that
+// starts after an event was delivered sees that transaction. The read
+// started after the mark, so it saw every commit of the object announced
+// up to the mark, and rev, being the newest revision it saw, is at least
+// as new as each of them. A later commit of the object with a tid above
+// rev is one the read did not see; the smallest of those is the next
+// revision after rev, because any commit of the object between the two
+// was either announced before the mark (and the read would have returned
+// it instead of rev) or after it (and would be a smaller element of
+// later). Commits not yet announced have tids above every announced one.
+func currentEnd(rev zodb.TID, later []zodb.TID) zodb.TID {
+	for _, t := range later {
+		if rev.Less(t) {
+			return t
+		}
+	}
+	return zodb.ZeroTID
+}
+
+// currentTID is what getTid answers when the storage read read as oid's
+// current tid: the newest commit of oid announced since the mark if it is
+// newer (see currentEnd for why the read may have missed it).
+func currentTID(read zodb.TID, later []zodb.TID) zodb.TID {
+	if n := len(later); n > 0 && read.Less(later[n-1]) {
+		return later[n-1]
+	}
+	return read
 }
 
 // broadcast sends msg to every connection of the storage.

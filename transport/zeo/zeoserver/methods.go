@@ -230,7 +230,9 @@ func (c *conn) countLoad() {
 }
 
 // loadBefore must never let a client see a revision marked current after
-// it was told of a newer one; see fanout.sendIfFresh.
+// it was told of a newer one: a revision the storage reports as current
+// is checked against the commits announced while the read ran (see
+// fanout.replyCurrent and currentEnd).
 func (c *conn) loadBefore(m wire.Message) {
 	args := m.CallArgs()
 	if err := argc("loadBefore", args, 2, 2); err != nil {
@@ -248,16 +250,27 @@ func (c *conn) loadBefore(m wire.Message) {
 		return
 	}
 	c.countLoad()
-	c.freshRead(m, oid, func() (any, bool, error) {
-		rev, err := c.ss.st.LoadBefore(c.ctx, oid, before)
-		if err != nil || rev == nil {
-			return nil, false, err
-		}
+	fan := c.ss.fan
+	mark := fan.mark()
+	defer fan.unpin(mark) // every path, panics included
+	rev, err := c.ss.st.LoadBefore(c.ctx, oid, before)
+	if m.Flags == wire.FlagOneWay {
+		return // nobody to answer; errors do not cost the connection
+	}
+	if err != nil || rev == nil {
+		c.reply(m, nil, err)
+		return
+	}
+	if !rev.End.IsZero() {
+		c.reply(m, wire.Tuple{rev.Data, rev.TID, rev.End}, nil)
+		return
+	}
+	fan.replyCurrent(c, mark, m, oid, func(later []zodb.TID) any {
 		var end any
-		if !rev.End.IsZero() {
-			end = rev.End
+		if e := currentEnd(rev.TID, later); !e.IsZero() {
+			end = e
 		}
-		return wire.Tuple{rev.Data, rev.TID, end}, rev.End.IsZero(), nil
+		return wire.Tuple{rev.Data, rev.TID, end}
 	})
 }
 
@@ -272,50 +285,23 @@ func (c *conn) getTid(m wire.Message) {
 		c.reply(m, nil, typeErr("getTid", err))
 		return
 	}
-	c.freshRead(m, oid, func() (any, bool, error) {
-		rev, err := c.ss.st.LoadBefore(c.ctx, oid, zodb.MaxTID)
-		if err != nil {
-			return nil, false, err
-		}
-		if rev == nil {
-			return nil, false, &zodb.POSKeyError{OID: oid}
-		}
-		return rev.TID, true, nil
-	})
-}
-
-// freshRead runs a read whose result may describe the current revision of
-// oid and queues the reply only if no invalidation of oid was queued on
-// this connection while it ran; otherwise the read is repeated. After a
-// few tries (a very hot object) it reads while holding the fan-out still.
-func (c *conn) freshRead(m wire.Message, oid zodb.OID, do func() (res any, current bool, err error)) {
+	fan := c.ss.fan
+	mark := fan.mark()
+	defer fan.unpin(mark) // every path, panics included
+	rev, err := c.ss.st.LoadBefore(c.ctx, oid, zodb.MaxTID)
 	if m.Flags == wire.FlagOneWay {
-		do()
 		return
 	}
-	for attempt := 0; attempt < 4; attempt++ {
-		mark := c.ss.fan.mark()
-		res, current, err := do()
-		if err != nil {
-			c.reply(m, nil, err)
-			return
-		}
-		if !current {
-			c.reply(m, res, nil)
-			return
-		}
-		if c.ss.fan.sendIfFresh(c, mark, oid, wire.NewReply(m.ID, res)) {
-			return
-		}
+	if err == nil && rev == nil {
+		err = &zodb.POSKeyError{OID: oid}
 	}
-	c.ss.fan.mu.Lock()
-	defer c.ss.fan.mu.Unlock()
-	res, _, err := do()
 	if err != nil {
-		c.send(wire.NewErrorReply(m.ID, err))
+		c.reply(m, nil, err)
 		return
 	}
-	c.send(wire.NewReply(m.ID, res))
+	fan.replyCurrent(c, mark, m, oid, func(later []zodb.TID) any {
+		return currentTID(rev.TID, later)
+	})
 }
 
 func (c *conn) loadSerial(ctx context.Context, args []any) (any, error) {

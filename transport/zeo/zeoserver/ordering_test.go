@@ -31,7 +31,9 @@ func (s slowLoads) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID
 // on the wire: once a connection has been sent invalidateTransaction(T) for
 // an object, no later reply on that connection may present an older
 // revision of it as current. Loads are slowed down so that commits
-// overtake them all the time.
+// overtake them all the time. Every end tid a reply gives must be the tid
+// of the next commit, and getTid must not lag behind the invalidations
+// either.
 func TestNoStaleCurrentRevision(t *testing.T) {
 	st := slowLoads{memstorage.New("mem")}
 	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ReadConcurrency: 16})
@@ -59,6 +61,7 @@ func TestNoStaleCurrentRevision(t *testing.T) {
 		serial = tid
 	}
 	commitOnce(0)
+	first := serial
 
 	r := dialRaw(t, addr)
 	r.nc.SetDeadline(time.Now().Add(30 * time.Second))
@@ -77,13 +80,20 @@ func TestNoStaleCurrentRevision(t *testing.T) {
 	go func() { // pipelined loads on the raw connection
 		defer wg.Done()
 		for i := 0; i < loads; i++ {
-			r.send(wire.NewCall(int64(100+i), "loadBefore", oid, zodb.MaxTID))
+			if i%5 == 4 {
+				r.send(wire.NewCall(int64(100+i), "getTid", oid))
+			} else {
+				r.send(wire.NewCall(int64(100+i), "loadBefore", oid, zodb.MaxTID))
+			}
 			if i%50 == 0 {
 				time.Sleep(time.Millisecond)
 			}
 		}
 	}()
-	var lastInval zodb.TID
+	lastInval := first
+	commits := []zodb.TID{first}
+	type span struct{ start, end zodb.TID }
+	var spans []span
 	replies, invals, stale := 0, 0, 0
 	for replies < loads {
 		m, err := r.read()
@@ -98,9 +108,21 @@ func TestNoStaleCurrentRevision(t *testing.T) {
 				t.Fatalf("invalidations out of order: %s after %s", tid, lastInval)
 			}
 			lastInval = tid
+			commits = append(commits, tid)
 			invals++
 		case m.IsReply():
 			replies++
+			if id, _ := m.ID.(int64); (id-100)%5 == 4 {
+				tid, err := wire.AsTID(m.Args)
+				if err != nil {
+					t.Fatalf("getTid reply %s", wire.Repr(m.Args))
+				}
+				if tid.Less(lastInval) {
+					stale++
+					t.Errorf("getTid answers %s after invalidation %s", tid, lastInval)
+				}
+				continue
+			}
 			res, _ := wire.Seq(m.Args)
 			if len(res) != 3 {
 				t.Fatalf("load reply %s", wire.Repr(m.Args))
@@ -110,11 +132,28 @@ func TestNoStaleCurrentRevision(t *testing.T) {
 				stale++
 				t.Errorf("reply presents revision %s as current after invalidation %s", start, lastInval)
 			}
+			if res[2] != nil {
+				end, _ := wire.AsTID(res[2])
+				spans = append(spans, span{start, end})
+			}
 		}
 	}
 	stop.Store(true)
 	wg.Wait()
-	t.Logf("%d loads, %d invalidations interleaved, %d stale", replies, invals, stale)
+	// Every end is the next commit after the revision (all commits are
+	// of this object; the writer's last one may not have been read yet).
+	next := map[zodb.TID]zodb.TID{}
+	for i := 0; i+1 < len(commits); i++ {
+		next[commits[i]] = commits[i+1]
+	}
+	for _, sp := range spans {
+		if n, ok := next[sp.start]; ok && n != sp.end {
+			t.Errorf("revision %s ends at %s, the next commit is %s", sp.start, sp.end, n)
+		} else if !ok && sp.start != commits[len(commits)-1] {
+			t.Errorf("revision %s was never committed", sp.start)
+		}
+	}
+	t.Logf("%d loads, %d invalidations interleaved, %d stale, %d with an end", replies, invals, stale, len(spans))
 	if invals < 20 {
 		t.Fatalf("only %d commits overlapped the loads; the test proves nothing", invals)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -54,6 +55,33 @@ type Config struct {
 	MaxQueued int
 	// HandshakeTimeout bounds the protocol handshake (default 30 s).
 	HandshakeTimeout time.Duration
+	// FrameTimeout bounds how long a registered client may take to send one
+	// message once its first byte has arrived (default 60 s; negative: no
+	// limit); a message of n bytes gets n/FrameMinRate seconds more. A client
+	// that misses it is disconnected, so that a client announcing a large
+	// message and trickling it cannot hold the server's memory for long.
+	// Between messages a client may stay silent for any time, as ZEO
+	// clients do.
+	FrameTimeout time.Duration
+	// FrameMinRate is the slowest rate, in bytes per second, at which a
+	// large message may arrive (default 64 KiB/s; see FrameTimeout).
+	FrameMinRate int
+	// SpoolThreshold is how many bytes of one transaction's data (stores
+	// and restores) are buffered in memory until vote (default 16 MiB;
+	// negative: no limit). Data beyond it goes to a temporary file in
+	// SpoolDir, removed when the transaction ends; the storage reads it
+	// back through zodb.Op.Payload.
+	SpoolThreshold int64
+	// SpoolDir is where those files go (default os.TempDir()).
+	SpoolDir string
+	// TransactionTimeout, when positive, bounds how long a transaction may
+	// hold a storage's commit lock (from acquiring it in vote until finish
+	// or abort). A transaction that holds it longer is aborted and its
+	// connection closed, with a warning in the log, so that a client that
+	// votes and then hangs does not block every other writer (Python ZEO's
+	// transaction-timeout). A tpc_finish that has started is never
+	// interrupted. Default 0: no limit, as in Python ZEO.
+	TransactionTimeout time.Duration
 	// ReadConcurrency is how many reads of one connection may run at once
 	// (default 8).
 	ReadConcurrency int
@@ -92,7 +120,9 @@ type stats struct {
 	mu                                        sync.Mutex
 	loads, stores, commits, aborts, conflicts int64
 	activeTxns, waiting                       int64
+	spooledBytes, txnTimeouts                 int64
 	lockTime                                  *time.Time
+	lockHolder                                string // remote address
 }
 
 // New creates a server. It subscribes to every storage's commits at once,
@@ -112,6 +142,21 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ReadConcurrency <= 0 {
 		cfg.ReadConcurrency = 8
+	}
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = wire.DefaultMaxFrame
+	}
+	if cfg.FrameTimeout == 0 {
+		cfg.FrameTimeout = 60 * time.Second
+	}
+	if cfg.SpoolThreshold == 0 {
+		cfg.SpoolThreshold = 16 << 20
+	}
+	if cfg.SpoolDir == "" {
+		cfg.SpoolDir = os.TempDir()
+	}
+	if cfg.FrameMinRate <= 0 {
+		cfg.FrameMinRate = 64 << 10
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -259,8 +304,11 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// maxHandshake limits the client's handshake frame ("Z5", "M5", "ruok").
+const maxHandshake = 1 << 10
+
 func (s *Server) handle(nc net.Conn) {
-	fr := wire.NewFrameReader(nc, s.cfg.MaxFrame)
+	fr := wire.NewFrameReader(nc, maxHandshake)
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := wire.WriteFrame(nc, wire.ServerGreeting(s.cfg.Encoding)); err != nil {
 		nc.Close()
@@ -285,6 +333,12 @@ func (s *Server) handle(nc net.Conn) {
 		return
 	}
 	nc.SetDeadline(time.Time{})
+	fr.SetMax(s.cfg.MaxFrame)
+	if err := fr.SetFrameTimeout(s.cfg.FrameTimeout, s.cfg.FrameMinRate); err != nil {
+		s.log.Error("cannot limit frame times; closing", "remote", nc.RemoteAddr(), "error", err)
+		nc.Close()
+		return
+	}
 	c := newConn(s, wire.NewConn(nc, fr, enc, s.cfg.MaxQueued))
 	s.mu.Lock()
 	if s.closed {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
@@ -92,8 +93,9 @@ func (c *conn) tpcBegin(ctx context.Context, args []any) (any, error) {
 	return nil, nil
 }
 
-// addOp appends an operation to the current transaction.
-func (c *conn) addOp(name string, id any, op zodb.Op) (any, error) {
+// addOp appends an operation to the current transaction; data, if any, is
+// the op's data, buffered in memory or spooled.
+func (c *conn) addOp(name string, id any, op zodb.Op, data []byte) (any, error) {
 	t, _, err := c.checkTxn(id, false)
 	if err != nil {
 		return nil, err
@@ -102,6 +104,9 @@ func (c *conn) addOp(name string, id any, op zodb.Op) (any, error) {
 		return nil, noTxnErr(id)
 	}
 	c.mu.Lock()
+	if data != nil {
+		c.spoolData(t, &op, data)
+	}
 	t.ops = append(t.ops, op)
 	c.mu.Unlock()
 	if op.Kind == zodb.OpStore || op.Kind == zodb.OpRestore || op.Kind == zodb.OpDelete {
@@ -161,7 +166,7 @@ func (c *conn) storea(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, typeErr("storea", err)
 	}
-	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial, Data: data})
+	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial}, data)
 }
 
 func (c *conn) checkCurrent(ctx context.Context, args []any) (any, error) {
@@ -172,7 +177,7 @@ func (c *conn) checkCurrent(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.addOp("checkCurrentSerialInTransaction", args[2], zodb.Op{Kind: zodb.OpCheckCurrent, OID: oid, Serial: serial})
+	return c.addOp("checkCurrentSerialInTransaction", args[2], zodb.Op{Kind: zodb.OpCheckCurrent, OID: oid, Serial: serial}, nil)
 }
 
 func (c *conn) deleteObject(ctx context.Context, args []any) (any, error) {
@@ -183,7 +188,7 @@ func (c *conn) deleteObject(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.addOp("deleteObject", args[2], zodb.Op{Kind: zodb.OpDelete, OID: oid, Serial: serial})
+	return c.addOp("deleteObject", args[2], zodb.Op{Kind: zodb.OpDelete, OID: oid, Serial: serial}, nil)
 }
 
 func (c *conn) restorea(ctx context.Context, args []any) (any, error) {
@@ -195,15 +200,16 @@ func (c *conn) restorea(ctx context.Context, args []any) (any, error) {
 		return nil, err
 	}
 	op := zodb.Op{Kind: zodb.OpRestore, OID: oid, Serial: serial}
+	var data []byte
 	if args[2] == nil {
 		op.NoData = true
-	} else if op.Data, err = wire.AsBytes(args[2]); err != nil {
+	} else if data, err = wire.AsBytes(args[2]); err != nil {
 		return nil, typeErr("restorea", err)
 	}
 	if op.PrevTxn, _, err = wire.AsOptTID(args[3]); err != nil {
 		return nil, typeErr("restorea", err)
 	}
-	return c.addOp("restorea", args[4], op)
+	return c.addOp("restorea", args[4], op, data)
 }
 
 func (c *conn) undoa(ctx context.Context, args []any) (any, error) {
@@ -214,7 +220,7 @@ func (c *conn) undoa(ctx context.Context, args []any) (any, error) {
 	if err != nil {
 		return nil, typeErr("undoa", err)
 	}
-	return c.addOp("undoa", args[1], zodb.Op{Kind: zodb.OpUndo, UndoID: id})
+	return c.addOp("undoa", args[1], zodb.Op{Kind: zodb.OpUndo, UndoID: id}, nil)
 }
 
 // vote waits for the storage's commit lock in a goroutine (the reader goes
@@ -243,6 +249,15 @@ func (c *conn) vote(m wire.Message) {
 	if t.voted {
 		c.mu.Unlock()
 		c.reply(m, nil, zodb.NewStorageTransactionError("transaction already voted"))
+		return
+	}
+	if err := t.spoolErr(); err != nil {
+		// Data was lost: the transaction fails, and like any failed vote
+		// it is forgotten.
+		c.logger().Error("transaction failed: its data could not be spooled", "error", err)
+		c.endTxn(t)
+		c.mu.Unlock()
+		c.reply(m, nil, err)
 		return
 	}
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -292,9 +307,13 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 	ss.stats.mu.Lock()
 	ss.stats.waiting--
 	ss.stats.lockTime = &now
+	ss.stats.lockHolder = c.remote
 	ss.stats.mu.Unlock()
 	c.mu.Lock()
 	t.holdsLock = true
+	if d := c.srv.cfg.TransactionTimeout; d > 0 {
+		t.lockTimer = time.AfterFunc(d, func() { c.transactionTimeout(t, now) })
+	}
 	c.mu.Unlock()
 
 	res, err := ss.st.Vote(ctx, zt)
@@ -304,8 +323,7 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 		if err != nil && c.txn == t {
 			// Python forgets the transaction after a failed vote; the
 			// client's tpc_abort then finds none.
-			c.txn = nil
-			c.countTxnEnd()
+			c.endTxn(t)
 		}
 		c.mu.Unlock()
 	} else {
@@ -336,15 +354,47 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 func (c *conn) releaseLock(t *zeoTxn) {
 	if t.holdsLock {
 		t.holdsLock = false
+		if t.lockTimer != nil {
+			t.lockTimer.Stop()
+		}
 		ss := c.ss
 		ss.stats.mu.Lock()
 		ss.stats.lockTime = nil
+		ss.stats.lockHolder = ""
 		ss.stats.mu.Unlock()
 		<-ss.lock
 	}
 }
 
-func (c *conn) countTxnEnd() {
+// transactionTimeout runs when t has held the commit lock for the
+// server's TransactionTimeout: unless tpc_finish has already called the
+// storage (whose outcome must then decide), the transaction is aborted,
+// the lock released and the connection closed, as Python ZEO's
+// transaction-timeout does.
+func (c *conn) transactionTimeout(t *zeoTxn, since time.Time) {
+	c.mu.Lock()
+	if c.txn != t || !t.holdsLock || t.finishing || t.timedOut {
+		c.mu.Unlock()
+		return
+	}
+	t.timedOut = true
+	c.mu.Unlock()
+	held, limit := time.Since(since).Round(time.Millisecond), c.srv.cfg.TransactionTimeout
+	c.logger().Warn("transaction held the commit lock longer than the transaction timeout; aborting it and closing the connection",
+		"held", held.String(), "transaction_timeout", limit.String())
+	ss := c.ss
+	ss.stats.mu.Lock()
+	ss.stats.txnTimeouts++
+	ss.stats.mu.Unlock()
+	c.abortTxn(context.Background(), t)
+	c.closeLevel(hclog.Debug, "transaction timeout: held the commit lock for %v (limit %v)", held, limit)
+}
+
+// endTxn forgets the current transaction t, whose storage calls are over,
+// and removes its spool; c.mu is held.
+func (c *conn) endTxn(t *zeoTxn) {
+	c.txn = nil
+	c.dropSpool(t)
 	c.ss.stats.mu.Lock()
 	c.ss.stats.activeTxns--
 	c.ss.stats.mu.Unlock()
@@ -371,8 +421,15 @@ func (c *conn) tpcFinish(m wire.Message) {
 		<-voting
 	}
 	c.mu.Lock()
-	voted := t.voted
+	voted, timedOut := t.voted, t.timedOut
+	if voted && !timedOut {
+		t.finishing = true // from here on the storage decides
+	}
 	c.mu.Unlock()
+	if timedOut {
+		c.reply(m, nil, zodb.NewStorageTransactionError("transaction aborted: it held the commit lock longer than the server's transaction timeout"))
+		return
+	}
 	if !voted {
 		c.reply(m, nil, zodb.NewStorageTransactionError("tpc_finish without a successful vote"))
 		return
@@ -399,8 +456,7 @@ func (c *conn) tpcFinish(m wire.Message) {
 	t.voted = false
 	c.releaseLock(t)
 	if c.txn == t {
-		c.txn = nil
-		c.countTxnEnd()
+		c.endTxn(t)
 	}
 	c.mu.Unlock()
 }
@@ -409,20 +465,23 @@ func (c *conn) tpcAbort(ctx context.Context, args []any) (any, error) {
 	if err := argc("tpc_abort", args, 1, 1); err != nil {
 		return nil, err
 	}
-	_, ok, err := c.checkTxn(args[0], false)
+	t, ok, err := c.checkTxn(args[0], false)
 	if err != nil || !ok {
 		return nil, err
 	}
-	c.abortTxn(ctx)
+	c.abortTxn(ctx, t)
 	return nil, nil
 }
 
-// abortTxn aborts the current transaction, whatever its state: cancels a
-// pending vote, aborts the storage's vote, releases the lock.
-func (c *conn) abortTxn(ctx context.Context) {
+// abortTxn aborts transaction t (nil: the current one), whatever its
+// state: cancels a pending vote, aborts the storage's vote, releases the
+// lock. Concurrent calls for the same transaction are safe.
+func (c *conn) abortTxn(ctx context.Context, t *zeoTxn) {
 	c.mu.Lock()
-	t := c.txn
 	if t == nil {
+		t = c.txn
+	}
+	if t == nil || c.txn != t {
 		c.mu.Unlock()
 		return
 	}
@@ -442,8 +501,7 @@ func (c *conn) abortTxn(ctx context.Context) {
 	}
 	c.releaseLock(t)
 	if c.txn == t {
-		c.txn = nil
-		c.countTxnEnd()
+		c.endTxn(t)
 		c.ss.stats.mu.Lock()
 		c.ss.stats.aborts++
 		c.ss.stats.mu.Unlock()

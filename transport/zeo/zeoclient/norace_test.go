@@ -1,0 +1,5 @@
+//go:build !race
+
+package zeoclient_test
+
+const raceEnabled = false
