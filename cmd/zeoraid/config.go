@@ -86,26 +86,28 @@ type source struct {
 	kind sourceKind
 	// name is the flag (--listen), the variable or the file's path.
 	name string
-	// key is the file's key (proxy.backend[1]); whole is the variable's
-	// whole value when it holds a list.
+	// key is the file's key (proxy.backend[1]); whole is the whole text
+	// a list entry was split from.
 	key, whole string
 }
 
 // describe renders a value with its source, as in
 // `flag --backend "b1=host:99999"`.
 func (src source) describe(raw string) string {
+	entry := ""
+	if src.whole != "" && src.whole != raw {
+		entry = fmt.Sprintf(": entry %q", raw)
+		raw = src.whole
+	}
 	switch src.kind {
 	case srcFlag:
-		return fmt.Sprintf("flag %s %q", src.name, raw)
+		return fmt.Sprintf("flag %s %q%s", src.name, raw, entry)
 	case srcEnv:
-		if src.whole != "" && src.whole != raw {
-			return fmt.Sprintf("environment variable %s=%q: entry %q", src.name, src.whole, raw)
-		}
-		return fmt.Sprintf("environment variable %s=%q", src.name, raw)
+		return fmt.Sprintf("environment variable %s=%q%s", src.name, raw, entry)
 	case srcFile:
-		return fmt.Sprintf("file %s key %s = %q", src.name, src.key, raw)
+		return fmt.Sprintf("file %s key %s = %q%s", src.name, src.key, raw, entry)
 	}
-	return fmt.Sprintf("default %q", raw)
+	return fmt.Sprintf("default %q%s", raw, entry)
 }
 
 // configError is a configuration error: the key, where the value came
@@ -160,7 +162,9 @@ func (s *settings) add(k *keySpec) {
 type rawFlag struct {
 	spec *keySpec
 	vals []string
-	set  bool
+	// wholes[i] is the flag value vals[i] was split from.
+	wholes []string
+	set    bool
 }
 
 func (f *rawFlag) String() string { return strings.Join(f.vals, ",") }
@@ -172,11 +176,13 @@ func (f *rawFlag) Set(v string) error {
 	}
 	switch {
 	case !f.spec.list:
-		f.vals = []string{v}
+		f.vals, f.wholes = []string{v}, []string{v}
 	case f.spec.commas:
-		f.vals = append(f.vals, splitList(v, true)...)
+		for _, e := range splitList(v, true) {
+			f.vals, f.wholes = append(f.vals, e), append(f.wholes, v)
+		}
 	default:
-		f.vals = append(f.vals, v)
+		f.vals, f.wholes = append(f.vals, v), append(f.wholes, v)
 	}
 	return nil
 }
@@ -247,9 +253,14 @@ func (s *settings) readFile(path string) error {
 	// Unknown keys in our section are mistakes worth reporting.
 	var unknown []string
 	for _, k := range s.v.AllKeys() {
-		if name, ok := strings.CutPrefix(k, s.section+"."); ok && s.byName[name] == nil {
-			unknown = append(unknown, k)
+		name, ok := strings.CutPrefix(k, s.section+".")
+		if !ok || s.byName[name] != nil {
+			continue
 		}
+		if first, _, nested := strings.Cut(name, "."); nested && s.byName[first] != nil {
+			return &configError{key: s.key(first), where: fmt.Sprintf("file %s key %s", path, s.key(first)), msg: "a section where a value is expected"}
+		}
+		unknown = append(unknown, k)
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
@@ -272,8 +283,9 @@ func (s *settings) resolve(k *keySpec) ([]entry, error) {
 	var entries []entry
 	f := s.fs.Lookup(k.name)
 	if f.Changed {
-		for _, raw := range f.Value.(*rawFlag).vals {
-			entries = append(entries, entry{raw: raw, src: source{kind: srcFlag, name: "--" + k.name}})
+		rf := f.Value.(*rawFlag)
+		for i, raw := range rf.vals {
+			entries = append(entries, entry{raw: raw, src: source{kind: srcFlag, name: "--" + k.name, whole: rf.wholes[i]}})
 		}
 		if len(entries) == 0 { // --storage "" clears a list
 			entries = []entry{}
@@ -345,7 +357,9 @@ func (s *settings) fileEntries(k *keySpec) ([]entry, error) {
 	if k.list {
 		entries := []entry{}
 		for _, r := range splitList(raw, k.commas) {
-			entries = append(entries, entry{raw: r, src: src("")})
+			e := entry{raw: r, src: src("")}
+			e.src.whole = raw
+			entries = append(entries, e)
 		}
 		return entries, nil
 	}

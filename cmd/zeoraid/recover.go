@@ -76,12 +76,17 @@ type arrayStatus struct {
 	} `json:"backends"`
 }
 
-func runRecover(std stdio, args []string) int {
+func recoverSettings(std stdio) *settings {
 	s := cliSettings("recover", recoverSummary, std)
 	s.allowArgs, s.argsUsage = true, "BACKEND"
 	s.boolKey("no-wait", false, "return as soon as the proxy has started the recovery")
 	s.durationKey("wait-timeout", 0, nonNegative, "stop waiting after this long, e.g. 30m (0: no limit); the recovery goes on")
 	s.durationKey("unreachable-grace", 30*time.Second, positive, "give up waiting when the proxy cannot be reached for this long")
+	return s
+}
+
+func runRecover(std stdio, args []string) int {
+	s := recoverSettings(std)
 	if code, done := s.start(args); done {
 		return code
 	}

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -308,7 +309,7 @@ func parseDir(raw string) (any, error) {
 		return nil, errors.New("not a directory")
 	case err == nil:
 		return raw, nil
-	case !os.IsNotExist(err):
+	case !os.IsNotExist(err) && !errors.Is(err, syscall.ENOTDIR):
 		return nil, errors.New(strings.TrimPrefix(err.Error(), "stat "+raw+": "))
 	}
 	// It does not exist: the nearest existing ancestor must be a directory.
@@ -320,7 +321,7 @@ func parseDir(raw string) (any, error) {
 			}
 			return raw, nil
 		}
-		if !os.IsNotExist(err) {
+		if !os.IsNotExist(err) && !errors.Is(err, syscall.ENOTDIR) {
 			return nil, fmt.Errorf("cannot be created: %v", err)
 		}
 		if p == filepath.Dir(p) {
