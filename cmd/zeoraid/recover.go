@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"time"
 
@@ -285,7 +286,8 @@ func (w *recoverWait) observe(p recoveryProgress, state, reason string) (code in
 	line := w.progressText(p)
 	switch {
 	case w.tty:
-		fmt.Fprintf(std.out, "\r\033[K%s", line)
+		// Cut to the terminal's width: a wrapped line cannot be rewritten.
+		fmt.Fprintf(std.out, "\r\033[K%s", fitWidth(line, terminalWidth()))
 		w.lineOpen = true
 	case p.Phase != w.printedPhase || time.Since(w.printed) >= recoverEvery:
 		fmt.Fprintln(std.out, line)
@@ -323,6 +325,23 @@ func (w *recoverWait) progressText(p recoveryProgress) string {
 		parts = append(parts, humanBytes(int64(p.Rate))+"/s")
 	}
 	return strings.Join(parts, ", ")
+}
+
+// terminalWidth is $COLUMNS, or 80.
+func terminalWidth() int {
+	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 10 {
+		return n
+	}
+	return 80
+}
+
+// fitWidth cuts s to fewer than width characters.
+func fitWidth(s string, width int) string {
+	r := []rune(s)
+	if len(r) < width {
+		return s
+	}
+	return string(r[:width-2]) + "…"
 }
 
 func fromText(source string) string {
