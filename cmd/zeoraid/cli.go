@@ -26,7 +26,7 @@ func cliSettings(cmd, summary string, std stdio) *settings {
 	s := newSettings(cmd, std)
 	s.summary = summary
 	s.urlKey("url", "http://127.0.0.1:8180", "the proxy's HTTP API")
-	s.stringKey("token", "", "admin token for actions (also ZEORAID_<COMMAND>_TOKEN)")
+	s.tokenKey("token", "admin token for actions (also ZEORAID_<COMMAND>_TOKEN)")
 	s.nameKey("storage", "1", "storage name")
 	s.durationKey("timeout", 30*time.Second, positive, "timeout of one request to the proxy")
 	s.boolKey("json", false, "print the proxy's JSON answer instead of text")

@@ -59,6 +59,8 @@ type keySpec struct {
 	// commas: a list whose values may also be separated by commas.
 	commas bool
 	isBool bool
+	// secret values are not shown in errors.
+	secret bool
 	parse  func(raw string) (any, error)
 	// check looks at a list as a whole (duplicates); it returns the index
 	// of the offending entry.
@@ -108,6 +110,19 @@ func (src source) describe(raw string) string {
 		return fmt.Sprintf("file %s key %s = %q%s", src.name, src.key, raw, entry)
 	}
 	return fmt.Sprintf("default %q%s", raw, entry)
+}
+
+// describeHidden names the source without showing the value.
+func (src source) describeHidden() string {
+	switch src.kind {
+	case srcFlag:
+		return fmt.Sprintf("flag %s (value not shown)", src.name)
+	case srcEnv:
+		return fmt.Sprintf("environment variable %s (value not shown)", src.name)
+	case srcFile:
+		return fmt.Sprintf("file %s key %s (value not shown)", src.name, src.key)
+	}
+	return "default"
 }
 
 // configError is a configuration error: the key, where the value came
@@ -315,7 +330,11 @@ func (s *settings) resolve(k *keySpec) ([]entry, error) {
 		e := &entries[i]
 		val, err := k.parse(e.raw)
 		if err != nil {
-			return nil, &configError{key: s.key(k.name), where: e.src.describe(e.raw), msg: err.Error()}
+			where := e.src.describe(e.raw)
+			if k.secret {
+				where = e.src.describeHidden()
+			}
+			return nil, &configError{key: s.key(k.name), where: where, msg: err.Error()}
 		}
 		e.val, vals[i] = val, val
 	}

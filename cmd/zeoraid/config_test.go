@@ -233,6 +233,24 @@ func TestConfigGoodValues(t *testing.T) {
 	}
 }
 
+// TestConfigSecrets: tokens are checked, and not shown in errors.
+func TestConfigSecrets(t *testing.T) {
+	clearEnv(t, os.Environ())
+	for _, c := range []struct{ section, key, raw, want string }{
+		{"proxy", "admin-token", "s3cret\n", "config: proxy.admin-token: environment variable ZEORAID_PROXY_ADMIN_TOKEN (value not shown): contains a control character (a newline?)"},
+		{"status", "token", " s3cret", "config: status.token: environment variable ZEORAID_STATUS_TOKEN (value not shown): has white space around it"},
+	} {
+		_, _, err := parseWith(t, c.section, c.key, c.raw, "env")
+		if err == nil || err.Error() != c.want || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s.%s: %v, want %s", c.section, c.key, err, c.want)
+		}
+	}
+	s, _, err := parseWith(t, "recover", "token", "s3cret", "flag")
+	if err != nil || s.str("token") != "s3cret" {
+		t.Errorf("good token: %v", err)
+	}
+}
+
 // TestConfigPrecedence: flag over environment over file over default, and
 // an error names the source that won.
 func TestConfigPrecedence(t *testing.T) {

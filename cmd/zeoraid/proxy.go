@@ -34,7 +34,7 @@ func registerProxyFlags(s *settings) {
 	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the HTTP API and status page (empty: none)")
 	s.dirKey("data", "", "data directory for the proxy's state (required; created if missing)")
 	s.backendsKey("backend", true, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
-	s.stringKey("admin-token", "", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
+	s.tokenKey("admin-token", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
 	s.encodingKeys(false)
 	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts themselves")
 	s.durationKey("vote-timeout", 20*time.Second, positive, "deadline of a backend's vote")

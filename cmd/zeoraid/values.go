@@ -23,10 +23,20 @@ import (
 // registered (the flag and its help) and parsed. Parse errors say what is
 // wrong with the value; the caller adds the key, the source and the value.
 
-// stringKey is free text (tokens).
-func (s *settings) stringKey(name, def, usage string) {
-	s.add(&keySpec{name: name, usage: usage, typ: "string", def: []string{def},
-		parse: func(raw string) (any, error) { return raw, nil }})
+// tokenKey is a secret sent in an HTTP header: no control characters
+// (a newline read from a file) and no surrounding white space.
+func (s *settings) tokenKey(name, usage string) {
+	s.add(&keySpec{name: name, usage: usage, typ: "string", def: []string{""}, secret: true, parse: func(raw string) (any, error) {
+		for _, r := range raw {
+			if unicode.IsControl(r) {
+				return nil, errors.New("contains a control character (a newline?)")
+			}
+		}
+		if strings.TrimSpace(raw) != raw {
+			return nil, errors.New("has white space around it")
+		}
+		return raw, nil
+	}})
 }
 
 // boolKey is a boolean: true/false (also 1/0, yes/no, on/off).
