@@ -418,7 +418,6 @@ func (s *settings) boolean(name string) bool      { return s.values[name][0].val
 func (s *settings) dur(name string) time.Duration { return s.values[name][0].val.(time.Duration) }
 func (s *settings) integer(name string) int64     { return s.values[name][0].val.(int64) }
 func (s *settings) entries(name string) []entry   { return s.values[name] }
-func (s *settings) entryOf(name string) entry     { return s.values[name][0] }
 func (s *settings) isSet(name string) bool        { return s.origin(name).kind != srcDefault }
 func (s *settings) origin(name string) (src source) {
 	if es := s.values[name]; len(es) > 0 {

@@ -18,8 +18,9 @@ import (
 const demoSummary = `Starts the RAID-1 demo in one process on loopback: three built-in backends
 b1, b2 and b3 (ports PORT+1 to PORT+3, data under --dir, kept between
 runs) and a RAID-1 proxy over them on PORT, with the status page and the
-HTTP API on --http. Point ZODB clients at 127.0.0.1:PORT, open the status
-page, and try "zeoraid status", "zeoraid disable b2", "zeoraid recover b2".
+HTTP API on --http (http://127.0.0.1:8180/ by default). Point ZODB clients
+at 127.0.0.1:PORT, open the status page, and try "zeoraid status",
+"zeoraid disable b2", "zeoraid recover b2".
 
 With --listen ADDR it starts instead a single ZEO server over an in-memory
 storage "1" (no RAID, nothing kept; what the interop tests use): only

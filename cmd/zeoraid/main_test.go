@@ -89,7 +89,7 @@ func TestDemoHelp(t *testing.T) {
 		"usage: zeoraid demo [flags]",
 		"three built-in backends",
 		"RAID-1 proxy",
-		"status page",
+		"status page and the\nHTTP API on --http (http://127.0.0.1:8180/ by default)",
 		"With --listen ADDR it starts instead a single ZEO server over an in-memory",
 		"flags (also ZEORAID_DEMO_<FLAG> in the environment",
 		"      --port int ",
