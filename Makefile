@@ -26,7 +26,7 @@ TESTFLAGS ?=
 
 unit: ## all tests with the race detector, then a summary of skipped tests and why (Python interop tests skip without ZEO); PKGS=./cmd/... TESTFLAGS=-short for less
 	@set -o pipefail; $(GO) build -o bin/testsummary ./scripts/testsummary && \
-	echo "$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) $(PKGS)" && \
+	echo "$(strip $(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) $(PKGS))" && \
 	$(GO) test -json -race -count=1 -timeout 20m $(TESTFLAGS) $(PKGS) 2>&1 | bin/testsummary -o bin/test-summary.txt
 
 check: fmt vet imports tidy staticcheck ## gofmt, go vet, import boundaries, go.mod drift, staticcheck
