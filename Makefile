@@ -17,11 +17,17 @@ build: ## build bin/zeoraid
 demo: build ## build and start the demo: 3 backends + a RAID-1 proxy on 127.0.0.1:8100, status page on :8180
 	$(BIN) demo
 
-test: check unit fuzz ## everything CI runs: static checks, all tests with -race, short fuzzing
+test: check unit fuzz ## everything CI runs: static checks, all tests with -race, short fuzzing; ends with what was skipped and why
+	@cat bin/test-summary.txt
 	@echo "make test: all checks and tests passed"
 
-unit: ## all tests with the race detector (Python interop tests skip without ZEO)
-	$(GO) test -race -count=1 -timeout 20m ./...
+PKGS ?= ./...
+TESTFLAGS ?=
+
+unit: ## all tests with the race detector, then a summary of skipped tests and why (Python interop tests skip without ZEO); PKGS=./cmd/... TESTFLAGS=-short for less
+	@set -o pipefail; $(GO) build -o bin/testsummary ./scripts/testsummary && \
+	echo "$(strip $(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) $(PKGS))" && \
+	$(GO) test -json -race -count=1 -timeout 20m $(TESTFLAGS) $(PKGS) 2>&1 | bin/testsummary -o bin/test-summary.txt
 
 check: fmt vet imports tidy staticcheck ## gofmt, go vet, import boundaries, go.mod drift, staticcheck
 

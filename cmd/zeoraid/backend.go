@@ -1,8 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"net"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,43 +20,34 @@ const backendSummary = `Serves one or more storages from a data directory over Z
 built-in crash-safe engine (one bbolt file per storage). ZODB clients and
 zeoraid proxies connect to it like to any ZEO server.`
 
-func runBackend(args []string) int {
-	s := newSettings("backend")
+func runBackend(std stdio, args []string) int {
+	s := newSettings("backend", std)
 	registerBackendFlags(s)
-	if err := s.parse(args); err != nil {
-		if err.Error() == "pflag: help requested" {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "zeoraid backend:", err)
-		return 2
+	if code, done := s.start(args); done {
+		return code
 	}
 	return serveBackend(s)
 }
 
 func registerBackendFlags(s *settings) {
-	s.fs.String("listen", "", "address to serve ZEO on: host:port, or a Unix socket path (required)")
-	s.fs.String("data", "", "data directory; one file per storage is created in it (required)")
-	s.fs.StringSlice("storage", []string{"1"}, "storage name to serve (repeatable; ZODB's default is \"1\")")
-	s.fs.Bool("msgpack", false, "announce M5 (msgpack) to clients")
-	s.fs.Bool("pickle", false, "announce Z5 (pickle) to clients (the default)")
-	s.fs.Bool("read-only", false, "serve read-only (the files are opened read-only)")
-	s.fs.Bool("client-conflict-resolution", true, "let clients resolve conflicts (BTrees and friends) themselves; the server cannot run Python code")
-	s.fs.Bool("pack-gc", true, "pack removes objects unreachable from the root")
-	s.fs.Int("max-frame", wire.DefaultMaxFrame, "largest message accepted from a client, in bytes")
-	s.fs.Usage = func() { s.usage(backendSummary) }
+	s.summary = backendSummary
+	s.addrKey("listen", "", addrMode{listen: true, unix: true}, "address to serve ZEO on: host:port, or a Unix socket path (required; port 0 picks a free port)")
+	s.dirKey("data", "", "data directory; one file per storage is created in it (required; created if missing)")
+	s.namesKey("storage", []string{"1"}, "storage name to serve (repeatable, or separated by commas; ZODB's default is \"1\")")
+	s.encodingKeys(true)
+	s.boolKey("read-only", false, "serve read-only (the files are opened read-only)")
+	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts (BTrees and friends) themselves; the server cannot run Python code")
+	s.boolKey("pack-gc", true, "pack removes objects unreachable from the root")
+	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
 }
 
 func serveBackend(s *settings) int {
+	std := s.std
 	cfg, err := backendConfig(s)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid backend:", err)
-		return 2
+		return s.fail(err)
 	}
-	log, err := s.logger("zeoraid-backend")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid backend:", err)
-		return 2
-	}
+	log := s.logger("zeoraid-backend")
 
 	storages := map[string]zodb.Storage{}
 	closeAll := func() {
@@ -67,7 +59,7 @@ func serveBackend(s *settings) int {
 		path := filepath.Join(cfg.data, storageFileName(name))
 		st, err := boltstore.Open(path, boltstore.Options{Name: name, ReadOnly: cfg.readOnly, NoPackGC: !cfg.packGC, Logger: log.Named(name)})
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "zeoraid backend: storage %q: %v\n", name, err)
+			fmt.Fprintf(std.err, "zeoraid backend: storage %q: %v\n", name, err)
 			closeAll()
 			return 1
 		}
@@ -78,13 +70,13 @@ func serveBackend(s *settings) int {
 		ClientConflictResolution: cfg.ccr, MaxFrame: cfg.maxFrame, Logger: log,
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid backend:", err)
+		fmt.Fprintln(std.err, "zeoraid backend:", err)
 		closeAll()
 		return 1
 	}
 	l, err := zeoserver.Listen(cfg.listen)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zeoraid backend: config: backend.listen: %v\n", err)
+		fmt.Fprintf(std.err, "zeoraid backend: config: backend.listen: %v\n", err)
 		closeAll()
 		return 1
 	}
@@ -95,12 +87,12 @@ func serveBackend(s *settings) int {
 		log.Info("shutting down", "signal", s.String())
 		srv.Close()
 	}()
-	fmt.Printf("zeoraid backend: ZEO server (%v) on %s, storages %s in %s\n", cfg.encoding, l.Addr(), strings.Join(cfg.storages, ", "), cfg.data)
+	fmt.Fprintf(std.out, "zeoraid backend: ZEO server (%v) on %s, storages %s in %s\n", cfg.encoding, l.Addr(), strings.Join(cfg.storages, ", "), cfg.data)
 	err = srv.Serve(l)
 	srv.Close()
 	closeAll()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid backend:", err)
+		fmt.Fprintln(std.err, "zeoraid backend:", err)
 		return 1
 	}
 	log.Info("stopped")
@@ -116,50 +108,37 @@ type backendCfg struct {
 	maxFrame      int
 }
 
+// backendConfig checks what parse could not check key by key (required
+// keys, combinations) and then, everything being valid, creates the data
+// directory.
 func backendConfig(s *settings) (backendCfg, error) {
 	c := backendCfg{
 		listen: s.str("listen"), data: s.str("data"), storages: s.strs("storage"),
 		readOnly: s.boolean("read-only"), ccr: s.boolean("client-conflict-resolution"), packGC: s.boolean("pack-gc"),
-		maxFrame: s.v.GetInt(s.key("max-frame")), encoding: wire.Pickle,
+		maxFrame: int(s.integer("max-frame")),
+	}
+	var errs []error
+	var err error
+	if c.encoding, err = s.encoding(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.listen == "" {
-		return c, s.errKey("listen", "required (host:port or a Unix socket path)")
-	}
-	if !strings.Contains(c.listen, "/") {
-		if _, port, err := net.SplitHostPort(c.listen); err != nil || port == "" {
-			return c, s.errKey("listen", "%q is not host:port", c.listen)
-		}
-	}
-	if c.data == "" {
-		return c, s.errKey("data", "required (a directory)")
+		errs = append(errs, s.required("listen", "host:port or a Unix socket path"))
 	}
 	mkdir := false
-	if fi, err := os.Stat(c.data); err == nil && !fi.IsDir() {
-		return c, s.errKey("data", "%s is not a directory", c.data)
-	} else if err != nil {
-		if c.readOnly || !os.IsNotExist(err) {
-			return c, s.errKey("data", "%v", err)
+	if c.data == "" {
+		errs = append(errs, s.required("data", "a directory"))
+	} else if _, err := os.Stat(c.data); err != nil {
+		if c.readOnly {
+			errs = append(errs, s.errKey("data", "does not exist, and %s is set", s.key("read-only")))
 		}
 		mkdir = true
 	}
 	if len(c.storages) == 0 {
-		return c, s.errKey("storage", "at least one storage name is needed")
+		errs = append(errs, s.required("storage", "at least one storage name"))
 	}
-	seen := map[string]bool{}
-	for _, n := range c.storages {
-		if n == "" || seen[n] {
-			return c, s.errKey("storage", "names must be non-empty and distinct, got %q", strings.Join(c.storages, ","))
-		}
-		seen[n] = true
-	}
-	if s.boolean("msgpack") && s.boolean("pickle") {
-		return c, s.errKey("msgpack", "contradicts backend.pickle: choose one encoding")
-	}
-	if s.boolean("msgpack") {
-		c.encoding = wire.Msgpack
-	}
-	if c.maxFrame < 1<<16 {
-		return c, s.errKey("max-frame", "%d is too small (at least 65536)", c.maxFrame)
+	if err := errors.Join(errs...); err != nil {
+		return c, err
 	}
 	// Everything is valid: only now create the data directory.
 	if mkdir {

@@ -30,14 +30,11 @@ func TestBackendConfigErrorsNameTheKey(t *testing.T) {
 		for k, v := range c.env {
 			t.Setenv(k, v)
 		}
-		s := newSettings("backend")
+		s := newSettings("backend", discard)
 		registerBackendFlags(s)
 		err := s.parse(c.args)
 		if err == nil {
 			_, err = backendConfig(s)
-		}
-		if err == nil {
-			_, err = s.logger("x")
 		}
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v %v: error %v, want one naming %q", c.args, c.env, err, c.want)
@@ -53,7 +50,7 @@ func TestBackendConfigFromFileAndEnv(t *testing.T) {
 	conf := filepath.Join(dir, "zeoraid.yaml")
 	os.WriteFile(conf, []byte("backend:\n  listen: 127.0.0.1:7777\n  storage: [main, other]\n  msgpack: true\n"), 0o600)
 	t.Setenv("ZEORAID_BACKEND_DATA", filepath.Join(dir, "data"))
-	s := newSettings("backend")
+	s := newSettings("backend", discard)
 	registerBackendFlags(s)
 	if err := s.parse([]string{"--config", conf, "--listen", "127.0.0.1:8888"}); err != nil {
 		t.Fatal(err)

@@ -4,8 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"strings"
+	"io"
 	"text/tabwriter"
 	"time"
 
@@ -19,83 +18,74 @@ Several --target flags are measured one after the other in the same run,
 and their ratios to the first are printed, e.g.
   zeoraid bench --target direct=127.0.0.1:8101 --target proxy=127.0.0.1:8100`
 
-func runBench(args []string) int {
-	s := newSettings("bench")
-	s.fs.StringArray("target", nil, "name=host:port[,host:port] of a ZEO server or proxy to measure (repeatable, required)")
-	s.fs.String("storage", "1", "storage name")
-	s.fs.Int("clients", 4, "concurrent client connections")
-	s.fs.Duration("duration", 10*time.Second, "length of each phase")
-	s.fs.Int("object-size", 200, "record size in bytes")
-	s.fs.Int("objects", 2000, "objects to load from")
-	s.fs.String("phases", "commit,load", "which phases: commit, load, or both")
-	s.fs.Bool("json", false, "print one JSON object per target instead of a table")
-	s.fs.Bool("msgpack", false, "answer M5 (msgpack) instead of echoing the server")
-	s.fs.Usage = func() { s.usage(benchSummary) }
-	if err := s.parse(args); err != nil {
-		if err.Error() == "pflag: help requested" {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "zeoraid bench:", err)
-		return 2
+func registerBenchFlags(s *settings) {
+	s.summary = benchSummary
+	s.backendsKey("target", false, "name=host:port[,host:port] of a ZEO server or proxy to measure (repeatable, required)")
+	s.nameKey("storage", "1", "storage name")
+	s.intKey("clients", 4, 1, 10000, "concurrent client connections")
+	s.durationKey("duration", 10*time.Second, positive, "length of each phase")
+	s.sizeKey("object-size", 200, 1, 64<<20, "record size in bytes")
+	s.intKey("objects", 2000, 1, 100_000_000, "objects to load from")
+	s.setKey("phases", []string{"commit", "load"}, []string{"commit", "load"}, "which phases: commit, load, or both (commit,load)")
+	s.boolKey("json", false, "print one JSON object per target instead of a table")
+	s.boolKey("msgpack", false, "answer M5 (msgpack) instead of echoing the server")
+}
+
+func runBench(std stdio, args []string) int {
+	s := newSettings("bench", std)
+	registerBenchFlags(s)
+	if code, done := s.start(args); done {
+		return code
 	}
-	targets := s.v.GetStringSlice(s.key("target"))
+	targets := s.entries("target")
 	if len(targets) == 0 {
-		fmt.Fprintln(os.Stderr, "zeoraid bench:", s.errKey("target", "at least one name=host:port is required"))
-		return 2
+		return s.fail(s.required("target", "at least one name=host:port"))
+	}
+	if len(s.entries("phases")) == 0 {
+		return s.fail(s.required("phases", "commit, load or both"))
 	}
 	base := zeobench.Config{
-		Storage: s.str("storage"), Clients: s.v.GetInt(s.key("clients")), Duration: s.v.GetDuration(s.key("duration")),
-		ObjectSize: s.v.GetInt(s.key("object-size")), Objects: s.v.GetInt(s.key("objects")),
+		Storage: s.str("storage"), Clients: int(s.integer("clients")), Duration: s.dur("duration"),
+		ObjectSize: int(s.integer("object-size")), Objects: int(s.integer("objects")),
 	}
 	if s.boolean("msgpack") {
 		base.Encoding = wire.Msgpack
 	}
-	for _, p := range strings.Split(s.str("phases"), ",") {
-		switch strings.TrimSpace(p) {
+	for _, p := range s.strs("phases") {
+		switch p {
 		case "commit":
 			base.Commit = true
 		case "load":
 			base.Load = true
-		default:
-			fmt.Fprintln(os.Stderr, "zeoraid bench:", s.errKey("phases", "unknown phase %q (commit, load)", p))
-			return 2
 		}
-	}
-	if base.Clients < 1 || base.Duration <= 0 {
-		fmt.Fprintln(os.Stderr, "zeoraid bench:", s.errKey("clients", "need at least one client and a positive duration"))
-		return 2
 	}
 	var results []zeobench.Result
-	for _, tgt := range targets {
-		name, addrs, ok := strings.Cut(tgt, "=")
-		if !ok || addrs == "" {
-			fmt.Fprintln(os.Stderr, "zeoraid bench:", s.errKey("target", "%q is not name=host:port", tgt))
-			return 2
-		}
+	for _, e := range targets {
+		tgt := e.val.(backendSpec)
 		cfg := base
-		cfg.Addrs = strings.Split(addrs, ",")
+		cfg.Addrs = tgt.addrs
 		ctx, cancel := context.WithTimeout(context.Background(), 4*cfg.Duration+2*time.Minute)
 		r, err := zeobench.Run(ctx, cfg)
 		cancel()
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "zeoraid bench: %s: %v\n", name, err)
+			fmt.Fprintf(std.err, "zeoraid bench: %s: %v\n", tgt.name, err)
 			return 1
 		}
-		r.Target = name
+		r.Target = tgt.name
 		results = append(results, r)
 		if s.boolean("json") {
-			json.NewEncoder(os.Stdout).Encode(r)
+			json.NewEncoder(std.out).Encode(r)
 		}
 	}
 	if !s.boolean("json") {
-		printBench(results, base)
+		printBench(std.out, results, base)
 	}
 	return 0
 }
 
-func printBench(rs []zeobench.Result, cfg zeobench.Config) {
-	fmt.Printf("%d clients, %v per phase, %d-byte objects\n", cfg.Clients, cfg.Duration, cfg.ObjectSize)
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+func printBench(out io.Writer, rs []zeobench.Result, cfg zeobench.Config) {
+	fmt.Fprintf(out, "%d clients, %v per phase, %d-byte objects\n", cfg.Clients, cfg.Duration, cfg.ObjectSize)
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "target\tcommits/s\tcommit p50\tcommit p99\tloads/s\tload p50\tload p99\tvs first (commits, load p50)")
 	for _, r := range rs {
 		ratio := ""

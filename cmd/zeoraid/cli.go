@@ -1,12 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,25 +21,27 @@ const (
 	exitCritical = 2 // degraded, failed, unreachable, different
 )
 
-func cliSettings(cmd string) *settings {
-	s := newSettings(cmd)
-	s.fs.String("url", "http://127.0.0.1:8180", "the proxy's HTTP API")
-	s.fs.String("token", "", "admin token for actions (also ZEORAID_<COMMAND>_TOKEN)")
-	s.fs.String("storage", "1", "storage name")
-	s.fs.Duration("timeout", 30*time.Second, "request timeout")
+// cliSettings are the keys every command that talks to a proxy has.
+func cliSettings(cmd, summary string, std stdio) *settings {
+	s := newSettings(cmd, std)
+	s.summary = summary
+	s.urlKey("url", "http://127.0.0.1:8180", "the proxy's HTTP API")
+	s.tokenKey("token", "admin token for actions (also ZEORAID_<COMMAND>_TOKEN)")
+	s.nameKey("storage", "1", "storage name")
+	s.durationKey("timeout", 30*time.Second, positive, "timeout of one request to the proxy")
+	s.boolKey("json", false, "print the proxy's JSON answer instead of text")
 	return s
 }
 
 func cliRequest(s *settings, method, path string) ([]byte, int, error) {
-	url := strings.TrimRight(s.str("url"), "/") + path
-	req, err := http.NewRequest(method, url, bytes.NewReader(nil))
+	req, err := http.NewRequest(method, s.str("url")+path, nil)
 	if err != nil {
 		return nil, 0, err
 	}
 	if t := s.str("token"); t != "" {
 		req.Header.Set("Authorization", "Bearer "+t)
 	}
-	client := &http.Client{Timeout: s.v.GetDuration(s.key("timeout"))}
+	client := &http.Client{Timeout: s.dur("timeout")}
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, 0, err
@@ -58,38 +59,52 @@ func apiError(body []byte, code int) string {
 	return fmt.Sprintf("HTTP %d: %s", code, strings.TrimSpace(string(body)))
 }
 
-// runStatus prints the proxy's state and exits like a Nagios check.
-func runStatus(args []string) int {
-	s := cliSettings("status")
-	s.fs.Bool("json", false, "print the JSON status")
-	s.fs.Usage = func() {
-		s.usage("Prints every storage's array state. Exit code: 0 optimal, 1 recovering, 2 degraded, failed or unreachable.")
+// storagePath is /v1/storages/{storage} with the name escaped.
+func storagePath(s *settings) string {
+	return "/v1/storages/" + url.PathEscape(s.str("storage"))
+}
+
+// backendArg is the one positional BACKEND argument.
+func backendArg(s *settings) (string, error) {
+	if len(s.positional) != 1 {
+		return "", &usageError{fmt.Errorf("name exactly one backend (got %d arguments)", len(s.positional))}
 	}
-	if err := s.parse(args); err != nil {
-		if err.Error() == "pflag: help requested" {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "zeoraid status:", err)
-		return exitCritical
+	if err := checkName("backend", s.positional[0]); err != nil {
+		return "", &usageError{err}
+	}
+	return s.positional[0], nil
+}
+
+// usageFail prints a command line error and returns 2.
+func usageFail(s *settings, err error) int {
+	fmt.Fprintf(s.std.err, "zeoraid %s: %v\nRun \"zeoraid %s --help\" for the flags.\n", s.section, err, s.section)
+	return 2
+}
+
+// runStatus prints the proxy's state and exits like a Nagios check.
+func runStatus(std stdio, args []string) int {
+	s := cliSettings("status", "Prints every storage's array state. Exit code: 0 optimal, 1 recovering, 2 degraded, failed or unreachable.", std)
+	if code, done := s.start(args); done {
+		return code
 	}
 	body, code, err := cliRequest(s, "GET", "/v1/status")
 	if err != nil {
-		fmt.Printf("CRITICAL: proxy unreachable: %v\n", err)
+		fmt.Fprintf(std.out, "CRITICAL: proxy unreachable: %v\n", err)
 		return exitCritical
 	}
 	if code != http.StatusOK {
-		fmt.Printf("CRITICAL: %s\n", apiError(body, code))
+		fmt.Fprintf(std.out, "CRITICAL: %s\n", apiError(body, code))
 		return exitCritical
 	}
 	var o httpapi.Overall
 	if err := json.Unmarshal(body, &o); err != nil {
-		fmt.Printf("CRITICAL: bad answer: %v\n", err)
+		fmt.Fprintf(std.out, "CRITICAL: bad answer: %v\n", err)
 		return exitCritical
 	}
 	if s.boolean("json") {
-		os.Stdout.Write(body)
+		std.out.Write(body)
 	} else {
-		printStatus(o)
+		printStatus(std.out, o)
 	}
 	switch o.Status {
 	case raidcore.StatusOptimal:
@@ -100,10 +115,10 @@ func runStatus(args []string) int {
 	return exitCritical
 }
 
-func printStatus(o httpapi.Overall) {
+func printStatus(out io.Writer, o httpapi.Overall) {
 	label := map[string]string{raidcore.StatusOptimal: "OK", raidcore.StatusRecovering: "WARNING", raidcore.StatusDegraded: "CRITICAL", raidcore.StatusFailed: "CRITICAL"}
-	fmt.Printf("%s: zeoraid %s\n", label[o.Status], o.Status)
-	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(out, "%s: zeoraid %s\n", label[o.Status], o.Status)
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, st := range o.Storages {
 		fmt.Fprintf(w, "storage %s\t%s\tlast tid %s\n", st.Storage, st.Status, st.LastTID)
 		for _, b := range st.Backends {
@@ -120,60 +135,120 @@ func printStatus(o httpapi.Overall) {
 	w.Flush()
 }
 
-// runAction posts one action to the proxy.
-func runAction(cmd, summary string, path func(s *settings) (string, error)) func([]string) int {
-	return func(args []string) int {
-		s := cliSettings(cmd)
-		s.allowArgs = true
-		s.fs.Usage = func() { s.usage(summary) }
-		if err := s.parse(args); err != nil {
-			if err.Error() == "pflag: help requested" {
-				return 0
-			}
-			fmt.Fprintf(os.Stderr, "zeoraid %s: %v\n", cmd, err)
-			return 2
-		}
-		p, err := path(s)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "zeoraid %s: %v\n", cmd, err)
-			return 2
-		}
-		body, code, err := cliRequest(s, "POST", p)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "zeoraid %s: proxy unreachable: %v\n", cmd, err)
-			return exitCritical
-		}
-		if code >= 300 {
-			fmt.Fprintf(os.Stderr, "zeoraid %s: %s\n", cmd, apiError(body, code))
-			return exitCritical
-		}
-		if cmd == "verify" {
-			var rep raidcore.VerifyReport
-			json.Unmarshal(body, &rep)
-			if rep.Identical {
-				fmt.Printf("OK: %d transactions identical on %s\n", rep.Transactions, strings.Join(rep.Backends, ", "))
-				return exitOK
-			}
-			fmt.Printf("CRITICAL: backends differ after %d identical transactions: %s\n", rep.Transactions, rep.FirstDifference)
-			return exitCritical
-		}
-		var out map[string]any
-		if json.Unmarshal(body, &out) == nil {
-			if r, ok := out["result"]; ok {
-				fmt.Println(r)
-				return exitOK
-			}
-		}
-		os.Stdout.Write(body)
-		return exitOK
+// post sends an action; on failure it prints why and returns the exit
+// code (unreachable or refused: 2).
+func post(s *settings, path string) (body []byte, code int, ok bool) {
+	body, status, err := cliRequest(s, "POST", path)
+	if err != nil {
+		fmt.Fprintf(s.std.err, "zeoraid %s: proxy unreachable: %v\n", s.section, err)
+		return nil, exitCritical, false
 	}
+	if status >= 300 {
+		fmt.Fprintf(s.std.err, "zeoraid %s: %s\n", s.section, apiError(body, status))
+		return nil, exitCritical, false
+	}
+	return body, 0, true
 }
 
-func backendPath(action string) func(s *settings) (string, error) {
-	return func(s *settings) (string, error) {
-		if len(s.positional) != 1 {
-			return "", fmt.Errorf("name exactly one backend (got %d arguments)", len(s.positional))
-		}
-		return fmt.Sprintf("/v1/storages/%s/backends/%s/%s", s.str("storage"), s.positional[0], action), nil
+// runDisable degrades a backend on purpose.
+func runDisable(std stdio, args []string) int {
+	s := cliSettings("disable", `Takes a backend out of service on purpose: the proxy degrades it (refused
+for the last optimal one). Bring it back with "zeoraid recover BACKEND".`, std)
+	s.allowArgs, s.argsUsage = true, "BACKEND"
+	if code, done := s.start(args); done {
+		return code
 	}
+	b, err := backendArg(s)
+	if err != nil {
+		return usageFail(s, err)
+	}
+	body, code, ok := post(s, storagePath(s)+"/backends/"+url.PathEscape(b)+"/disable")
+	if !ok {
+		return code
+	}
+	if s.boolean("json") {
+		std.out.Write(body)
+		return exitOK
+	}
+	var out struct{ Result string }
+	if json.Unmarshal(body, &out) == nil && out.Result != "" {
+		fmt.Fprintln(std.out, out.Result)
+	} else {
+		fmt.Fprintf(std.out, "disabled %s\n", b)
+	}
+	return exitOK
+}
+
+// runReload asks the proxy to reread its configuration and says what
+// changed.
+func runReload(std stdio, args []string) int {
+	s := cliSettings("reload", `Makes the proxy reread its configuration: backends that appear are added
+(degraded, then recovered), those that disappear are removed. Prints what
+changed. Adding or removing whole storages needs a restart.`, std)
+	if code, done := s.start(args); done {
+		return code
+	}
+	body, code, ok := post(s, "/v1/reload")
+	if !ok {
+		return code
+	}
+	if s.boolean("json") {
+		std.out.Write(body)
+		return exitOK
+	}
+	var rep struct {
+		Added   []string `json:"added"`
+		Removed []string `json:"removed"`
+	}
+	if err := json.Unmarshal(body, &rep); err != nil {
+		fmt.Fprintf(std.err, "zeoraid reload: reloaded, but the answer is not understood: %v\n", err)
+		return exitCritical
+	}
+	fmt.Fprintln(std.out, reloadText(rep.Added, rep.Removed))
+	return exitOK
+}
+
+// reloadText describes a reload: "reloaded: added 1/b3; removed 1/b2".
+func reloadText(added, removed []string) string {
+	if len(added) == 0 && len(removed) == 0 {
+		return "reloaded: no change"
+	}
+	var parts []string
+	if len(added) > 0 {
+		parts = append(parts, "added "+strings.Join(added, ", "))
+	}
+	if len(removed) > 0 {
+		parts = append(parts, "removed "+strings.Join(removed, ", "))
+	}
+	return "reloaded: " + strings.Join(parts, "; ")
+}
+
+// runVerify compares the backends of a storage.
+func runVerify(std stdio, args []string) int {
+	s := cliSettings("verify", `Compares every backend's transactions (tids, metadata, record hashes) and
+reports the first difference. Exit code: 0 identical, 2 different or
+unreachable.`, std)
+	if code, done := s.start(args); done {
+		return code
+	}
+	body, code, ok := post(s, storagePath(s)+"/verify")
+	if !ok {
+		return code
+	}
+	var rep raidcore.VerifyReport
+	if err := json.Unmarshal(body, &rep); err != nil {
+		fmt.Fprintf(std.out, "CRITICAL: bad answer: %v\n", err)
+		return exitCritical
+	}
+	if s.boolean("json") {
+		std.out.Write(body)
+	} else if rep.Identical {
+		fmt.Fprintf(std.out, "OK: %d transactions identical on %s\n", rep.Transactions, strings.Join(rep.Backends, ", "))
+	} else {
+		fmt.Fprintf(std.out, "CRITICAL: backends differ after %d identical transactions: %s\n", rep.Transactions, rep.FirstDifference)
+	}
+	if rep.Identical {
+		return exitOK
+	}
+	return exitCritical
 }

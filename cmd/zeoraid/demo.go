@@ -1,65 +1,86 @@
 package main
 
 import (
-	"flag"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
-	"strings"
+	"path/filepath"
 	"syscall"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
 
+const demoSummary = `Starts the RAID-1 demo in one process on loopback: three built-in backends
+b1, b2 and b3 (ports PORT+1 to PORT+3, data under --dir, kept between
+runs) and a RAID-1 proxy over them on PORT, with the status page and the
+HTTP API on --http (http://127.0.0.1:8180/ by default). Point ZODB clients
+at 127.0.0.1:PORT, open the status page, and try "zeoraid status",
+"zeoraid disable b2", "zeoraid recover b2".
+
+With --listen ADDR it starts instead a single ZEO server over an in-memory
+storage "1" (no RAID, nothing kept; what the interop tests use): only
+--listen, --encoding, --msgpack, --client-conflict-resolution and
+--log-level apply then.`
+
+func registerDemoFlags(s *settings) {
+	s.summary = demoSummary
+	s.dirKey("dir", filepath.Join(os.TempDir(), "zeoraid-demo"), "directory for the backends' and the proxy's data (kept between runs)")
+	s.intKey("port", 8100, 1, 65535-3, "the proxy's ZEO port on 127.0.0.1; the backends use the next three ports")
+	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the status page and HTTP API (empty: none)")
+	s.addrKey("listen", "", addrMode{listen: true, unix: true}, "instead of the RAID demo, serve one in-memory storage on this address (host:port or a Unix socket path)")
+	s.encodingKeys(false)
+	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts (BTrees) themselves")
+}
+
 // runDemo starts the RAID demo, or with --listen a single ZEO server over
 // an in-memory storage (what the interop tests start).
-func runDemo(args []string) int {
-	for _, a := range args {
-		if a == "--listen" || a == "-listen" || strings.HasPrefix(a, "--listen=") || strings.HasPrefix(a, "-listen=") {
-			return runMemServer(args)
+func runDemo(std stdio, args []string) int {
+	s := newSettings("demo", std)
+	registerDemoFlags(s)
+	if code, done := s.start(args); done {
+		return code
+	}
+	enc, err := s.encoding()
+	if err != nil {
+		return s.fail(err)
+	}
+	if s.str("listen") == "" {
+		return runRAIDDemo(s, enc)
+	}
+	var errs []error
+	for _, k := range []string{"dir", "port", "http"} {
+		if s.isSet(k) {
+			errs = append(errs, s.errKey(k, "only for the RAID demo, not with %s (a single in-memory server)", s.key("listen")))
 		}
 	}
-	return runRAIDDemo(args)
+	if err := errors.Join(errs...); err != nil {
+		return s.fail(err)
+	}
+	return runMemServer(s, enc)
 }
 
 // runMemServer is a ZEO server over an in-memory storage.
-func runMemServer(args []string) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8100", "address to serve ZEO on")
-	msgpack := fs.Bool("msgpack", false, "announce M5 (msgpack) instead of Z5 (pickle)")
-	ccr := fs.Bool("client-conflict-resolution", true, "let clients resolve conflicts (BTrees) themselves")
-	logLevel := fs.String("log-level", "info", "log level: trace, debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	level := hclog.LevelFromString(*logLevel)
-	if level == hclog.NoLevel {
-		fmt.Fprintf(os.Stderr, "zeoraid demo: --log-level: unknown level %q\n", *logLevel)
-		return 2
-	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "zeoraid", Level: level})
-	enc := wire.Pickle
-	if *msgpack {
-		enc = wire.Msgpack
-	}
+func runMemServer(s *settings, enc wire.Encoding) int {
+	std := s.std
+	log := s.logger("zeoraid")
 	srv, err := zeoserver.New(zeoserver.Config{
 		Storages:                 map[string]zodb.Storage{"1": memstorage.New("demo (in memory)")},
 		Encoding:                 enc,
-		ClientConflictResolution: *ccr,
+		ClientConflictResolution: s.boolean("client-conflict-resolution"),
 		Logger:                   log,
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid demo:", err)
+		fmt.Fprintln(std.err, "zeoraid demo:", err)
 		return 1
 	}
-	l, err := zeoserver.Listen(*listen)
+	l, err := zeoserver.Listen(s.str("listen"))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zeoraid demo: --listen %s: %v\n", *listen, err)
+		fmt.Fprintf(std.err, "zeoraid demo: config: demo.listen: %v\n", err)
 		return 1
 	}
 	// Handle signals before announcing the address, so that a supervisor
@@ -71,13 +92,12 @@ func runMemServer(args []string) int {
 		log.Info("shutting down")
 		srv.Close()
 	}()
-	fmt.Printf("zeoraid demo: ZEO server (%v) on %s, storage \"1\" in memory\n", enc, l.Addr())
+	fmt.Fprintf(std.out, "zeoraid demo: ZEO server (%v) on %s, storage \"1\" in memory\n", enc, l.Addr())
 	if host, port, err := net.SplitHostPort(l.Addr().String()); err == nil {
-		fmt.Printf("  connect with: ZEO.ClientStorage.ClientStorage((%q, %s))\n", host, port)
+		fmt.Fprintf(std.out, "  connect with: ZEO.ClientStorage.ClientStorage((%q, %s))\n", host, port)
 	}
-	fmt.Println("  (the 3-proxy RAID demo with a status URL arrives with the proxy and cluster issues)")
 	if err := srv.Serve(l); err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid demo:", err)
+		fmt.Fprintln(std.err, "zeoraid demo:", err)
 		return 1
 	}
 	return 0

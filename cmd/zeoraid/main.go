@@ -4,15 +4,22 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 )
 
 // version is set by the build (-ldflags "-X main.version=...").
 var version = "dev"
 
+// stdio is where a command writes: os.Stdout and os.Stderr, or buffers in
+// tests. Help and results go to out; errors and logs go to err.
+type stdio struct {
+	out, err io.Writer
+}
+
 type command struct {
 	name, summary string
-	run           func(args []string) int
+	run           func(std stdio, args []string) int
 }
 
 var commands []command
@@ -23,45 +30,76 @@ func init() {
 		{"bench", "measure commits and loads against ZEO servers or proxies, side by side", runBench},
 		{"proxy", "run a RAID-1 proxy over ZEO backends (single node)", runProxy},
 		{"status", "print a proxy's state; exit 0 optimal, 1 recovering, 2 degraded/failed/unreachable", runStatus},
-		{"disable", "take a backend out of service (zeoraid disable [--storage S] BACKEND)",
-			runAction("disable", "Degrades a backend on purpose (refused for the last optimal one).", backendPath("disable"))},
-		{"recover", "start recovering a degraded backend (zeoraid recover [--storage S] BACKEND)",
-			runAction("recover", "Starts an online recovery of a degraded backend; see status for progress.", backendPath("recover"))},
-		{"reload", "make a proxy reread its configuration (add/remove backends)",
-			runAction("reload", "Rereads the proxy's configuration: backends that appear are added, those that disappear are removed.",
-				func(s *settings) (string, error) { return "/v1/reload", nil })},
-		{"verify", "compare the backends' transactions of a storage; exit 0 identical, 2 different",
-			runAction("verify", "Compares every backend's transactions (tids, metadata, record hashes) and reports the first difference.",
-				func(s *settings) (string, error) { return "/v1/storages/" + s.str("storage") + "/verify", nil })},
-		{"demo", "start a ZEO server over an in-memory storage on loopback (grows into the 3-proxy demo)", runDemo},
-		{"version", "print the version", func([]string) int { fmt.Println("zeoraid", version); return 0 }},
+		{"disable", "take a backend out of service (zeoraid disable [--storage S] BACKEND)", runDisable},
+		{"recover", "recover a degraded backend and wait for the outcome (zeoraid recover [--storage S] BACKEND)", runRecover},
+		{"reload", "make a proxy reread its configuration (add/remove backends)", runReload},
+		{"verify", "compare the backends' transactions of a storage; exit 0 identical, 2 different", runVerify},
+		{"demo", "start 3 built-in backends and a RAID-1 proxy on loopback, with a status page", runDemo},
+		{"version", "print the version (also zeoraid --version)", runVersion},
 	}
 }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "usage: zeoraid <command> [flags]\n\ncommands:\n")
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: zeoraid <command> [flags]\n\ncommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun \"zeoraid <command> -h\" for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun \"zeoraid <command> --help\" (or \"zeoraid help <command>\") for a command's flags,\n\"zeoraid --version\" for the version.\n")
+}
+
+func runVersion(std stdio, args []string) int {
+	if len(args) > 0 {
+		if args[0] == "-h" || args[0] == "--help" {
+			fmt.Fprintln(std.out, "usage: zeoraid version\n\nPrints the version (also zeoraid --version, zeoraid -v).")
+			return 0
+		}
+		fmt.Fprintf(std.err, "zeoraid version: unexpected arguments: %v\n", args)
+		return 2
+	}
+	fmt.Fprintln(std.out, "zeoraid", version)
+	return 0
+}
+
+func lookup(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// dispatch runs the command line (without the program name) and returns
+// the exit code. Help goes to stdout with exit 0; usage errors go to
+// stderr with exit 2.
+func dispatch(std stdio, args []string) int {
+	if len(args) == 0 {
+		usage(std.err)
+		return 2
+	}
+	switch name := args[0]; name {
+	case "help", "-h", "--help", "-help":
+		if len(args) > 1 && name == "help" {
+			if c := lookup(args[1]); c != nil {
+				return c.run(std, []string{"--help"})
+			}
+			fmt.Fprintf(std.err, "zeoraid help: unknown command %q\n\n", args[1])
+			usage(std.err)
+			return 2
+		}
+		usage(std.out)
+		return 0
+	case "--version", "-v", "-version":
+		return runVersion(std, args[1:])
+	}
+	if c := lookup(args[0]); c != nil {
+		return c.run(std, args[1:])
+	}
+	fmt.Fprintf(std.err, "zeoraid: unknown command %q\n\n", args[0])
+	usage(std.err)
+	return 2
 }
 
 func main() {
-	if len(os.Args) < 2 {
-		usage()
-		os.Exit(2)
-	}
-	name := os.Args[1]
-	if name == "help" || name == "-h" || name == "--help" {
-		usage()
-		return
-	}
-	for _, c := range commands {
-		if c.name == name {
-			os.Exit(c.run(os.Args[2:]))
-		}
-	}
-	fmt.Fprintf(os.Stderr, "zeoraid: unknown command %q\n\n", name)
-	usage()
-	os.Exit(2)
+	os.Exit(dispatch(stdio{out: os.Stdout, err: os.Stderr}, os.Args[1:]))
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -27,21 +29,21 @@ and with gocept.zeoraid's raid_* ZEO methods. Backends are given as
 rereads the configuration file and adds or removes backends.`
 
 func registerProxyFlags(s *settings) {
-	s.fs.String("listen", "", "address to serve ZEO on (required)")
-	s.fs.String("http", "127.0.0.1:8180", "address of the HTTP API and status page (empty: none)")
-	s.fs.String("data", "", "data directory for the proxy's state (required)")
-	s.fs.StringArray("backend", nil, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
-	s.fs.String("admin-token", "", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
-	s.fs.Bool("msgpack", false, "announce M5 (msgpack) to clients and use it with backends")
-	s.fs.Bool("client-conflict-resolution", true, "let clients resolve conflicts themselves")
-	s.fs.Duration("vote-timeout", 20*time.Second, "deadline of a backend's vote")
-	s.fs.Duration("finish-timeout", 20*time.Second, "deadline of a backend's tpc_finish")
-	s.fs.Duration("read-timeout", 10*time.Second, "deadline of a backend read")
-	s.fs.Bool("auto-recover", true, "recover degraded backends automatically when they answer again")
-	s.fs.Int64("recovery-rate", 0, "recovery copy limit in bytes per second (0: none)")
-	s.fs.Bool("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
-	s.fs.Int("max-frame", wire.DefaultMaxFrame, "largest message accepted from a client, in bytes")
-	s.fs.Usage = func() { s.usage(proxySummary) }
+	s.summary = proxySummary
+	s.addrKey("listen", "", addrMode{listen: true}, "address to serve ZEO on, host:port (required; port 0 picks a free port)")
+	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the HTTP API and status page (empty: none)")
+	s.dirKey("data", "", "data directory for the proxy's state (required; created if missing)")
+	s.backendsKey("backend", true, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
+	s.tokenKey("admin-token", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
+	s.encodingKeys(false)
+	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts themselves")
+	s.durationKey("vote-timeout", 20*time.Second, positive, "deadline of a backend's vote")
+	s.durationKey("finish-timeout", 20*time.Second, positive, "deadline of a backend's tpc_finish")
+	s.durationKey("read-timeout", 10*time.Second, positive, "deadline of a backend read")
+	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
+	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
+	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
+	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
 }
 
 type proxyCfg struct {
@@ -54,126 +56,57 @@ type proxyCfg struct {
 	maxFrame                  int
 }
 
+// proxyConfig checks what parse could not check key by key: required keys
+// and combinations.
 func proxyConfig(s *settings) (proxyCfg, error) {
 	c := proxyCfg{
 		listen: s.str("listen"), http: s.str("http"), data: s.str("data"), token: s.str("admin-token"),
 		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"),
-		vote: s.v.GetDuration(s.key("vote-timeout")), finish: s.v.GetDuration(s.key("finish-timeout")),
-		read: s.v.GetDuration(s.key("read-timeout")), rate: s.v.GetInt64(s.key("recovery-rate")),
-		maxFrame: s.v.GetInt(s.key("max-frame")), encoding: wire.Pickle,
+		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
+		rate: s.integer("recovery-rate"), maxFrame: int(s.integer("max-frame")),
 	}
-	if s.boolean("msgpack") {
-		c.encoding = wire.Msgpack
+	var errs []error
+	var err error
+	if c.encoding, err = s.encoding(); err != nil {
+		errs = append(errs, err)
 	}
-	if err := checkHostPort(c.listen); err != nil {
-		return c, s.errKey("listen", "%v", err)
-	}
-	if c.http != "" {
-		if err := checkHostPort(c.http); err != nil {
-			return c, s.errKey("http", "%v", err)
-		}
+	if c.listen == "" {
+		errs = append(errs, s.required("listen", "host:port"))
 	}
 	if c.data == "" {
-		return c, s.errKey("data", "required (a directory for the proxy's state)")
+		errs = append(errs, s.required("data", "a directory for the proxy's state"))
 	}
-	storages, err := parseBackends(s.v.GetStringSlice(s.key("backend")))
-	if err != nil {
-		return c, s.errKey("backend", "%v", err)
+	backends := s.entries("backend")
+	if len(backends) == 0 {
+		errs = append(errs, s.required("backend", "at least one [storage/]name=host:port"))
 	}
-	c.storages = storages
-	for _, d := range []struct {
-		key string
-		v   time.Duration
-	}{{"vote-timeout", c.vote}, {"finish-timeout", c.finish}, {"read-timeout", c.read}} {
-		if d.v <= 0 {
-			return c, s.errKey(d.key, "must be positive, got %v", d.v)
-		}
+	c.storages = map[string][]proxy.BackendConfig{}
+	for _, e := range backends {
+		b := e.val.(backendSpec)
+		c.storages[b.storage] = append(c.storages[b.storage], proxy.BackendConfig{Name: b.name, Addrs: b.addrs})
 	}
-	if c.rate < 0 {
-		return c, s.errKey("recovery-rate", "must not be negative")
-	}
-	if c.maxFrame < 1<<16 {
-		return c, s.errKey("max-frame", "%d is too small (at least 65536)", c.maxFrame)
-	}
-	return c, nil
+	return c, errors.Join(errs...)
 }
 
-func checkHostPort(addr string) error {
-	if addr == "" {
-		return errors.New("required (host:port)")
-	}
-	if strings.Contains(addr, "/") {
-		return nil // a Unix socket
-	}
-	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
-		return fmt.Errorf("%q is not host:port", addr)
-	}
-	return nil
-}
-
-// parseBackends reads "[storage/]name=host:port[,host:port]" entries.
-func parseBackends(entries []string) (map[string][]proxy.BackendConfig, error) {
-	if len(entries) == 0 {
-		return nil, errors.New("at least one backend is required ([storage/]name=host:port)")
-	}
-	out := map[string][]proxy.BackendConfig{}
-	seen := map[string]bool{}
-	for _, e := range entries {
-		left, addrs, ok := strings.Cut(e, "=")
-		if !ok || addrs == "" {
-			return nil, fmt.Errorf("%q is not [storage/]name=host:port", e)
-		}
-		storage, name := "1", left
-		if st, n, ok := strings.Cut(left, "/"); ok {
-			storage, name = st, n
-		}
-		if storage == "" || name == "" {
-			return nil, fmt.Errorf("%q: empty storage or backend name", e)
-		}
-		if seen[storage+"/"+name] {
-			return nil, fmt.Errorf("backend %q of storage %q is configured twice", name, storage)
-		}
-		seen[storage+"/"+name] = true
-		b := proxy.BackendConfig{Name: name}
-		for _, a := range strings.Split(addrs, ",") {
-			if err := checkHostPort(a); err != nil {
-				return nil, fmt.Errorf("%q: %v", e, err)
-			}
-			b.Addrs = append(b.Addrs, a)
-		}
-		out[storage] = append(out[storage], b)
-	}
-	return out, nil
-}
-
-func runProxy(args []string) int {
-	s := newSettings("proxy")
+func runProxy(std stdio, args []string) int {
+	s := newSettings("proxy", std)
 	registerProxyFlags(s)
-	if err := s.parse(args); err != nil {
-		if err.Error() == "pflag: help requested" {
-			return 0
-		}
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
-		return 2
+	if code, done := s.start(args); done {
+		return code
 	}
 	cfg, err := proxyConfig(s)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
-		return 2
+		return s.fail(err)
 	}
-	log, err := s.logger("zeoraid-proxy")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
-		return 2
-	}
+	log := s.logger("zeoraid-proxy")
 	coord, err := localcoord.New(localcoord.Options{Dir: cfg.data})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid proxy: config: proxy.data:", err)
+		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.data:", err)
 		return 1
 	}
 	var p *proxy.Proxy
 	reload := func(ctx context.Context) (proxy.ReloadReport, error) {
-		ns := newSettings("proxy")
+		ns := newSettings("proxy", stdio{out: io.Discard, err: io.Discard})
 		registerProxyFlags(ns)
 		if err := ns.parse(args); err != nil {
 			return proxy.ReloadReport{}, err
@@ -192,7 +125,7 @@ func runProxy(args []string) int {
 	})
 	cancel()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
+		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		return 1
 	}
 	var hs *http.Server
@@ -200,7 +133,7 @@ func runProxy(args []string) int {
 	if cfg.http != "" {
 		hl, err := net.Listen("tcp", cfg.http)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "zeoraid proxy: config: proxy.http: %v\n", err)
+			fmt.Fprintf(std.err, "zeoraid proxy: config: proxy.http: %v\n", err)
 			p.Close()
 			return 1
 		}
@@ -234,7 +167,7 @@ func runProxy(args []string) int {
 	// The HTTP API answers at once (readyz says what the proxy waits
 	// for); the ZEO port opens when the arrays can serve.
 	if ready, why := p.Ready(); !ready {
-		fmt.Printf("zeoraid proxy: assembling (%s); status %s\n", why, orDash(httpURL))
+		fmt.Fprintf(std.out, "zeoraid proxy: assembling (%s); status %s\n", why, orDash(httpURL))
 	}
 	if err := p.WaitReady(context.Background()); err != nil {
 		select {
@@ -243,13 +176,13 @@ func runProxy(args []string) int {
 			return 0
 		default:
 		}
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
+		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		p.Close()
 		return 1
 	}
 	l, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "zeoraid proxy: config: proxy.listen: %v\n", err)
+		fmt.Fprintf(std.err, "zeoraid proxy: config: proxy.listen: %v\n", err)
 		p.Close()
 		return 1
 	}
@@ -258,11 +191,11 @@ func runProxy(args []string) int {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	fmt.Printf("zeoraid proxy: ZEO server (%v) on %s, storages %s; status %s\n", cfg.encoding, l.Addr(), strings.Join(names, ", "), orDash(httpURL))
+	fmt.Fprintf(std.out, "zeoraid proxy: ZEO server (%v) on %s, storages %s; status %s\n", cfg.encoding, l.Addr(), strings.Join(names, ", "), orDash(httpURL))
 	err = p.Serve(l)
 	p.Close()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
-		fmt.Fprintln(os.Stderr, "zeoraid proxy:", err)
+		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		return 1
 	}
 	log.Info("stopped")

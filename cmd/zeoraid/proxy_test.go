@@ -20,7 +20,7 @@ func TestProxyConfigFromFile(t *testing.T) {
   vote-timeout: 5s
   verify-reads: true
 `), 0o600)
-	s := newSettings("proxy")
+	s := newSettings("proxy", discard)
 	registerProxyFlags(s)
 	if err := s.parse([]string{"--config", conf}); err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		{append(base, "--backend", "b=127.0.0.1:1", "--http", "nope"), "proxy.http"},
 		{[]string{"--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"}, "proxy.data"},
 	} {
-		s := newSettings("proxy")
+		s := newSettings("proxy", discard)
 		registerProxyFlags(s)
 		err := s.parse(c.args)
 		if err == nil {
