@@ -32,6 +32,10 @@ type Config struct {
 	// VoteTimeout, FinishTimeout and ReadTimeout bound every backend call
 	// of that kind (defaults 20 s, 20 s, 10 s).
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
+	// MinStreamRate is the slowest a transaction's data may travel to a
+	// backend during vote (default 4 MiB/s): a vote gets VoteTimeout
+	// plus the transaction's size at this rate.
+	MinStreamRate int64
 	// StateTimeout bounds a change of the state table (default 10 s): an
 	// answer that depends on a change that could not be made in time is
 	// an error.
@@ -176,6 +180,9 @@ func Open(cfg Config) (*Array, error) {
 	def(&cfg.StartupWait, 5*time.Second)
 	def(&cfg.HealthInterval, 500*time.Millisecond)
 	def(&cfg.LeaseWarnAfter, 10*time.Second)
+	if cfg.MinStreamRate <= 0 {
+		cfg.MinStreamRate = 4 << 20
+	}
 	if cfg.ProxyID == "" {
 		cfg.ProxyID = "proxy"
 	}

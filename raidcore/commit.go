@@ -136,12 +136,17 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		a.evMu.Unlock()
 	}
 
-	voteStart := time.Now()
-	deadline := voteStart.Add(a.cfg.VoteTimeout)
-	if !lease.Deadline.IsZero() && lease.Deadline.Before(deadline) {
-		deadline = lease.Deadline
+	// The vote streams the transaction to every backend: a large one
+	// gets time for its size, and the lease is renewed while it runs (a
+	// vote stops when the lease cannot be kept).
+	var size int64
+	for i := range txn.Ops {
+		size += int64(txn.Ops[i].PayloadLen())
 	}
-	vctx, cancel := context.WithDeadline(bctx, deadline)
+	voteStart := time.Now()
+	deadline := voteStart.Add(a.cfg.VoteTimeout + time.Duration(float64(size)/float64(a.cfg.MinStreamRate)*float64(time.Second)))
+	kctx, stopKeeping := lease.Keep(bctx)
+	vctx, cancel := context.WithDeadline(kctx, deadline)
 	outs := make([]voteOutcome, len(members))
 	var wg sync.WaitGroup
 	for i, m := range members {
@@ -154,6 +159,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	}
 	wg.Wait()
 	cancel()
+	stopKeeping()
 	abortAll := func(which []*member) {
 		var wg sync.WaitGroup
 		for _, m := range which {

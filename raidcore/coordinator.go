@@ -113,20 +113,83 @@ var (
 type Lease struct {
 	Storage string
 	TID     zodb.TID
-	// Deadline is when the lease expires if not released.
-	Deadline time.Time
 
-	once    sync.Once
-	done    chan struct{}
-	mu      sync.Mutex
-	lost    error
-	release func()
+	once     sync.Once
+	done     chan struct{}
+	mu       sync.Mutex
+	deadline time.Time
+	lost     error
+	release  func()
+	renew    func(ctx context.Context) (time.Time, error)
 }
 
 // NewLease builds a lease; coordinators use it. release gives the lease
-// back to the coordinator (called once, by Release or Lose).
-func NewLease(storage string, tid zodb.TID, deadline time.Time, release func()) *Lease {
-	return &Lease{Storage: storage, TID: tid, Deadline: deadline, release: release, done: make(chan struct{})}
+// back to the coordinator (called once, by Release or Lose); renew, when
+// not nil, extends it and returns the new deadline.
+func NewLease(storage string, tid zodb.TID, deadline time.Time, release func(), renew func(ctx context.Context) (time.Time, error)) *Lease {
+	return &Lease{Storage: storage, TID: tid, deadline: deadline, release: release, renew: renew, done: make(chan struct{})}
+}
+
+// Deadline is when the lease expires if it is neither released nor
+// renewed.
+func (l *Lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+// Renew extends the lease (by the coordinator's lease timeout from now).
+// It fails when the lease is no longer held or cannot be renewed; the
+// holder must then stop before Deadline.
+func (l *Lease) Renew(ctx context.Context) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	if l.renew == nil {
+		return errors.New("this lease cannot be renewed")
+	}
+	d, err := l.renew(ctx)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	if d.After(l.deadline) {
+		l.deadline = d
+	}
+	l.mu.Unlock()
+	return l.Err()
+}
+
+// Keep renews the lease in the background, a third of the way to each
+// deadline, until stop is called; the returned context is ctx, cancelled
+// as soon as the lease ends or cannot be renewed, so that work under it
+// stops before the deadline.
+func (l *Lease) Keep(ctx context.Context) (kctx context.Context, stop func()) {
+	kctx, cancel := context.WithCancel(ctx)
+	quit := make(chan struct{})
+	var once sync.Once
+	go func() {
+		defer cancel()
+		for {
+			wait := time.Until(l.Deadline()) / 3
+			select {
+			case <-quit:
+				return
+			case <-kctx.Done():
+				return
+			case <-l.done:
+				return
+			case <-time.After(max(wait, time.Millisecond)):
+			}
+			rctx, rcancel := context.WithTimeout(kctx, time.Until(l.Deadline()))
+			err := l.Renew(rctx)
+			rcancel()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return kctx, func() { once.Do(func() { close(quit) }) }
 }
 
 // Release gives the lease back. It is safe to call more than once and
@@ -175,7 +238,7 @@ func (l *Lease) Err() error {
 		return ErrLeaseReleased
 	default:
 	}
-	if !l.Deadline.IsZero() && !time.Now().Before(l.Deadline) {
+	if d := l.Deadline(); !d.IsZero() && !time.Now().Before(d) {
 		return ErrLeaseExpired
 	}
 	return nil

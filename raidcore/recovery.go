@@ -354,8 +354,8 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			}
 			a.setHolder(lease.TID, "recovery of "+target.name)
 			until := time.Now().Add(window)
-			if lease.Deadline.Before(until) {
-				until = lease.Deadline
+			if d := lease.Deadline(); d.Before(until) {
+				until = d
 			}
 			n, err := a.copyFrom(ctx, source, target, copied, r, opts, until)
 			a.clearHolder(lease.TID)
@@ -395,7 +395,12 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	a.setHolder(lease.TID, "recovery of "+target.name)
 	defer a.clearHolder(lease.TID)
 	defer lease.Release()
-	n, err := a.copyFrom(ctx, source, target, copied, r, opts, lease.Deadline)
+	kctx, stopKeeping := lease.Keep(ctx)
+	defer stopKeeping()
+	n, err := a.copyFrom(kctx, source, target, copied, r, opts, time.Time{})
+	if err != nil && kctx.Err() != nil && ctx.Err() == nil {
+		return errSourceChanged{fmt.Errorf("the commit lease ended during the last round: %v", lease.Err())}
+	}
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/boltstore"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -39,6 +40,8 @@ func registerBackendFlags(s *settings) {
 	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts (BTrees and friends) themselves; the server cannot run Python code")
 	s.boolKey("pack-gc", true, "pack removes objects unreachable from the root")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
+	s.durationKey("transaction-timeout", 0, nonNegative, "abort a voted transaction, and close its connection, when it does not finish within this time (ZEO's transaction-timeout; 0: no limit; behind zeoraid proxies set it below their lease-timeout)")
+	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 }
 
 func serveBackend(s *settings) int {
@@ -68,6 +71,7 @@ func serveBackend(s *settings) int {
 	srv, err := zeoserver.New(zeoserver.Config{
 		Storages: storages, Encoding: cfg.encoding, ReadOnly: cfg.readOnly,
 		ClientConflictResolution: cfg.ccr, MaxFrame: cfg.maxFrame, Logger: log,
+		TransactionTimeout: cfg.txnTimeout, SpoolDir: cfg.spoolDir,
 	})
 	if err != nil {
 		fmt.Fprintln(std.err, "zeoraid backend:", err)
@@ -106,6 +110,8 @@ type backendCfg struct {
 	readOnly, ccr bool
 	packGC        bool
 	maxFrame      int
+	txnTimeout    time.Duration
+	spoolDir      string
 }
 
 // backendConfig checks what parse could not check key by key (required
@@ -115,7 +121,7 @@ func backendConfig(s *settings) (backendCfg, error) {
 	c := backendCfg{
 		listen: s.str("listen"), data: s.str("data"), storages: s.strs("storage"),
 		readOnly: s.boolean("read-only"), ccr: s.boolean("client-conflict-resolution"), packGC: s.boolean("pack-gc"),
-		maxFrame: int(s.integer("max-frame")),
+		maxFrame: int(s.integer("max-frame")), txnTimeout: s.dur("transaction-timeout"), spoolDir: s.str("spool-dir"),
 	}
 	var errs []error
 	var err error
@@ -144,6 +150,14 @@ func backendConfig(s *settings) (backendCfg, error) {
 	if mkdir {
 		if err := os.MkdirAll(c.data, 0o700); err != nil {
 			return c, s.errKey("data", "cannot create it: %v", err)
+		}
+	}
+	if c.spoolDir == "" {
+		c.spoolDir = filepath.Join(c.data, "spool")
+	}
+	if !c.readOnly {
+		if err := prepareSpool(c.spoolDir); err != nil {
+			return c, s.errKey("spool-dir", "%v", err)
 		}
 	}
 	return c, nil

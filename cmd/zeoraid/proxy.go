@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -40,6 +41,10 @@ func registerProxyFlags(s *settings) {
 	s.durationKey("vote-timeout", 20*time.Second, positive, "deadline of a backend's vote")
 	s.durationKey("finish-timeout", 20*time.Second, positive, "deadline of a backend's tpc_finish")
 	s.durationKey("read-timeout", 10*time.Second, positive, "deadline of a backend read")
+	s.durationKey("lease-timeout", 30*time.Second, positive, "how long the commit lease lasts without being renewed (a vote renews it; a voted transaction must finish within it)")
+	s.durationKey("transaction-timeout", 20*time.Second, nonNegative, "abort a client's voted transaction and close its connection when it does not finish within this time (at most lease-timeout; 0: only the lease bounds it)")
+	s.durationKey("startup-wait", 5*time.Second, positive, "at start-up, how long to wait for every backend before starting with those that answer (the first is waited for without limit)")
+	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
 	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
@@ -48,6 +53,8 @@ func registerProxyFlags(s *settings) {
 
 type proxyCfg struct {
 	listen, http, data, token string
+	spoolDir                  string
+	lease, txnTimeout, wait   time.Duration
 	storages                  map[string][]proxy.BackendConfig
 	encoding                  wire.Encoding
 	ccr, autoRecover, verify  bool
@@ -64,6 +71,8 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"),
 		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
 		rate: s.integer("recovery-rate"), maxFrame: int(s.integer("max-frame")),
+		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
+		spoolDir: s.str("spool-dir"),
 	}
 	var errs []error
 	var err error
@@ -75,6 +84,12 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 	}
 	if c.data == "" {
 		errs = append(errs, s.required("data", "a directory for the proxy's state"))
+	}
+	if c.txnTimeout > c.lease {
+		errs = append(errs, s.errKey("transaction-timeout", "%s is longer than %s (%s): a transaction could keep the lease past its end", c.txnTimeout, s.key("lease-timeout"), c.lease))
+	}
+	if c.spoolDir == "" && c.data != "" {
+		c.spoolDir = filepath.Join(c.data, "spool")
 	}
 	backends := s.entries("backend")
 	if len(backends) == 0 {
@@ -99,9 +114,13 @@ func runProxy(std stdio, args []string) int {
 		return s.fail(err)
 	}
 	log := s.logger("zeoraid-proxy")
-	coord, err := localcoord.New(localcoord.Options{Dir: cfg.data})
+	coord, err := localcoord.New(localcoord.Options{Dir: cfg.data, LeaseTimeout: cfg.lease})
 	if err != nil {
 		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.data:", err)
+		return 1
+	}
+	if err := prepareSpool(cfg.spoolDir); err != nil {
+		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.spool-dir:", err)
 		return 1
 	}
 	var p *proxy.Proxy
@@ -122,6 +141,7 @@ func runProxy(std stdio, args []string) int {
 		Storages: cfg.storages, Coord: coord, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,
+		TransactionTimeout: cfg.txnTimeout, StartupWait: cfg.wait, SpoolDir: cfg.spoolDir,
 	})
 	cancel()
 	if err != nil {
@@ -200,6 +220,25 @@ func runProxy(std stdio, args []string) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// prepareSpool creates the spool directory and removes what a killed
+// process left in it (spool files live only as long as a transaction).
+func prepareSpool(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	left, err := filepath.Glob(filepath.Join(dir, "zeoraid-spool-*"))
+	if err != nil {
+		return err
+	}
+	for _, f := range left {
+		os.Remove(f)
+	}
+	return nil
 }
 
 func orDash(s string) string {

@@ -49,6 +49,8 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		{append(base, "--backend", "b=127.0.0.1:1", "--vote-timeout", "0s"), "proxy.vote-timeout"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--http", "nope"), "proxy.http"},
 		{[]string{"--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"}, "proxy.data"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--transaction-timeout", "40s", "--lease-timeout", "30s"), "proxy.transaction-timeout: flag --transaction-timeout \"40s\": 40s is longer than proxy.lease-timeout (30s)"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--lease-timeout", "0s"), "proxy.lease-timeout"},
 	} {
 		s := newSettings("proxy", discard)
 		registerProxyFlags(s)

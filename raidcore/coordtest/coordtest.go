@@ -43,6 +43,7 @@ func Run(t *testing.T, f Factory) {
 		{"SequencesStartAboveTheBackends", sequencesAboveBackends},
 		{"LeaseIsExclusiveAndFIFO", leaseFIFO},
 		{"LeaseExpires", leaseExpires},
+		{"LeaseRenews", leaseRenews},
 		{"TIDsIncrease", tidsIncrease},
 		{"ExplicitTIDs", explicitTIDs},
 		{"OIDsAreUnique", oidsUnique},
@@ -195,8 +196,8 @@ func leaseExpires(t *testing.T, f Factory) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.Deadline.IsZero() || l.Deadline.After(time.Now().Add(f.LeaseTimeout+time.Second)) {
-		t.Fatalf("lease deadline %v for a timeout of %v", l.Deadline, f.LeaseTimeout)
+	if d := l.Deadline(); d.IsZero() || d.After(time.Now().Add(f.LeaseTimeout+time.Second)) {
+		t.Fatalf("lease deadline %v for a timeout of %v", d, f.LeaseTimeout)
 	}
 	start := time.Now()
 	next, err := c.AcquireLease(ctx, "1", zodb.ZeroTID)
@@ -491,5 +492,55 @@ func addRemove(t *testing.T, f Factory) {
 	}
 	if err := c.RemoveBackend(ctx, "1", "new"); err == nil {
 		t.Fatal("removing an unknown backend")
+	}
+}
+
+func leaseRenews(t *testing.T, f Factory) {
+	ctx := ctxT(t)
+	c := f.New(t)
+	c.Start(ctx, "1", Probes(zodb.ZeroTID))
+	l, err := c.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := l.Deadline()
+	// Renewed past several timeouts, it stays held.
+	end := time.Now().Add(3 * f.LeaseTimeout)
+	for time.Now().Before(end) {
+		if err := l.Renew(ctx); err != nil {
+			t.Fatalf("renew: %v", err)
+		}
+		time.Sleep(f.LeaseTimeout / 4)
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("a renewed lease was lost: %v", err)
+	}
+	if !first.Before(l.Deadline()) {
+		t.Fatalf("deadline %v not moved past %v", l.Deadline(), first)
+	}
+	short, cancel := context.WithTimeout(ctx, f.LeaseTimeout/2)
+	if _, err := c.AcquireLease(short, "1", zodb.ZeroTID); err == nil {
+		t.Fatal("a renewed lease was granted to somebody else")
+	}
+	cancel()
+	// Keep renews by itself.
+	kctx, stop := l.Keep(ctx)
+	time.Sleep(2 * f.LeaseTimeout)
+	if err := l.Err(); err != nil || kctx.Err() != nil {
+		t.Fatalf("a kept lease was lost: %v / %v", err, kctx.Err())
+	}
+	stop()
+	l.Release()
+	if err := l.Renew(ctx); err == nil {
+		t.Fatal("a released lease was renewed")
+	}
+	// An expired lease cannot be renewed.
+	l2, err := c.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-l2.Done()
+	if err := l2.Renew(ctx); err == nil {
+		t.Fatal("an expired lease was renewed")
 	}
 }

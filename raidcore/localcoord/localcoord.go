@@ -305,7 +305,8 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 	st.leaseSince = now
 	var tmu sync.Mutex
 	var timer *time.Timer
-	lease := raidcore.NewLease(storage, tid, now.Add(c.opts.LeaseTimeout), func() {
+	var lease *raidcore.Lease
+	lease = raidcore.NewLease(storage, tid, now.Add(c.opts.LeaseTimeout), func() {
 		tmu.Lock()
 		if timer != nil {
 			timer.Stop()
@@ -315,6 +316,17 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 		st.leaseSince = time.Time{}
 		c.mu.Unlock()
 		<-st.lease
+	}, func(ctx context.Context) (time.Time, error) {
+		tmu.Lock()
+		defer tmu.Unlock()
+		if err := lease.Err(); err != nil {
+			return time.Time{}, err
+		}
+		if !timer.Stop() {
+			return time.Time{}, raidcore.ErrLeaseExpired
+		}
+		timer.Reset(c.opts.LeaseTimeout)
+		return c.opts.Now().Add(c.opts.LeaseTimeout), nil
 	})
 	tmu.Lock()
 	timer = time.AfterFunc(c.opts.LeaseTimeout, func() { lease.Lose(raidcore.ErrLeaseExpired) })

@@ -52,6 +52,14 @@ type Config struct {
 	StartupWait time.Duration
 	// StateTimeout bounds changes of the state table.
 	StateTimeout time.Duration
+	// TransactionTimeout aborts a client's voted transaction, and closes
+	// its connection, when it has not finished within this time (keep it
+	// at or below the coordinator's lease timeout); 0: only the lease
+	// bounds it.
+	TransactionTimeout time.Duration
+	// SpoolDir holds the data of large transactions while they are being
+	// received (default the system's temporary directory).
+	SpoolDir string
 	// AutoRecover starts recovering a degraded backend when it is
 	// reachable again (not one that needs a rebuild).
 	AutoRecover  bool
@@ -214,6 +222,18 @@ func (p *Proxy) dial(storage string, b BackendConfig) (zodb.Storage, error) {
 	return zeoclient.OpenLazy(opts)
 }
 
+// ServerStats returns the ZEO server's numbers per storage (nil before
+// the server exists).
+func (p *Proxy) ServerStats() map[string]zeoserver.StorageStats {
+	p.mu.Lock()
+	srv := p.server
+	p.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Stats()
+}
+
 // Serve serves ZEO on l until Close, once every array is assembled (it
 // waits for that first; call it after WaitReady to open the port only
 // when the proxy can serve).
@@ -249,6 +269,7 @@ func (p *Proxy) zeoServer() (*zeoserver.Server, error) {
 	srv, err := zeoserver.New(zeoserver.Config{
 		Storages: storages, Encoding: p.cfg.Encoding, ClientConflictResolution: p.cfg.ClientConflictResolution,
 		MaxFrame: p.cfg.MaxFrame, Logger: p.cfg.Logger.Named("zeo"), Extensions: p.extensions(),
+		TransactionTimeout: p.cfg.TransactionTimeout, SpoolDir: p.cfg.SpoolDir,
 	})
 	if err != nil {
 		return nil, err

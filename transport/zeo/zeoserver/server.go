@@ -75,8 +75,9 @@ type Config struct {
 	// SpoolDir is where those files go (default os.TempDir()).
 	SpoolDir string
 	// TransactionTimeout, when positive, bounds how long a transaction may
-	// hold a storage's commit lock (from acquiring it in vote until finish
-	// or abort). A transaction that holds it longer is aborted and its
+	// hold a storage's commit lock after its vote succeeded (until finish
+	// or abort; the vote itself is bounded by the storage). A transaction
+	// that holds it longer is aborted and its
 	// connection closed, with a warning in the log, so that a client that
 	// votes and then hangs does not block every other writer (Python ZEO's
 	// transaction-timeout). A tpc_finish that has started is never

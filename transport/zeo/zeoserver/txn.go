@@ -311,9 +311,6 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 	ss.stats.mu.Unlock()
 	c.mu.Lock()
 	t.holdsLock = true
-	if d := c.srv.cfg.TransactionTimeout; d > 0 {
-		t.lockTimer = time.AfterFunc(d, func() { c.transactionTimeout(t, now) })
-	}
 	c.mu.Unlock()
 
 	res, err := ss.st.Vote(ctx, zt)
@@ -329,6 +326,14 @@ func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zod
 	} else {
 		c.mu.Lock()
 		t.voted = true
+		// From here the client holds the lock until it finishes or
+		// aborts: the transaction timeout runs. (The vote itself is the
+		// storage's work, bounded by the storage: a RAID array streams a
+		// large transaction to its backends then.)
+		if d := c.srv.cfg.TransactionTimeout; d > 0 && t.holdsLock {
+			voted := time.Now()
+			t.lockTimer = time.AfterFunc(d, func() { c.transactionTimeout(t, voted) })
+		}
 		c.mu.Unlock()
 	}
 	if err != nil {
