@@ -141,9 +141,10 @@ type inflight struct {
 // leaseHolder describes the transaction holding the commit lease, for
 // status warnings.
 type leaseHolder struct {
-	tid   zodb.TID
-	since time.Time
-	what  string
+	tid    zodb.TID
+	since  time.Time
+	what   string
+	warned bool
 }
 
 var _ zodb.Storage = (*Array)(nil)
@@ -767,6 +768,7 @@ func (a *Array) health() {
 		if len(opt) == 0 {
 			a.reassemble(ctx)
 		}
+		a.warnLongLease()
 		for _, m := range opt {
 			a.evMu.Lock()
 			need := !m.known || m.suspect
@@ -776,6 +778,21 @@ func (a *Array) health() {
 			}
 		}
 		cancel()
+	}
+}
+
+// warnLongLease logs, once per holder, a commit lease held longer than
+// LeaseWarnAfter: every other writer waits behind it.
+func (a *Array) warnLongLease() {
+	a.mu.Lock()
+	h := a.holder
+	warn := h != nil && !h.warned && time.Since(h.since) > a.cfg.LeaseWarnAfter
+	if warn {
+		h.warned = true
+	}
+	a.mu.Unlock()
+	if warn {
+		a.log.Warn("the commit lease is held for long; commits wait behind it", "holder", h.what, "tid", h.tid, "held", time.Since(h.since).Round(time.Millisecond))
 	}
 }
 

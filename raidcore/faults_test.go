@@ -832,3 +832,28 @@ func TestFinishFailingEverywhere(t *testing.T) {
 		}
 	})
 }
+
+// Item 18: a transaction that holds the commit lease for long shows in
+// status, with who holds it and how many wait.
+func TestLongLeaseShowsInStatus(t *testing.T) {
+	f := newFixtureOpts(t, 2, fixOpts{cfg: func(c *raidcore.Config) { c.LeaseWarnAfter = 50 * time.Millisecond }})
+	oids, _ := f.arr.NewOIDs(f.ctx, 2)
+	idle := &zodb.Transaction{Ops: []zodb.Op{storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("idle"))}}
+	if _, err := f.arr.Vote(f.ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	go f.commit(storagetest.Store(oids[1], zodb.ZeroTID, storagetest.Record("waits")))
+	var st raidcore.Status
+	waitFor(t, 5*time.Second, "a warning and a waiter", func() bool {
+		st = f.arr.Status()
+		return len(st.Warnings) > 0 && st.Lease != nil && st.Lease.Waiting == 1
+	})
+	if !strings.Contains(st.Warnings[0], "the commit lease has been held for") || st.Lease.Holder != "transaction" || st.Lease.Held < 50*time.Millisecond {
+		t.Fatalf("status %+v", st)
+	}
+	f.arr.Abort(f.ctx, idle)
+	waitFor(t, 5*time.Second, "the lease free", func() bool {
+		st = f.arr.Status()
+		return len(st.Warnings) == 0
+	})
+}

@@ -445,3 +445,53 @@ func (a *Array) Reachable(backend string) bool {
 	}
 	return true
 }
+
+// Counters are an array's event counts since it started, for metrics.
+type Counters struct {
+	// Degrades counts backends degraded by this proxy.
+	Degrades int64 `json:"degrades"`
+	// VoteTimeouts counts votes that timed out on every backend at once,
+	// VoteFailures votes that failed on every backend otherwise (neither
+	// degrades anybody).
+	VoteTimeouts int64 `json:"vote_timeouts"`
+	VoteFailures int64 `json:"vote_failures"`
+	// LeaseLost counts voted transactions aborted because the commit
+	// lease ended before tpc_finish.
+	LeaseLost int64 `json:"lease_lost"`
+}
+
+// Counters returns the array's counters.
+func (a *Array) Counters() Counters {
+	a.counts.mu.Lock()
+	defer a.counts.mu.Unlock()
+	return Counters{Degrades: a.counts.degrades, VoteTimeouts: a.counts.voteTimeouts, VoteFailures: a.counts.voteFailures, LeaseLost: a.counts.leaseLost}
+}
+
+// BackendLink is the proxy's connection to one backend, for metrics.
+type BackendLink struct {
+	Name      string
+	Connected bool
+	// QueuedBytes is what waits to be sent to the backend (-1 when the
+	// storage cannot tell).
+	QueuedBytes int64
+}
+
+// Links describes the connections to the backends, in configuration
+// order.
+func (a *Array) Links() []BackendLink {
+	a.mu.Lock()
+	var ms []*member
+	for _, n := range a.order {
+		ms = append(ms, a.backends[n])
+	}
+	a.mu.Unlock()
+	out := make([]BackendLink, 0, len(ms))
+	for _, m := range ms {
+		l := BackendLink{Name: m.name, Connected: connected(m), QueuedBytes: -1}
+		if q, ok := m.st.(interface{ QueuedBytes() int }); ok {
+			l.QueuedBytes = int64(q.QueuedBytes())
+		}
+		out = append(out, l)
+	}
+	return out
+}

@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
 
 // Manager is what the API manages: a proxy.
@@ -150,7 +152,13 @@ func Handler(m Manager, token string) http.Handler {
 	})
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		writeMetrics(w, overall(m))
+		o := overall(m)
+		writeMetrics(w, o)
+		writeArrayMetrics(w, m.Arrays())
+		if sp, ok := m.(ServerStatsProvider); ok {
+			writeServerMetrics(w, sp.ServerStats())
+		}
+		writeProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
@@ -189,6 +197,145 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeError(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, map[string]string{"error": err.Error()})
+}
+
+// ServerStatsProvider is implemented by managers that serve ZEO (the
+// proxy): their client-side numbers go into /metrics.
+type ServerStatsProvider interface {
+	ServerStats() map[string]zeoserver.StorageStats
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// metric writes a HELP/TYPE header.
+func metric(w http.ResponseWriter, name, typ, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+}
+
+func writeArrayMetrics(w http.ResponseWriter, arrays map[string]*raidcore.Array) {
+	names := sortedKeys(arrays)
+	metric(w, "zeoraid_storage_ready", "gauge", "1 when the storage's array is assembled and serves.")
+	for _, n := range names {
+		ok, _ := arrays[n].Ready()
+		fmt.Fprintf(w, "zeoraid_storage_ready{storage=%q} %d\n", n, b2i(ok))
+	}
+	metric(w, "zeoraid_backend_connected", "gauge", "1 when the proxy's connection to the backend is up.")
+	for _, n := range names {
+		for _, l := range arrays[n].Links() {
+			fmt.Fprintf(w, "zeoraid_backend_connected{storage=%q,backend=%q} %d\n", n, l.Name, b2i(l.Connected))
+		}
+	}
+	metric(w, "zeoraid_backend_queued_bytes", "gauge", "Bytes waiting to be sent to the backend.")
+	for _, n := range names {
+		for _, l := range arrays[n].Links() {
+			if l.QueuedBytes >= 0 {
+				fmt.Fprintf(w, "zeoraid_backend_queued_bytes{storage=%q,backend=%q} %d\n", n, l.Name, l.QueuedBytes)
+			}
+		}
+	}
+	metric(w, "zeoraid_lease_held_seconds", "gauge", "How long the current holder has held the commit lease (0: free).")
+	for _, n := range names {
+		var held float64
+		if ls := arrays[n].Status().Lease; ls != nil {
+			held = ls.Held.Seconds()
+		}
+		fmt.Fprintf(w, "zeoraid_lease_held_seconds{storage=%q} %.3f\n", n, held)
+	}
+	metric(w, "zeoraid_lease_waiting", "gauge", "Callers waiting for the commit lease.")
+	for _, n := range names {
+		waiting := 0
+		if ls := arrays[n].Status().Lease; ls != nil {
+			waiting = ls.Waiting
+		}
+		fmt.Fprintf(w, "zeoraid_lease_waiting{storage=%q} %d\n", n, waiting)
+	}
+	counters := []struct {
+		name, help string
+		get        func(c raidcore.Counters) int64
+	}{
+		{"zeoraid_degrades_total", "Backends degraded by this proxy.", func(c raidcore.Counters) int64 { return c.Degrades }},
+		{"zeoraid_vote_timeouts_total", "Votes that timed out on every backend at once (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteTimeouts }},
+		{"zeoraid_vote_failures_total", "Votes that failed on every backend (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteFailures }},
+		{"zeoraid_lease_lost_total", "Voted transactions aborted because the commit lease ended before tpc_finish.", func(c raidcore.Counters) int64 { return c.LeaseLost }},
+	}
+	for _, c := range counters {
+		metric(w, c.name, "counter", c.help)
+		for _, n := range names {
+			fmt.Fprintf(w, "%s{storage=%q} %d\n", c.name, n, c.get(arrays[n].Counters()))
+		}
+	}
+}
+
+func writeServerMetrics(w http.ResponseWriter, stats map[string]zeoserver.StorageStats) {
+	names := sortedKeys(stats)
+	now := time.Now()
+	gauges := []struct {
+		name, help string
+		get        func(s zeoserver.StorageStats) float64
+	}{
+		{"zeoraid_client_connections", "ZEO client connections.", func(s zeoserver.StorageStats) float64 { return float64(s.Connections) }},
+		{"zeoraid_commit_lock_held", "1 while a client transaction holds the commit lock.", func(s zeoserver.StorageStats) float64 { return float64(b2i(s.LockHeld)) }},
+		{"zeoraid_commit_lock_held_seconds", "How long the commit lock has been held (0: free).", func(s zeoserver.StorageStats) float64 {
+			if !s.LockHeld {
+				return 0
+			}
+			return now.Sub(s.LockSince).Seconds()
+		}},
+		{"zeoraid_commit_lock_waiting", "Client votes waiting for the commit lock.", func(s zeoserver.StorageStats) float64 { return float64(s.VotesWaiting) }},
+		{"zeoraid_active_transactions", "Client transactions begun and not yet finished or aborted.", func(s zeoserver.StorageStats) float64 { return float64(s.ActiveTransactions) }},
+	}
+	for _, g := range gauges {
+		metric(w, g.name, "gauge", g.help)
+		for _, n := range names {
+			fmt.Fprintf(w, "%s{storage=%q} %g\n", g.name, n, g.get(stats[n]))
+		}
+	}
+	counters := []struct {
+		name, help string
+		get        func(s zeoserver.StorageStats) int64
+	}{
+		{"zeoraid_commits_total", "Client transactions committed.", func(s zeoserver.StorageStats) int64 { return s.Commits }},
+		{"zeoraid_aborts_total", "Client transactions aborted (disconnects included).", func(s zeoserver.StorageStats) int64 { return s.Aborts }},
+		{"zeoraid_conflicts_total", "Votes that failed with a conflict.", func(s zeoserver.StorageStats) int64 { return s.Conflicts }},
+		{"zeoraid_transaction_timeouts_total", "Client transactions aborted for holding the commit lock past the transaction timeout.", func(s zeoserver.StorageStats) int64 { return s.TransactionTimeouts }},
+		{"zeoraid_loads_total", "Loads served to clients.", func(s zeoserver.StorageStats) int64 { return s.Loads }},
+		{"zeoraid_stores_total", "Records stored by clients.", func(s zeoserver.StorageStats) int64 { return s.Stores }},
+		{"zeoraid_spooled_bytes_total", "Transaction data spooled to disk while it arrived.", func(s zeoserver.StorageStats) int64 { return s.SpooledBytes }},
+	}
+	for _, c := range counters {
+		metric(w, c.name, "counter", c.help)
+		for _, n := range names {
+			fmt.Fprintf(w, "%s{storage=%q} %d\n", c.name, n, c.get(stats[n]))
+		}
+	}
+}
+
+// writeProcessMetrics writes the Go runtime's memory and goroutines.
+func writeProcessMetrics(w http.ResponseWriter) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	metric(w, "go_goroutines", "gauge", "Goroutines.")
+	fmt.Fprintf(w, "go_goroutines %d\n", runtime.NumGoroutine())
+	metric(w, "go_memstats_heap_inuse_bytes", "gauge", "Heap bytes in use.")
+	fmt.Fprintf(w, "go_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
+	metric(w, "go_memstats_sys_bytes", "gauge", "Bytes obtained from the system.")
+	fmt.Fprintf(w, "go_memstats_sys_bytes %d\n", ms.Sys)
+	metric(w, "go_memstats_stack_inuse_bytes", "gauge", "Goroutine stack bytes in use.")
+	fmt.Fprintf(w, "go_memstats_stack_inuse_bytes %d\n", ms.StackInuse)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func writeMetrics(w http.ResponseWriter, o Overall) {

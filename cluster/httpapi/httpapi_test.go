@@ -7,11 +7,13 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
 
 type manager struct{ arr *raidcore.Array }
@@ -130,5 +132,62 @@ func TestReadyzFailsWithoutOptimalBackends(t *testing.T) {
 	code, body := do(t, "GET", srv.URL+"/v1/status", "")
 	if code != 200 || !strings.Contains(body, `"status": "failed"`) {
 		t.Fatalf("status: %s", body)
+	}
+}
+
+// statsManager also serves ZEO, like a proxy.
+type statsManager struct {
+	manager
+	stats map[string]zeoserver.StorageStats
+}
+
+func (m statsManager) ServerStats() map[string]zeoserver.StorageStats { return m.stats }
+
+// Item 18: /metrics shows client connections, the commit lock, the lease
+// queue, queued bytes per backend, counters and Go memory.
+func TestMetricsShowBlockedCommits(t *testing.T) {
+	coord, _ := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+	arr, err := raidcore.New(context.Background(), raidcore.Config{Storage: "1", Coord: coord, Backends: []raidcore.Backend{
+		{Name: "a", Storage: memstorage.New("a")}, {Name: "b", Storage: memstorage.New("b")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arr.Close()
+	m := statsManager{manager{arr}, map[string]zeoserver.StorageStats{"1": {
+		Connections: 7, LockHeld: true, LockSince: time.Now().Add(-42 * time.Second), LockHolder: "10.0.0.9:5555",
+		VotesWaiting: 3, TransactionTimeouts: 2, Commits: 11}}}
+	srv := httptest.NewServer(httpapi.Handler(m, ""))
+	defer srv.Close()
+	code, body := do(t, "GET", srv.URL+"/metrics", "")
+	if code != 200 {
+		t.Fatalf("metrics: %d", code)
+	}
+	for _, want := range []string{
+		`zeoraid_client_connections{storage="1"} 7`,
+		`zeoraid_commit_lock_held{storage="1"} 1`,
+		`zeoraid_commit_lock_held_seconds{storage="1"} 4`, // 42.x
+		`zeoraid_commit_lock_waiting{storage="1"} 3`,
+		`zeoraid_transaction_timeouts_total{storage="1"} 2`,
+		`zeoraid_commits_total{storage="1"} 11`,
+		`zeoraid_lease_waiting{storage="1"} 0`,
+		`zeoraid_lease_held_seconds{storage="1"} 0`,
+		`zeoraid_storage_ready{storage="1"} 1`,
+		`zeoraid_backend_connected{storage="1",backend="a"} 1`,
+		`zeoraid_degrades_total{storage="1"} 0`,
+		`go_memstats_heap_inuse_bytes `,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	// Every line is a comment or "name{labels} value".
+	for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		if f := strings.Fields(line); len(f) != 2 {
+			t.Errorf("malformed metrics line %q", line)
+		}
 	}
 }
