@@ -336,13 +336,14 @@ func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
 	if err != nil {
 		return err
 	}
-	// Every backend packs to the same time: not past what the array has
-	// announced (a backend would clamp it to its own last transaction).
-	a.evMu.Lock()
-	if next := a.announced.Next(); next.Less(packTID) {
-		packTID = next
+	packTID, lease, err := a.packTime(ctx, packTID)
+	if err != nil {
+		return err
 	}
-	a.evMu.Unlock()
+	if lease != nil {
+		defer lease.Release()
+	}
+	a.log.Info("packing", "pack_tid", packTID, "backends", names(members), "commits_held", lease != nil)
 	errs := make([]error, len(members))
 	var wg sync.WaitGroup
 	for i, m := range members {
@@ -372,6 +373,52 @@ func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
 		}
 	}
 	return first
+}
+
+// packTime chooses the time every backend packs to. It must be the same
+// effective point on every backend: a backend packs to at most its own
+// last transaction, and ZEO carries the pack time as a float (precise to
+// about a quarter of a microsecond, coarser than tids), so a time close
+// to a commit that some backends have and others not yet would pack them
+// differently. Holding the commit lease (no commit in flight), the time
+// is taken from the clock, at least a millisecond after the array's last
+// transaction, and the lease is kept a little longer, so that every later
+// commit lies well after it and every earlier one well before. When the
+// clock is behind the array's tids (tids granted ahead of it), that
+// margin cannot be had: the lease is then held for the whole pack, and
+// returned to the caller to release.
+func (a *Array) packTime(ctx context.Context, requested zodb.TID) (zodb.TID, *Lease, error) {
+	const margin = time.Millisecond
+	lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
+	if err != nil {
+		return zodb.TID{}, nil, err
+	}
+	a.setHolder(lease.TID, "pack")
+	defer a.clearHolder(lease.TID)
+	for wait := 0; ; wait++ {
+		now := time.Now()
+		a.evMu.Lock()
+		last := a.announced
+		a.evMu.Unlock()
+		if last.Time().Add(margin).Before(now) {
+			p := zodb.TIDFromTime(now.Add(-margin / 2))
+			if requested.Less(p) {
+				p = requested
+			}
+			time.Sleep(margin)
+			lease.Release()
+			return p, nil, nil
+		}
+		if wait >= 50 {
+			// The clock is behind: pack under the lease.
+			p := last.Next()
+			if requested.Less(p) {
+				p = requested
+			}
+			return p, lease, nil
+		}
+		time.Sleep(margin)
+	}
 }
 
 // recordPack notes in m's row that it was packed to packTID.

@@ -186,7 +186,12 @@ func runProxy(std stdio, args []string) int {
 	}()
 	// The HTTP API answers at once (readyz says what the proxy waits
 	// for); the ZEO port opens when the arrays can serve.
-	if ready, why := p.Ready(); !ready {
+	// Backends that are up answer within milliseconds; say what the
+	// proxy waits for only when it has to wait.
+	quick, cancelQuick := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	quickErr := p.WaitReady(quick)
+	cancelQuick()
+	if ready, why := p.Ready(); !ready && quickErr != nil {
 		fmt.Fprintf(std.out, "zeoraid proxy: assembling (%s); status %s\n", why, orDash(httpURL))
 	}
 	if err := p.WaitReady(context.Background()); err != nil {

@@ -124,7 +124,9 @@ def _spawn(argv, log_path, test_id, data_dir=None):
 def _address(p, what, deadline):
     """Read p's banner line and return the (host, port) it announces."""
     line = b''
-    while not line.endswith(b'\n'):
+    while not line.endswith(b'\n') or line.startswith(b'zeoraid proxy: assembling'):
+        if line.endswith(b'\n'):
+            line = b''  # a proxy says what it waits for before its banner
         left = deadline - time.monotonic()
         if left <= 0 or p.poll() is not None:
             raise RuntimeError('zeoraid %s did not start (got %r; log %s)'

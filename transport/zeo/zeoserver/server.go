@@ -260,7 +260,16 @@ func (s *Server) Serve(l net.Listener) error {
 		if s.cfg.TLS != nil {
 			nc = tls.Server(nc, s.cfg.TLS)
 		}
+		// Add under the lock, after checking closed: Close waits for the
+		// handlers, and a WaitGroup must not grow while it is waited on.
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			s.handle(nc)
