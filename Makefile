@@ -6,7 +6,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME ?= 10s
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help build demo test unit check fmt vet staticcheck imports tidy fuzz integration bench clean
+.PHONY: chaos help build demo test unit check fmt vet staticcheck imports tidy fuzz integration bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,10 @@ fuzz: ## run every fuzz target for FUZZTIME (default 10s)
 
 integration: ## interop and process tests, including the long ZODB suites (need Python ZEO)
 	$(GO) test -race -count=1 -timeout 30m -v ./integration/
+
+chaos: ## the long chaos run: 10 min of kill -9 of backends and proxy under load (CHAOS=10m, SEED=...)
+	ZEORAID_CHAOS_DURATION=$${CHAOS:-10m} ZEORAID_CHAOS_SEED=$(SEED) ZEORAID_CHAOS_REPORT=$(CURDIR)/bin/chaos-report.txt \
+		$(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./integration/
 
 bench: ## codec and client/server benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./transport/...

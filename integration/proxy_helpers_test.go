@@ -76,6 +76,20 @@ func startZeoraid(t *testing.T, what string, args []string, logPath string, re *
 	return p, m, nil
 }
 
+// startZeoraidNoWait starts the binary with args and returns at once
+// (the process's exit and log are checked at the end of the test, as for
+// startZeoraid).
+func startZeoraidNoWait(t *testing.T, what string, args []string, logPath string) *zproc {
+	t.Helper()
+	cmd := exec.Command(zeoraidBinary(t), args...)
+	cmd.Env = serverEnviron()
+	cmd.Stdout = &firstLineWriter{line: make(chan string, 1), skip: "zeoraid proxy: assembling"}
+	s := startProcess(t, cmd, logPath)
+	p := &zproc{server: s, what: what}
+	t.Cleanup(func() { p.Stop(t) })
+	return p
+}
+
 // Kill9 kills the process (and its group) with SIGKILL and waits for it.
 func (p *zproc) Kill9(t *testing.T) {
 	t.Helper()

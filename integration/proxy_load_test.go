@@ -78,6 +78,9 @@ type raidLoad struct {
 	epoch atomic.Int64 // bumped by the test (for example: proxy restarted)
 	// pace, when set, is a pause of every client after each commit.
 	pace atomic.Int64 // nanoseconds
+	// errPause, when set, is a pause after a failed attempt (a client
+	// that retries at once spins while nothing can commit).
+	errPause time.Duration
 	stop chan struct{}
 	wg   sync.WaitGroup
 
@@ -346,6 +349,12 @@ func (l *raidLoad) commit(ctx context.Context, c *zeoclient.Client, x *loadTxn, 
 		if zodb.IsConflict(err) || l.stopped() || ctx.Err() != nil {
 			break
 		}
+		if l.errPause > 0 {
+			select {
+			case <-time.After(l.errPause * time.Duration(attempt)):
+			case <-l.stop:
+			}
+		}
 	}
 	l.giveUp(x, time.Time{}, time.Time{})
 	return false
@@ -518,6 +527,13 @@ func (l *raidLoad) checkOIDsAndTIDs(t *testing.T) {
 // addr, and returns a description of what was wrong (at most a few
 // lines) and the number of reads.
 func readCheck(ctx context.Context, addr string, txns []*loadTxn) (problems []string, reads int, err error) {
+	return readCheckExcept(ctx, addr, txns, nil)
+}
+
+// readCheckExcept is readCheck without the current-revision check of the
+// objects in skipCurrent (written by transactions whose outcome the
+// clients never learned: one of them may be current).
+func readCheckExcept(ctx context.Context, addr string, txns []*loadTxn, skipCurrent map[zodb.OID]bool) (problems []string, reads int, err error) {
 	c, err := openGoClient(ctx, addr, 5*time.Second)
 	if err != nil {
 		return nil, 0, err
@@ -539,8 +555,10 @@ func readCheck(ctx context.Context, addr string, txns []*loadTxn) (problems []st
 			}
 		}
 	}
-	for _, j := range cur {
-		jobs = append(jobs, j)
+	for o, j := range cur {
+		if !skipCurrent[o] {
+			jobs = append(jobs, j)
+		}
 	}
 	var mu sync.Mutex
 	var nProblems int
@@ -599,6 +617,12 @@ func readCheck(ctx context.Context, addr string, txns []*loadTxn) (problems []st
 // every backend directly, in parallel.
 func checkReadable(t *testing.T, ctx context.Context, txns []*loadTxn, targets map[string]string) {
 	t.Helper()
+	checkReadableExcept(t, ctx, txns, targets, nil)
+}
+
+// checkReadableExcept is checkReadable with readCheckExcept.
+func checkReadableExcept(t *testing.T, ctx context.Context, txns []*loadTxn, targets map[string]string, skipCurrent map[zodb.OID]bool) {
+	t.Helper()
 	names := make([]string, 0, len(targets))
 	for n := range targets {
 		names = append(names, n)
@@ -617,7 +641,7 @@ func checkReadable(t *testing.T, ctx context.Context, txns []*loadTxn, targets m
 		go func() {
 			defer wg.Done()
 			t0 := time.Now()
-			p, reads, err := readCheck(ctx, targets[n], txns)
+			p, reads, err := readCheckExcept(ctx, targets[n], txns, skipCurrent)
 			results[i] = result{p, reads, err, time.Since(t0)}
 		}()
 	}
