@@ -37,7 +37,7 @@ fmt: ## fail if gofmt would change a file
 vet: ## go vet
 	$(GO) vet ./...
 
-imports: ## check the import boundaries of architecture.md
+imports: ## check the import boundaries between packages (see docs/design.md)
 	scripts/check-imports.sh
 
 tidy: ## fail if go mod tidy would change go.mod or go.sum

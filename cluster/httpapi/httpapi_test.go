@@ -191,3 +191,29 @@ func TestMetricsShowBlockedCommits(t *testing.T) {
 		}
 	}
 }
+
+// Item 6: while an array waits for its backends, /readyz says 503 and
+// what it waits for; status says "assembling".
+func TestReadyzWhileAssembling(t *testing.T) {
+	coord, _ := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+	arr, err := raidcore.Open(raidcore.Config{Storage: "1", Coord: coord, Backends: []raidcore.Backend{
+		{Name: "a", Storage: memstorage.New("a")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer arr.Close()
+	srv := httptest.NewServer(httpapi.Handler(manager{arr}, ""))
+	defer srv.Close()
+	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "storage 1 is assembling") {
+		t.Fatalf("readyz while assembling: %d %s", code, body)
+	}
+	if _, body := do(t, "GET", srv.URL+"/v1/status", ""); !strings.Contains(body, `"status": "assembling"`) {
+		t.Fatalf("status while assembling: %s", body)
+	}
+	if err := arr.Assemble(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != 200 {
+		t.Fatalf("readyz once assembled: %d %s", code, body)
+	}
+}

@@ -116,13 +116,26 @@ func runStatus(std stdio, args []string) int {
 }
 
 func printStatus(out io.Writer, o httpapi.Overall) {
-	label := map[string]string{raidcore.StatusOptimal: "OK", raidcore.StatusRecovering: "WARNING", raidcore.StatusDegraded: "CRITICAL", raidcore.StatusFailed: "CRITICAL"}
+	label := map[string]string{raidcore.StatusOptimal: "OK", raidcore.StatusRecovering: "WARNING", raidcore.StatusDegraded: "CRITICAL",
+		raidcore.StatusFailed: "CRITICAL", raidcore.StatusAssembling: "CRITICAL"}
 	fmt.Fprintf(out, "%s: zeoraid %s\n", label[o.Status], o.Status)
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, st := range o.Storages {
 		fmt.Fprintf(w, "storage %s\t%s\tlast tid %s\n", st.Storage, st.Status, st.LastTID)
+		if st.Waiting != "" {
+			fmt.Fprintf(w, "  waiting: %s\n", st.Waiting)
+		}
+		for _, warn := range st.Warnings {
+			fmt.Fprintf(w, "  warning: %s\n", warn)
+		}
 		for _, b := range st.Backends {
 			detail := b.Reason
+			if b.By != "" && b.State != raidcore.Optimal {
+				detail += " (" + b.By + ", " + b.Since.Format("2006-01-02 15:04:05") + ")"
+			}
+			if b.Note != "" {
+				detail += "; " + b.Note
+			}
 			if r := b.Recovery; r != nil {
 				detail = fmt.Sprintf("%s: %s at %s, %d transactions (%d bytes) copied, %d behind", b.Reason, r.Phase, r.TID, r.Transactions, r.Bytes, r.LagTransactions)
 				if r.Error != "" {
