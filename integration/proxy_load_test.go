@@ -81,8 +81,8 @@ type raidLoad struct {
 	// errPause, when set, is a pause after a failed attempt (a client
 	// that retries at once spins while nothing can commit).
 	errPause time.Duration
-	stop chan struct{}
-	wg   sync.WaitGroup
+	stop     chan struct{}
+	wg       sync.WaitGroup
 
 	mu        sync.Mutex
 	txns      []*loadTxn // acknowledged
