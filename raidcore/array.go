@@ -135,7 +135,6 @@ type inflight struct {
 	lease        *Lease
 	participants []*member
 	finishing    chan struct{} // closed when Finish or Abort takes over
-	aborted      error         // set when the lease was lost while waiting
 }
 
 // leaseHolder describes the transaction holding the commit lease, for
@@ -316,8 +315,25 @@ func (a *Array) started(table Table, probes []BackendProbe) {
 	}
 	st := a.Status()
 	a.log.Info("array assembled", "status", st.Status, "last_tid", st.LastTID)
+	a.spawn(a.health)
+}
+
+// spawn runs fn in the background, tracked by Close, unless the array is
+// closed (then it reports false). Adding to the WaitGroup under mu, after
+// checking closed, keeps it from growing while Close waits on it.
+func (a *Array) spawn(fn func()) bool {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return false
+	}
 	a.bg.Add(1)
-	go a.health()
+	a.mu.Unlock()
+	go func() {
+		defer a.bg.Done()
+		fn()
+	}()
+	return true
 }
 
 // probeAll asks every backend for its last transaction, in parallel.
@@ -623,9 +639,7 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 			// whether it can still be used.
 			was := m.reported
 			m.suspect = true
-			a.bg.Add(1)
-			go func() {
-				defer a.bg.Done()
+			a.spawn(func() {
 				if row, ok := a.row(m.name); ok && row.State == Optimal {
 					a.log.Info("backend reconnected at another transaction; checking it", "backend", m.name, "tid", ev.TID, "was", was)
 					a.contact(m, ev.TID)
@@ -634,7 +648,7 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 					m.suspect, m.reported = false, ev.TID
 					a.evMu.Unlock()
 				}
-			}()
+			})
 		}
 		return
 	}
@@ -747,7 +761,6 @@ func (a *Array) Sync(ctx context.Context) error {
 // backends whose state is unknown or suspect, and re-assembles an array
 // that has no optimal backend left.
 func (a *Array) health() {
-	defer a.bg.Done()
 	t := time.NewTicker(a.cfg.HealthInterval)
 	defer t.Stop()
 	for {

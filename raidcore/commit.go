@@ -139,12 +139,8 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	// The vote streams the transaction to every backend: a large one
 	// gets time for its size, and the lease is renewed while it runs (a
 	// vote stops when the lease cannot be kept).
-	var size int64
-	for i := range txn.Ops {
-		size += int64(txn.Ops[i].PayloadLen())
-	}
 	voteStart := time.Now()
-	deadline := voteStart.Add(a.cfg.VoteTimeout + time.Duration(float64(size)/float64(a.cfg.MinStreamRate)*float64(time.Second)))
+	deadline := voteStart.Add(a.cfg.VoteTimeout + a.streamTime(txn))
 	kctx, stopKeeping := lease.Keep(bctx)
 	vctx, cancel := context.WithDeadline(kctx, deadline)
 	outs := make([]voteOutcome, len(members))
@@ -274,16 +270,31 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	a.mu.Lock()
 	a.inflight[txn] = inf
 	a.mu.Unlock()
-	a.bg.Add(1)
-	go a.watchLease(txn, inf)
+	if !a.spawn(func() { a.watchLease(txn, inf) }) {
+		a.mu.Lock()
+		delete(a.inflight, txn)
+		a.mu.Unlock()
+		abortAll(participants)
+		forget()
+		release()
+		return zodb.VoteResult{}, zodb.NewStorageError("storage %s is closing", a.cfg.Storage)
+	}
 	return winnerOut.res, nil
+}
+
+// streamTime is how long txn's data takes at MinStreamRate.
+func (a *Array) streamTime(txn *zodb.Transaction) time.Duration {
+	var size int64
+	for i := range txn.Ops {
+		size += int64(txn.Ops[i].PayloadLen())
+	}
+	return time.Duration(float64(size) / float64(a.cfg.MinStreamRate) * float64(time.Second))
 }
 
 // watchLease aborts a voted transaction whose lease is lost before the
 // client finishes or aborts it (a client that votes and goes idle must
 // not keep the backends' commit locks).
 func (a *Array) watchLease(txn *zodb.Transaction, inf *inflight) {
-	defer a.bg.Done()
 	select {
 	case <-inf.finishing:
 		return
@@ -379,7 +390,9 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 		a.counts.add(&a.counts.leaseLost)
 		return zodb.TID{}, zodb.NewStorageTransactionError("transaction %s aborted: %v before tpc_finish", bt.TID, err)
 	}
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FinishTimeout)
+	// A backend may write the data only now (the built-in one does): a
+	// large transaction gets time for its size.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FinishTimeout+a.streamTime(bt))
 	defer cancel()
 	type result struct {
 		tid zodb.TID

@@ -140,9 +140,7 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 		return fmt.Errorf("raidcore: recovery of %q not started: %w", backend, err)
 	}
 	version := table[backend].Version
-	a.bg.Add(1)
-	go func() {
-		defer a.bg.Done()
+	started := a.spawn(func() {
 		defer close(r.done)
 		defer cancel()
 		err := a.recover(ctx, m, r, opts, &version)
@@ -165,7 +163,12 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 		if uerr != nil && !errors.Is(uerr, ErrStale) {
 			a.log.Error("cannot record the failed recovery", "backend", backend, "error", uerr)
 		}
-	}()
+	})
+	if !started {
+		cancel()
+		close(r.done)
+		return errors.New("raidcore: array closed")
+	}
 	return nil
 }
 
