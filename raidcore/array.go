@@ -581,11 +581,22 @@ func (a *Array) degrade(m *member, reason string) error {
 	return a.degradeWith(m, reason, false, zodb.ZeroTID)
 }
 
+// degradeDiff degrades a backend that answered differently from the
+// others: nothing of its history is trusted any more (its next recovery
+// verifies it all).
+func (a *Array) degradeDiff(m *member, reason string) error {
+	return a.degradeOpts(m, reason, false, zodb.ZeroTID, true)
+}
+
 // degradeWith degrades m; lost allows it to be the last optimal backend
 // (it lost data, so it cannot serve), and held is what it held before:
 // its row keeps that, so that re-assembly waits for a backend holding as
 // much.
 func (a *Array) degradeWith(m *member, reason string, lost bool, held zodb.TID) error {
+	return a.degradeOpts(m, reason, lost, held, lost)
+}
+
+func (a *Array) degradeOpts(m *member, reason string, lost bool, held zodb.TID, distrust bool) error {
 	for attempt := 0; ; attempt++ {
 		row, ok := a.cfg.Coord.Table(a.cfg.Storage)[m.name]
 		if !ok || row.State != Optimal {
@@ -605,8 +616,12 @@ func (a *Array) degradeWith(m *member, reason string, lost bool, held zodb.TID) 
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
+		verified := row.VerifiedTo
+		if distrust {
+			verified = zodb.ZeroTID
+		}
 		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: m.name, Version: row.Version, AllowNoOptimal: lost,
-			To: BackendState{State: Degraded, Reason: reason, By: "proxy", LastTID: last, PackedTo: row.PackedTo}})
+			To: BackendState{State: Degraded, Reason: reason, By: "proxy", LastTID: last, PackedTo: row.PackedTo, VerifiedTo: verified}})
 		cancel()
 		switch {
 		case err == nil:

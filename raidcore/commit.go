@@ -231,7 +231,11 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 			participants = append(participants, o.m)
 			continue
 		}
-		if err := a.degrade(o.m, reason); err != nil && recordErr == nil {
+		degrade := a.degrade
+		if !o.failed {
+			degrade = a.degradeDiff
+		}
+		if err := degrade(o.m, reason); err != nil && recordErr == nil {
 			recordErr = err
 		}
 	}
@@ -411,6 +415,7 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	wg.Wait()
 	var committed, failed []*member
 	reasons := map[*member]string{}
+	differs := map[*member]bool{}
 	for i, m := range inf.participants {
 		r := results[i]
 		switch {
@@ -419,6 +424,7 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 			reasons[m] = fmt.Sprintf("tpc_finish of %s failed: %v", bt.TID, r.err)
 		case r.tid != bt.TID:
 			failed = append(failed, m)
+			differs[m] = true
 			reasons[m] = fmt.Sprintf("committed %s under tid %s", bt.TID, r.tid)
 		default:
 			committed = append(committed, m)
@@ -446,7 +452,11 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 		if c := a.isIn(committed, m); c {
 			continue
 		}
-		if err := a.degrade(m, reasons[m]); err != nil {
+		degrade := a.degrade
+		if differs[m] {
+			degrade = a.degradeDiff
+		}
+		if err := degrade(m, reasons[m]); err != nil {
 			a.markSuspect(m, zodb.ZeroTID)
 			return zodb.TID{}, zodb.NewStorageError("transaction %s committed on %s, but the failure of %s could not be recorded (%v); its outcome is unknown", bt.TID, names(committed), m.name, err)
 		}

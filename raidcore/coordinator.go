@@ -47,6 +47,12 @@ type BackendState struct {
 	// PackedTo is the last pack time applied to this backend (zero:
 	// never packed through the array).
 	PackedTo zodb.TID `json:"packed_to,omitempty"`
+	// VerifiedTo: the backend's history is known to be the array's up to
+	// this tid (verified or copied by a recovery, or mirrored while it
+	// was optimal since then). A recovery verifies only what comes after
+	// it. Zero when nothing is known (a new table) or when the backend
+	// disagreed with the others or lost data.
+	VerifiedTo zodb.TID `json:"verified_to,omitempty"`
 	// Owner is the proxy running the recovery of a recovering backend.
 	Owner string `json:"owner,omitempty"`
 	// Version is set by the coordinator: it grows with every change of

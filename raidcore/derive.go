@@ -200,7 +200,7 @@ func PlanReassembly(t Table, answers map[string]zodb.TID, order []string, now ti
 	row := t[best]
 	plan.Source = best
 	plan.Changes = []Change{{Backend: best, Version: row.Version, To: BackendState{
-		State: Optimal, Since: now, By: "proxy", LastTID: bestTID, PackedTo: row.PackedTo,
+		State: Optimal, Since: now, By: "proxy", LastTID: bestTID, PackedTo: row.PackedTo, VerifiedTo: row.VerifiedTo,
 		Reason: fmt.Sprintf("re-assembled: answers at %s, at least the newest tid any backend held (%s)", bestTID, plan.Needed),
 	}}}
 	return plan

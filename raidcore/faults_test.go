@@ -857,3 +857,77 @@ func TestLongLeaseShowsInStatus(t *testing.T) {
 		return len(st.Warnings) == 0
 	})
 }
+
+// A recovery verifies only what the target got since it was last known
+// to hold the array's history (a recovery verified or copied it, and it
+// was mirrored since); --full-verify checks it all; a backend that
+// disagreed is never trusted.
+func TestRecoveryVerifiesFromWhereTheTargetIsKnown(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, _ := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	f.faults[1].setDown(true)
+	t2, _ := f.commit(storagetest.Store(oids[0], t1, storagetest.Record("b")))
+	f.faults[1].setDown(false)
+	if row := f.coord.Table("1")["b1"]; !row.VerifiedTo.IsZero() {
+		t.Fatalf("a backend of a new table is known: %+v", row)
+	}
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.arr.WaitRecovery(f.ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if row := f.coord.Table("1")["b1"]; row.VerifiedTo != t2 {
+		t.Fatalf("after a recovery: %+v, want verified to %s", row, t2)
+	}
+	// b1 is degraded again (a failure) after more commits; meanwhile its
+	// copy of t1, below what is known, rots.
+	t3, _ := f.commit(storagetest.Store(oids[0], t2, storagetest.Record("c")))
+	f.faults[1].setDown(true)
+	f.commit(storagetest.Store(oids[0], t3, storagetest.Record("d")))
+	f.faults[1].setDown(false)
+	if row := f.coord.Table("1")["b1"]; row.State != raidcore.Degraded || row.VerifiedTo != t2 {
+		t.Fatalf("degraded for a failure: %+v, want verified to %s kept", row, t2)
+	}
+	rotten := memstorage.New("b1")
+	it, _ := f.mems[1].Iterate(f.ctx, zodb.ZeroTID, zodb.EndOfTime)
+	for {
+		rec, _ := it.Next(f.ctx)
+		if rec == nil {
+			break
+		}
+		txn := &zodb.Transaction{TID: rec.TID, Meta: rec.Meta, Status: zodb.StatusNormal}
+		for _, d := range rec.Records {
+			data := d.Data
+			if rec.TID == t1 {
+				data = storagetest.Record("rot")
+			}
+			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpRestore, OID: d.OID, Serial: rec.TID, Data: data})
+		}
+		rotten.Vote(f.ctx, txn)
+		rotten.Finish(f.ctx, txn)
+	}
+	it.Close()
+	f.faults[1].Storage = rotten
+	// An ordinary recovery verifies (t2, ...]: the rot below goes unseen.
+	// A full verification finds it.
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{FullVerify: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.arr.WaitRecovery(f.ctx, "b1"); err == nil || !strings.Contains(err.Error(), "records differ") {
+		t.Fatalf("full verification of a backend with a rotten record: %v", err)
+	}
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.arr.WaitRecovery(f.ctx, "b1"); err != nil {
+		t.Fatalf("recovery verifying from where b1 is known: %v", err)
+	}
+	// A backend that disagrees is not trusted any more.
+	f.faults[1].set("vote", different)
+	f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("x")))
+	if row := f.coord.Table("1")["b1"]; row.State != raidcore.Degraded || !row.VerifiedTo.IsZero() {
+		t.Fatalf("after disagreeing: %+v", row)
+	}
+}

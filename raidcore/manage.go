@@ -247,7 +247,7 @@ func (a *Array) Disable(backend, by, reason string) error {
 		a.evMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
 		_, err := a.cfg.Coord.Update(ctx, a.cfg.Storage, Change{Backend: backend, Version: row.Version,
-			To: BackendState{State: Disabled, Reason: why, By: by, LastTID: last, PackedTo: row.PackedTo}})
+			To: BackendState{State: Disabled, Reason: why, By: by, LastTID: last, PackedTo: row.PackedTo, VerifiedTo: row.VerifiedTo}})
 		cancel()
 		switch {
 		case err == nil:

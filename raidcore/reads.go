@@ -228,7 +228,7 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 	for _, an := range answers {
 		if an.key != win.key {
 			// A wrong answer is evidence whatever the client does next.
-			a.degrade(an.m, fmt.Sprintf("%s answered differently from %s", what, win.m.name))
+			a.degradeDiff(an.m, fmt.Sprintf("%s answered differently from %s", what, win.m.name))
 		}
 	}
 	return win.v, win.err

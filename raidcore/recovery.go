@@ -44,6 +44,9 @@ type RecoveryOptions struct {
 	FinalGap int
 	// By says who asked: "proxy" (automatic recovery) or the operator.
 	By string
+	// FullVerify verifies the target's whole history against the source,
+	// not only what follows the row's VerifiedTo.
+	FullVerify bool
 }
 
 // ErrNeedsRebuild reports a target that holds transactions the source
@@ -131,7 +134,8 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 	a.mu.Unlock()
 	sctx, scancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
 	table, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, Change{Backend: backend, Version: row.Version, To: BackendState{
-		State: Recovering, Reason: "recovery started by " + opts.By, By: opts.By, Owner: a.cfg.ProxyID, LastTID: row.LastTID, PackedTo: row.PackedTo}})
+		State: Recovering, Reason: "recovery started by " + opts.By, By: opts.By, Owner: a.cfg.ProxyID, LastTID: row.LastTID, PackedTo: row.PackedTo,
+		VerifiedTo: row.VerifiedTo}})
 	scancel()
 	if err != nil {
 		r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
@@ -158,8 +162,14 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 			last = l
 		}
 		cur, _ := a.row(backend)
+		// What was verified or copied is the array's history: the next
+		// recovery goes on from there.
+		verified := cur.VerifiedTo
+		if p := r.progress(); verified.Less(p.TID) && !errors.Is(err, ErrNeedsRebuild) {
+			verified = p.TID
+		}
 		_, uerr := a.cfg.Coord.Update(bctx, a.cfg.Storage, Change{Backend: backend, Version: version, To: BackendState{
-			State: Degraded, Reason: "recovery failed: " + err.Error(), By: "proxy", LastTID: last, PackedTo: cur.PackedTo}})
+			State: Degraded, Reason: "recovery failed: " + err.Error(), By: "proxy", LastTID: last, PackedTo: cur.PackedTo, VerifiedTo: verified}})
 		if uerr != nil && !errors.Is(uerr, ErrStale) {
 			a.log.Error("cannot record the failed recovery", "backend", backend, "error", uerr)
 		}
@@ -282,7 +292,11 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	if tgtRow.PackedTo.Less(srcRow.PackedTo) {
 		packedTo = srcRow.PackedTo
 	}
-	if err := a.verifyPrefix(ctx, source, target, last, packedTo, r); err != nil {
+	from := tgtRow.VerifiedTo
+	if opts.FullVerify || last.Less(from) {
+		from = zodb.ZeroTID
+	}
+	if err := a.verifyPrefix(ctx, source, target, from, last, packedTo, r); err != nil {
 		return err
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
@@ -305,7 +319,13 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	prevGap, stalled := -1, 0
 	var window time.Duration
 	prevWindowGap := 0
+	lastCheckpoint := time.Now()
 	for {
+		if time.Since(lastCheckpoint) > checkpointEvery {
+			// A recovery interrupted by a restart goes on from here.
+			a.checkpoint(ctx, target, version, copied)
+			lastCheckpoint = time.Now()
+		}
 		// Copy what the source has now (for at most roundTime, so that a
 		// copy that falls behind is noticed soon).
 		n, err := a.copyFrom(ctx, source, target, copied, r, opts, time.Now().Add(roundTime))
@@ -437,30 +457,51 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	sctx, cancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
 	defer cancel()
 	if _, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, Change{Backend: target.name, Version: *version, To: BackendState{
-		State: Optimal, Reason: "recovered from " + source.name, By: "proxy", LastTID: tgtLast, PackedTo: packed}}); err != nil {
+		State: Optimal, Reason: "recovered from " + source.name, By: "proxy", LastTID: tgtLast, PackedTo: packed, VerifiedTo: tgtLast}}); err != nil {
 		return err
 	}
 	r.update(func(p *Progress) { p.TID = copied })
 	return nil
 }
 
-// verifyPrefix checks that every transaction of the target up to last is
-// on the source: the same tid, status, metadata (user, description,
-// extension) and records (data compared by hash), as Verify compares
-// them. Below packedTo (when the source was packed there and the target
+// checkpointEvery is how often a running recovery records how far its
+// target is known to be the array's history.
+const checkpointEvery = 10 * time.Second
+
+// checkpoint records in the target's row that its history is the
+// array's up to tid (compare-and-set on the recovery's version).
+func (a *Array) checkpoint(ctx context.Context, target *member, version *uint64, tid zodb.TID) {
+	row, _ := a.row(target.name)
+	if row.Version != *version || row.State != Recovering || !row.VerifiedTo.Less(tid) {
+		return
+	}
+	next := row
+	next.VerifiedTo = tid
+	sctx, cancel := context.WithTimeout(ctx, a.cfg.StateTimeout)
+	defer cancel()
+	if t, err := a.cfg.Coord.Update(sctx, a.cfg.Storage, Change{Backend: target.name, Version: *version, To: next}); err == nil {
+		*version = t[target.name].Version
+	}
+}
+
+// verifyPrefix checks that every transaction of the target from from up
+// to last is on the source: the same tid, status, metadata (user,
+// description, extension) and records (data compared by hash), as Verify
+// compares them. (Below from, the target's row says its history is known
+// to be the array's.) Below packedTo (when the source was packed there and the target
 // was not) the source may have dropped transactions and records: there
 // the target may hold more, but everything the source kept must be on the
 // target, equal.
-func (a *Array) verifyPrefix(ctx context.Context, source, target *member, last, packedTo zodb.TID, r *recovery) error {
+func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, last, packedTo zodb.TID, r *recovery) error {
 	if last.IsZero() {
 		return nil
 	}
-	ti, err := target.st.Iterate(ctx, zodb.ZeroTID, last)
+	ti, err := target.st.Iterate(ctx, from, last)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
 	defer ti.Close()
-	si, err := source.st.Iterate(ctx, zodb.ZeroTID, last)
+	si, err := source.st.Iterate(ctx, from, last)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}

@@ -24,8 +24,9 @@ import (
 // Manager is what the API manages: a proxy.
 type Manager interface {
 	Arrays() map[string]*raidcore.Array
-	// Recover starts an operator's recovery; by says who asked.
-	Recover(storage, backend, by string) error
+	// Recover starts an operator's recovery; by says who asked,
+	// fullVerify verifies the backend's whole history first.
+	Recover(storage, backend, by string, fullVerify bool) error
 	// ReloadConfig rereads the configuration and applies it.
 	ReloadConfig(ctx context.Context) (any, error)
 }
@@ -120,7 +121,8 @@ func Handler(m Manager, token string) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"result": "disabled " + r.PathValue("backend")})
 	})
 	action("POST /v1/storages/{storage}/backends/{backend}/recover", func(w http.ResponseWriter, r *http.Request, a *raidcore.Array) {
-		if err := m.Recover(r.PathValue("storage"), r.PathValue("backend"), operator(r)); err != nil {
+		full := r.URL.Query().Get("full_verify")
+		if err := m.Recover(r.PathValue("storage"), r.PathValue("backend"), operator(r), full == "1" || full == "true"); err != nil {
 			writeError(w, http.StatusConflict, err)
 			return
 		}

@@ -19,8 +19,8 @@ import (
 type manager struct{ arr *raidcore.Array }
 
 func (m manager) Arrays() map[string]*raidcore.Array { return map[string]*raidcore.Array{"1": m.arr} }
-func (m manager) Recover(s, b, by string) error {
-	return m.arr.Recover(b, raidcore.RecoveryOptions{By: by})
+func (m manager) Recover(s, b, by string, full bool) error {
+	return m.arr.Recover(b, raidcore.RecoveryOptions{By: by, FullVerify: full})
 }
 func (m manager) ReloadConfig(context.Context) (any, error) {
 	return map[string]string{"result": "nothing to do"}, nil

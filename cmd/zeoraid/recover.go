@@ -81,6 +81,7 @@ func recoverSettings(std stdio) *settings {
 	s := cliSettings("recover", recoverSummary, std)
 	s.allowArgs, s.argsUsage = true, "BACKEND"
 	s.boolKey("no-wait", false, "return as soon as the proxy has started the recovery")
+	s.boolKey("full-verify", false, "verify the backend's whole history against an optimal one first, not only what it got since it was last known identical")
 	s.durationKey("wait-timeout", 0, nonNegative, "stop waiting after this long, e.g. 30m (0: no limit); the recovery goes on")
 	s.durationKey("unreachable-grace", 30*time.Second, positive, "give up waiting when the proxy cannot be reached for this long")
 	return s
@@ -95,7 +96,11 @@ func runRecover(std stdio, args []string) int {
 	if err != nil {
 		return usageFail(s, err)
 	}
-	body, code, ok := post(s, storagePath(s)+"/backends/"+url.PathEscape(backend)+"/recover")
+	path := storagePath(s) + "/backends/" + url.PathEscape(backend) + "/recover"
+	if s.boolean("full-verify") {
+		path += "?full_verify=1"
+	}
+	body, code, ok := post(s, path)
 	if !ok {
 		return code
 	}

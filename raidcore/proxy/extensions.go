@@ -75,7 +75,7 @@ func (p *Proxy) extensions() map[string]zeoserver.ExtensionFunc {
 			if err != nil {
 				return nil, err
 			}
-			if err := p.Recover(call.Storage, n, "operator (raid_recover over ZEO)"); err != nil {
+			if err := p.Recover(call.Storage, n, "operator (raid_recover over ZEO)", false); err != nil {
 				return nil, zodb.NewValueError("%v", err)
 			}
 			return fmt.Sprintf("recovering %q", n), nil

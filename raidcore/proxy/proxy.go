@@ -302,7 +302,7 @@ func (p *Proxy) Array(storage string) (*raidcore.Array, error) {
 
 // Recover starts recovering a backend with the configured rate limit; by
 // says who asked (shown in status).
-func (p *Proxy) Recover(storage, backend, by string) error {
+func (p *Proxy) Recover(storage, backend, by string, fullVerify bool) error {
 	a, err := p.Array(storage)
 	if err != nil {
 		return err
@@ -310,7 +310,7 @@ func (p *Proxy) Recover(storage, backend, by string) error {
 	p.mu.Lock()
 	delete(p.backoff, storage+"/"+backend)
 	p.mu.Unlock()
-	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: by})
+	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: by, FullVerify: fullVerify})
 }
 
 // ReloadReport says what a reload changed.
