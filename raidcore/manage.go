@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -157,7 +158,13 @@ func (a *Array) Status() Status {
 	case optimal == 0 || usable == 0:
 		s.Status = StatusFailed
 		if s.Waiting == "" && optimal > 0 {
-			s.Waiting = "no optimal backend answers; waiting for one to come back"
+			var parts []string
+			for _, b := range s.Backends {
+				if b.State == Optimal {
+					parts = append(parts, fmt.Sprintf("%s (%s)", b.Name, orUnknown(b.Note)))
+				}
+			}
+			s.Waiting = "no optimal backend can serve; waiting for " + strings.Join(parts, ", ")
 		}
 	case recovering > 0:
 		s.Status = StatusRecovering
