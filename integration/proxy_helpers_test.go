@@ -344,11 +344,18 @@ type apiVerify struct {
 var httpClient = &http.Client{Timeout: 60 * time.Second}
 
 func (p *raidProxy) request(method, path string) (int, []byte, error) {
+	return p.requestWith(httpClient, method, path)
+}
+
+// verifyClient waits long: verify reads every backend's whole history.
+var verifyClient = &http.Client{Timeout: 15 * time.Minute}
+
+func (p *raidProxy) requestWith(client *http.Client, method, path string) (int, []byte, error) {
 	req, err := http.NewRequest(method, strings.TrimRight(p.URL, "/")+path, nil)
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -383,7 +390,7 @@ func (p *raidProxy) Post(path string) (int, string, error) {
 func (p *raidProxy) Verify(t *testing.T) apiVerify {
 	t.Helper()
 	var v apiVerify
-	code, body, err := p.request("POST", "/v1/storages/1/verify")
+	code, body, err := p.requestWith(verifyClient, "POST", "/v1/storages/1/verify")
 	if err != nil {
 		t.Fatalf("POST verify: %v", err)
 	}

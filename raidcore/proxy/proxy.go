@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -89,9 +90,10 @@ type Proxy struct {
 
 // retry spaces out automatic recoveries of a backend that keep failing.
 type retry struct {
-	next  time.Time
-	delay time.Duration
-	id    int64 // the recovery whose outcome was counted
+	next    time.Time
+	delay   time.Duration
+	id      int64 // the recovery whose outcome was counted
+	lastErr string
 }
 
 // Start builds the arrays and starts assembling them in the background:
@@ -414,9 +416,18 @@ func (p *Proxy) autoRecover() {
 					p.backoff[key] = bo
 				}
 				if hasRec && r.Phase == "failed" && r.ID != bo.id {
-					// Count each failed recovery once.
+					// Count each failed recovery once. The same failure
+					// again and again waits longer each time (up to a
+					// minute); a new kind of failure (a source or the
+					// target killed under it) is tried again soon.
 					bo.id = r.ID
-					bo.delay = min(max(2*bo.delay, time.Second), time.Minute)
+					kind := failureKind(r.Error)
+					if kind == bo.lastErr {
+						bo.delay = min(max(2*bo.delay, time.Second), time.Minute)
+					} else {
+						bo.delay = time.Second
+					}
+					bo.lastErr = kind
 					bo.next = time.Now().Add(bo.delay)
 				}
 				wait := time.Now().Before(bo.next)
@@ -432,6 +443,13 @@ func (p *Proxy) autoRecover() {
 		}
 	}
 }
+
+// tidsAndNumbers are what differs between two reports of the same
+// failure.
+var tidsAndNumbers = regexp.MustCompile(`[0-9a-f]{16}|[0-9]+(\.[0-9]+)?`)
+
+// failureKind is a recovery error without its tids and numbers.
+func failureKind(err string) string { return tidsAndNumbers.ReplaceAllString(err, "#") }
 
 // Close stops serving and closes the arrays and backend connections.
 func (p *Proxy) Close() error {

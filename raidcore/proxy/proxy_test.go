@@ -392,3 +392,12 @@ func TestTransactionTimeoutThroughTheProxy(t *testing.T) {
 		t.Fatalf("states %v", states(p))
 	}
 }
+
+func TestFailureKind(t *testing.T) {
+	a := proxy.FailureKind("after the last round the target is at 040d6cf140314878, the source at 040d6cf146670ae7")
+	b := proxy.FailureKind("after the last round the target is at 040d6cf240314878, the source at 040d6cf246670ae9")
+	c := proxy.FailureKind("target: ClientDisconnected: connection lost")
+	if a != b || a == c {
+		t.Fatalf("kinds %q %q %q", a, b, c)
+	}
+}

@@ -1,0 +1,4 @@
+package proxy
+
+// FailureKind exports failureKind to the tests.
+var FailureKind = failureKind
