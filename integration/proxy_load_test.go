@@ -522,17 +522,12 @@ func (l *raidLoad) checkOIDsAndTIDs(t *testing.T) {
 	}
 }
 
-// readCheck reads every acknowledged record with LoadSerial and every
-// object's current revision with LoadBefore through a fresh client to
-// addr, and returns a description of what was wrong (at most a few
-// lines) and the number of reads.
-func readCheck(ctx context.Context, addr string, txns []*loadTxn) (problems []string, reads int, err error) {
-	return readCheckExcept(ctx, addr, txns, nil)
-}
-
-// readCheckExcept is readCheck without the current-revision check of the
-// objects in skipCurrent (written by transactions whose outcome the
-// clients never learned: one of them may be current).
+// readCheckExcept reads every acknowledged record with LoadSerial and
+// every object's current revision with LoadBefore through a fresh client
+// to addr, and returns a description of what was wrong (at most a few
+// lines) and the number of reads. The current revisions of the objects in
+// skipCurrent are not checked (they were written by transactions whose
+// outcome the clients never learned: one of them may be current).
 func readCheckExcept(ctx context.Context, addr string, txns []*loadTxn, skipCurrent map[zodb.OID]bool) (problems []string, reads int, err error) {
 	c, err := openGoClient(ctx, addr, 5*time.Second)
 	if err != nil {

@@ -214,12 +214,6 @@ func (a *Array) WaitRecovery(ctx context.Context, backend string) error {
 	return nil
 }
 
-func (a *Array) recovering() bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.recoveringLocked()
-}
-
 func (a *Array) recoveringLocked() bool {
 	for _, r := range a.recoveries {
 		if r.running() {
