@@ -49,7 +49,7 @@ func TestChaos(t *testing.T) {
 	t.Logf("chaos: %v of faults, seed %d (ZEORAID_CHAOS_SEED=%d to repeat the schedule)", dur, seed, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
-	ctx, cancel := context.WithTimeout(context.Background(), dur+10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*dur+30*time.Minute)
 	defer cancel()
 	bs := startRaidBackends(t, 3)
 	px := startRaidProxy(t, bs, "--auto-recover=true", "--vote-timeout", "5s", "--finish-timeout", "5s", "--read-timeout", "3s",
@@ -75,6 +75,33 @@ func TestChaos(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	rate := float64(load.ackedCount()-n0) / time.Since(r0).Seconds()
 	t.Logf("commit rate without faults: %.0f transactions/s (%d clients)", rate, proxyLoadClients)
+
+	// How often each backend is optimal, sampled every second.
+	optimalSamples, samples := map[string]int{}, 0
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-sampling:
+				return
+			case <-tick.C:
+			}
+			st, err := px.Status()
+			if err != nil || len(st.Storages) == 0 {
+				continue
+			}
+			samples++
+			for _, b := range st.Storages[0].Backends {
+				if b.State == "optimal" {
+					optimalSamples[b.Name]++
+				}
+			}
+		}
+	}()
 
 	// The schedule: forced scenarios at fixed points, random faults in
 	// between, restarts when their down time is over.
@@ -110,6 +137,15 @@ func TestChaos(t *testing.T) {
 	}
 	lastFault := c.lastFault
 	faultsDone := time.Now()
+	close(sampling)
+	<-sampled
+	var shares []string
+	for _, b := range bs {
+		shares = append(shares, fmt.Sprintf("%s %.0f%%", b.Name, 100*float64(optimalSamples[b.Name])/float64(max(samples, 1))))
+	}
+	if st, err := px.Status(); err == nil {
+		t.Logf("status when the faults stopped: %s; share of the time each backend was optimal: %s", st.brief(), strings.Join(shares, ", "))
+	}
 	t.Logf("faults stopped: %d faults (%d backend kills, %d proxy kills) in %v; %d transactions acknowledged so far",
 		c.kills, c.backendKills, c.proxyKills, faultsDone.Sub(t0).Round(time.Second), load.ackedCount())
 
@@ -178,7 +214,7 @@ func TestChaos(t *testing.T) {
 	if v.Transactions < len(txns) {
 		t.Errorf("the backends hold %d transactions, fewer than the %d acknowledged", v.Transactions, len(txns))
 	}
-	if code, out := runCLI(t, "verify", "--url", px.URL); code != 0 || !strings.HasPrefix(out, "OK: ") {
+	if code, out := runCLIWithin(t, 16*time.Minute, "verify", "--url", px.URL, "--timeout", "15m"); code != 0 || !strings.HasPrefix(out, "OK: ") {
 		t.Errorf("zeoraid verify: exit %d, want 0; output:\n%s", code, out)
 	}
 	targets := map[string]string{"proxy": px.Addr}

@@ -401,7 +401,13 @@ func TestProxyKillProxyUnderLoad(t *testing.T) {
 // runCLI runs `zeoraid args...` and returns its exit code and output.
 func runCLI(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	return runCLIWithin(t, 30*time.Second, args...)
+}
+
+// runCLIWithin is runCLI with another time limit.
+func runCLIWithin(t *testing.T, limit time.Duration, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, zeoraidBinary(t), args...)
 	cmd.Env = serverEnviron()

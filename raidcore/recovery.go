@@ -342,12 +342,17 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// A round that does not take a quarter off the gap is not
-		// converging fast enough.
-		if prevGap >= 0 && gap > prevGap*3/4 {
-			stalled++
-		} else {
-			stalled = 0
+		// Converging: the gap shrinks round after round, fast enough to
+		// close within maxConverge: go on without pausing anybody,
+		// however large the gap. A round that gains nothing, or so little
+		// that closing the gap would take longer, counts as stalled.
+		if prevGap >= 0 {
+			gained := prevGap - gap
+			if gained <= 0 || time.Duration(float64(gap)/float64(gained)*float64(roundTime)) > maxConverge {
+				stalled++
+			} else {
+				stalled = 0
+			}
 		}
 		prevGap = gap
 		if stalled >= 2 {
@@ -357,7 +362,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			// holds the lease until the end) starts.
 			if window == 0 {
 				window = leaseWindow
-			} else if gap > prevWindowGap*3/4 {
+			} else if gap >= prevWindowGap {
 				window *= 2
 			}
 			if window > maxLeaseWindow {
@@ -575,6 +580,9 @@ const (
 	leaseWindow    = 250 * time.Millisecond
 	maxLeaseWindow = 4 * time.Second
 	roundTime      = time.Second
+	// maxConverge: a copy that would take longer than this to close the
+	// gap at its current pace pauses commits in windows.
+	maxConverge = 5 * time.Minute
 )
 
 // copyFrom restores every source transaction after `after` into the
