@@ -25,7 +25,10 @@ type Progress struct {
 	TID zodb.TID `json:"tid"`
 	// LagTransactions and LagSeconds: how far the target is behind the
 	// source (transactions counted while copying, seconds between tids).
+	// LagLowerBound: the count is at least that (the target is behind
+	// what this proxy remembers announcing, after a restart say).
 	LagTransactions int     `json:"lag_transactions"`
+	LagLowerBound   bool    `json:"lag_transactions_lower_bound,omitempty"`
 	LagSeconds      float64 `json:"lag_seconds"`
 	Transactions    int     `json:"transactions_copied"`
 	Bytes           int64   `json:"bytes_copied"`
@@ -295,14 +298,19 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
 	copied := last
-	report := func() int {
-		gap, _ := a.behind(copied)
+	// report measures the gap two ways: in transactions (exact while the
+	// target is within the transactions the array remembers announcing;
+	// after a restart of the proxy it remembers few, and the count is a
+	// lower bound) and in time between the tids (always exact).
+	report := func() (count int, exact bool, lag time.Duration) {
+		count, exact = a.behind(copied)
 		srcLast, _ := source.st.LastTransaction(ctx)
+		lag = max(0, srcLast.Time().Sub(copied.Time()))
 		r.update(func(p *Progress) {
-			p.LagTransactions = gap
-			p.LagSeconds = max(0, srcLast.Time().Sub(copied.Time()).Seconds())
+			p.LagTransactions, p.LagLowerBound = count, !exact
+			p.LagSeconds = lag.Seconds()
 		})
-		return gap
+		return count, exact, lag
 	}
 	stillSource := func() error {
 		if row, _ := a.row(source.name); row.State != Optimal {
@@ -310,9 +318,8 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		}
 		return nil
 	}
-	prevGap, stalled := -1, 0
-	var window time.Duration
-	prevWindowGap := 0
+	prevGap, stalled := time.Duration(-1), 0
+	var window, prevWindowGap time.Duration
 	lastCheckpoint := time.Now()
 	for {
 		if time.Since(lastCheckpoint) > checkpointEvery {
@@ -335,17 +342,18 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := stillSource(); err != nil {
 			return err
 		}
-		gap := report()
-		if gap <= opts.FinalGap {
+		count, exact, gap := report()
+		if exact && count <= opts.FinalGap {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Converging: the gap shrinks round after round, fast enough to
-		// close within maxConverge: go on without pausing anybody,
-		// however large the gap. A round that gains nothing, or so little
-		// that closing the gap would take longer, counts as stalled.
+		// Converging: the gap (in time between tids) shrinks round after
+		// round, fast enough to close within maxConverge: go on without
+		// pausing anybody, however large the gap. A round that gains
+		// nothing, or so little that closing the gap would take longer,
+		// counts as stalled.
 		if prevGap >= 0 {
 			gained := prevGap - gap
 			if gained <= 0 || time.Duration(float64(gap)/float64(gained)*float64(roundTime)) > maxConverge {
@@ -388,7 +396,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			if n.count > 0 {
 				copied = n.last
 			}
-			if report() <= opts.FinalGap {
+			if count, exact, _ := report(); exact && count <= opts.FinalGap {
 				break
 			}
 			select {

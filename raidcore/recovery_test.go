@@ -254,3 +254,80 @@ func TestRecoveryConvergesUnderFullLoad(t *testing.T) {
 		t.Fatalf("lag never reported above %d: progress does not say how far behind", sawLag)
 	}
 }
+
+// A recovery whose target is further behind than the array remembers
+// (its proxy restarted) measures the gap in time between tids, so that it
+// sees the copy converge and does not pause commits for long: before,
+// the count it used grew with every commit, the copy looked stalled, and
+// the last round held the commit lease for the whole copy.
+func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	f.faults[1].setDown(true)
+	var last zodb.TID
+	for i := 0; i < 3000; i++ {
+		var err error
+		last, err = f.commit(storagetest.Store(oids[0], last, storagetest.Record(fmt.Sprint(i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.arr.Close()
+	g := newFixtureOpts(t, 2, fixOpts{dir: f.dir, mems: f.mems})
+	g.faults[1].set("vote", slow) // 3 ms per copied transaction
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		serial := last
+		for {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			tid, err := g.commit(storagetest.Store(oids[0], serial, storagetest.Record("w")))
+			if err != nil {
+				writerDone <- err
+				return
+			}
+			serial = tid
+		}
+	}()
+	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.arr.WaitRecovery(g.ctx, "b1") }()
+	var longest time.Duration
+	lowerBound := false
+	for loop := true; loop; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			loop = false
+		case <-time.After(5 * time.Millisecond):
+			st := g.arr.Status()
+			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
+				longest = st.Lease.Held
+			}
+			if p := g.arr.Recoveries()["b1"]; p.LagLowerBound {
+				lowerBound = true
+			}
+		}
+	}
+	close(stop)
+	if err := <-writerDone; err != nil {
+		t.Fatal(err)
+	}
+	if !lowerBound {
+		t.Error("the lag was never reported as a lower bound, though the target was behind what the restarted array remembers")
+	}
+	if longest > 600*time.Millisecond {
+		t.Fatalf("the recovery held the commit lease for %v at a time", longest)
+	}
+	t.Logf("longest commit pause by the recovery: %v", longest)
+	g.identical(0, 1)
+}
