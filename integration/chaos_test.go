@@ -392,27 +392,36 @@ func (c *chaos) proxyBeforeBackends() {
 	}
 }
 
-// proxyDuringRecovery makes a backend miss transactions, waits until it
-// is being recovered and kills the proxy then.
+// proxyDuringRecovery waits until a backend is being recovered (making
+// one miss transactions first if every backend is optimal: not the last
+// optimal one, which is never degraded) and kills the proxy then.
 func (c *chaos) proxyDuringRecovery() {
 	for len(c.down) > 0 {
 		c.restartDue()
 		time.Sleep(50 * time.Millisecond)
 	}
-	// Wait for the proxy to serve.
+	var st apiStatus
 	waitFor(c.t, 60*time.Second, "the proxy serving", func() bool {
-		st, err := c.px.Status()
+		var err error
+		st, err = c.px.Status()
 		return err == nil && st.Status != "assembling" && st.Status != "failed"
 	})
-	victim := fmt.Sprintf("b%d", 1+c.rng.IntN(3))
-	c.kill(victim, 2*time.Second)
-	deadline := time.Now().Add(30 * time.Second)
+	var optimal []string
+	for _, b := range st.Storages[0].Backends {
+		if b.State == "optimal" {
+			optimal = append(optimal, b.Name)
+		}
+	}
+	if len(optimal) == len(c.bs) {
+		c.kill(optimal[c.rng.IntN(len(optimal))], 2*time.Second)
+	}
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		c.restartDue()
-		if _, isDown := c.down[victim]; !isDown {
-			if st, err := c.px.Status(); err == nil {
-				if b, ok := st.backend(victim); ok && b.State == "recovering" {
-					c.note("%s is recovering: %s", victim, st.brief())
+		if st, err := c.px.Status(); err == nil {
+			for _, b := range st.Storages[0].Backends {
+				if _, isDown := c.down[b.Name]; b.State == "recovering" && !isDown {
+					c.note("%s is recovering: %s", b.Name, st.brief())
 					c.kill("proxy", c.ms(200, 1000))
 					return
 				}
@@ -420,6 +429,6 @@ func (c *chaos) proxyDuringRecovery() {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	c.note("%s was not seen recovering within 30 s", victim)
-	c.t.Errorf("scenario 'proxy killed during a recovery' did not happen: %s never seen recovering", victim)
+	c.note("no backend was seen recovering within 60 s")
+	c.t.Errorf("scenario 'proxy killed during a recovery' did not happen: no backend seen recovering within 60 s")
 }
