@@ -97,6 +97,8 @@ type Array struct {
 	// recent holds the tids of the last announced transactions, oldest
 	// first, to tell how many transactions a backend is behind.
 	recent []zodb.TID
+	// announcedCount counts the transactions announced since start-up.
+	announcedCount int64
 
 	stop    chan struct{}
 	bg      sync.WaitGroup
@@ -719,6 +721,7 @@ func (a *Array) emitReady() {
 		}
 		a.subs.Notify(zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn})
 		a.recent = append(a.recent, tid)
+		a.announcedCount++
 	}
 	if len(a.recent) > recentTIDs {
 		a.recent = append(a.recent[:0], a.recent[len(a.recent)-recentTIDs/2:]...)
@@ -729,6 +732,13 @@ func (a *Array) emitReady() {
 
 // recentTIDs bounds Array.recent (about 1 MiB).
 const recentTIDs = 1 << 17
+
+// announcedSoFar is the number of transactions announced since start-up.
+func (a *Array) announcedSoFar() int64 {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	return a.announcedCount
+}
 
 // behind counts the announced transactions after tid; exact is false when
 // tid is older than what is remembered (then it is a lower bound).

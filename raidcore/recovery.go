@@ -318,9 +318,11 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		}
 		return nil
 	}
-	prevGap, stalled := time.Duration(-1), 0
-	var window, prevWindowGap time.Duration
+	stalled := 0
+	var window time.Duration
+	prevWindowLeft := -1.0
 	lastCheckpoint := time.Now()
+	roundStart, committedBefore := time.Now(), a.announcedSoFar()
 	for {
 		if time.Since(lastCheckpoint) > checkpointEvery {
 			// A recovery interrupted by a restart goes on from here.
@@ -342,41 +344,48 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := stillSource(); err != nil {
 			return err
 		}
-		count, exact, gap := report()
+		count, exact, _ := report()
 		if exact && count <= opts.FinalGap {
 			break
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Converging: the gap (in time between tids) shrinks round after
-		// round, fast enough to close within maxConverge: go on without
-		// pausing anybody, however large the gap. A round that gains
-		// nothing, or so little that closing the gap would take longer,
-		// counts as stalled.
-		if prevGap >= 0 {
-			gained := prevGap - gap
-			if gained <= 0 || time.Duration(float64(gap)/float64(gained)*float64(roundTime)) > maxConverge {
-				stalled++
-			} else {
-				stalled = 0
-			}
+		// Converging: the copy restores more transactions per round than
+		// clients commit, fast enough to close the gap within
+		// maxConverge: go on without pausing anybody, however large the
+		// gap. A round that gains nothing, or so little that closing the
+		// gap would take longer, counts as stalled. The gap is counted in
+		// transactions; after a restart of the proxy the count is a lower
+		// bound (what the array remembers) until the copy reaches what it
+		// remembers, so a backlog from before the restart is copied
+		// without pausing anybody as long as the copy gains on the
+		// clients. (Not in time between tids: a backlog committed in a
+		// burst, or followed by a quiet spell, covers little tid time per
+		// transaction, and its gap in time grows while the copy gains.)
+		committed := a.announcedSoFar() - committedBefore
+		elapsed := time.Since(roundStart)
+		left := float64(count)
+		if net := int64(n.count) - committed; net <= 0 || time.Duration(left/float64(net)*float64(elapsed)) > maxConverge {
+			stalled++
+		} else {
+			stalled = 0
 		}
-		prevGap = gap
 		if stalled >= 2 {
 			// Clients commit as fast as the copy goes or faster: copy in
 			// windows holding the commit lease, longer each time the gap
-			// does not shrink; past maxLeaseWindow, the last round (which
-			// holds the lease until the end) starts.
+			// does not shrink from one window to the next; past
+			// maxLeaseWindow, the last round (which holds the lease until
+			// the end) starts.
 			if window == 0 {
 				window = leaseWindow
-			} else if gap >= prevWindowGap {
+			} else if left >= prevWindowLeft {
 				window *= 2
 			}
 			if window > maxLeaseWindow {
 				break
 			}
-			prevWindowGap = gap
+			prevWindowLeft = left
 			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
 			lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
 			if err != nil {
@@ -405,6 +414,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 				return ctx.Err()
 			}
 		}
+		roundStart, committedBefore = time.Now(), a.announcedSoFar()
 	}
 	if !packedTo.IsZero() {
 		// The target missed a pack: pack it the same way, so that both
