@@ -321,6 +321,10 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	stalled := 0
 	var window time.Duration
 	prevWindowLeft := -1.0
+	// copyRate: transactions per second the copy restores (in the last
+	// round, or the last window once it pauses commits).
+	var copyRate float64
+	var rounds []copyRound
 	lastCheckpoint := time.Now()
 	roundStart, committedBefore := time.Now(), a.announcedSoFar()
 	for {
@@ -351,26 +355,27 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		// Converging: the copy restores more transactions per round than
-		// clients commit, fast enough to close the gap within
-		// maxConverge: go on without pausing anybody, however large the
-		// gap. A round that gains nothing, or so little that closing the
-		// gap would take longer, counts as stalled. The gap is counted in
-		// transactions; after a restart of the proxy the count is a lower
-		// bound (what the array remembers) until the copy reaches what it
-		// remembers, so a backlog from before the restart is copied
-		// without pausing anybody as long as the copy gains on the
-		// clients. (Not in time between tids: a backlog committed in a
-		// burst, or followed by a quiet spell, covers little tid time per
-		// transaction, and its gap in time grows while the copy gains.)
+		// Converging or not, judged on the last few rounds (see
+		// converging); a copy that is not, twice in a row, pauses
+		// commits.
 		committed := a.announcedSoFar() - committedBefore
 		elapsed := time.Since(roundStart)
-		left := float64(count)
-		if net := int64(n.count) - committed; net <= 0 || time.Duration(left/float64(net)*float64(elapsed)) > maxConverge {
-			stalled++
-		} else {
-			stalled = 0
+		rounds = append(rounds, copyRound{copied: int64(n.count), committed: committed, elapsed: elapsed})
+		if len(rounds) > judgedRounds {
+			rounds = rounds[1:]
 		}
+		left := float64(count)
+		ok, rate := converging(rounds, left)
+		if window == 0 && rate > 0 {
+			copyRate = rate
+		}
+		if ok {
+			stalled = 0
+		} else {
+			stalled++
+		}
+		a.log.Debug("recovery round", "backend", target.name, "copied", n.count, "committed", committed,
+			"elapsed", elapsed, "behind", count, "exact", exact, "copy_rate", copyRate, "stalled", stalled, "window", window)
 		if stalled >= 2 {
 			// Clients commit as fast as the copy goes or faster: copy in
 			// windows holding the commit lease, longer each time the gap
@@ -385,6 +390,12 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			if window > maxLeaseWindow {
 				break
 			}
+			// The whole gap can be copied within the longest window at
+			// the copy's pace: the last round does it, holding the lease
+			// no longer than a window may.
+			if exact && copyRate > 0 && time.Duration(left/copyRate*float64(time.Second)) <= maxLeaseWindow {
+				break
+			}
 			prevWindowLeft = left
 			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
 			lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
@@ -396,7 +407,11 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			if d := lease.Deadline(); d.Before(until) {
 				until = d
 			}
+			held := time.Now()
 			n, err := a.copyFrom(ctx, source, target, copied, r, opts, until)
+			if n.count > 0 {
+				copyRate = float64(n.count) / time.Since(held).Seconds()
+			}
 			a.clearHolder(lease.TID)
 			lease.Release()
 			if err != nil {
@@ -601,7 +616,53 @@ const (
 	// maxConverge: a copy that would take longer than this to close the
 	// gap at its current pace pauses commits in windows.
 	maxConverge = 5 * time.Minute
+	// A copy that gains less than slowGain of its own pace on the clients
+	// (they commit at more than 3/4 of the rate it copies) pauses commits
+	// too, unless it will be done within worthPausing anyway: pausing then
+	// makes it at least 4 times faster.
+	slowGain     = 0.25
+	worthPausing = 10 * time.Second
+	// judgedRounds: convergence is judged on the last few rounds together,
+	// so that one round's noise does not decide.
+	judgedRounds = 3
 )
+
+// copyRound is what one round of a recovery copied while clients
+// committed.
+type copyRound struct {
+	copied, committed int64
+	elapsed           time.Duration
+}
+
+// converging judges a recovery on its last rounds, with left
+// transactions still to copy: it converges when it gains on the clients
+// (copies more than they commit) fast enough to close the gap within
+// maxConverge, and, where closing it takes longer than worthPausing, by
+// at least slowGain of its own pace. rate is the copy's pace in
+// transactions per second.
+func converging(rounds []copyRound, left float64) (ok bool, rate float64) {
+	var copied, committed int64
+	var elapsed time.Duration
+	for _, r := range rounds {
+		copied, committed, elapsed = copied+r.copied, committed+r.committed, elapsed+r.elapsed
+	}
+	if elapsed <= 0 {
+		return true, 0
+	}
+	rate = float64(copied) / elapsed.Seconds()
+	gain := float64(copied-committed) / elapsed.Seconds()
+	if left <= 0 {
+		return true, rate
+	}
+	if gain <= 0 {
+		return false, rate
+	}
+	eta := time.Duration(left / gain * float64(time.Second))
+	if eta > maxConverge || (gain < slowGain*rate && eta > worthPausing) {
+		return false, rate
+	}
+	return true, rate
+}
 
 // copyFrom restores every source transaction after `after` into the
 // target, with its original tid and status, until the source has no more
