@@ -372,18 +372,31 @@ func writeMetrics(w http.ResponseWriter, o Overall) {
 			fmt.Fprintf(w, "zeoraid_last_transaction_seconds{storage=%q} %.3f\n", s.Storage, s.LastTID.TimeTime())
 		}
 	}
-	fmt.Fprintln(w, "# HELP zeoraid_recovery_bytes_copied Bytes copied by the current or last recovery.")
-	fmt.Fprintln(w, "# TYPE zeoraid_recovery_bytes_copied gauge")
-	fmt.Fprintln(w, "# HELP zeoraid_recovery_lag_transactions Transactions a recovering backend is behind.")
-	fmt.Fprintln(w, "# TYPE zeoraid_recovery_lag_transactions gauge")
-	for _, s := range o.Storages {
-		for _, b := range s.Backends {
-			if b.Recovery != nil {
-				fmt.Fprintf(w, "zeoraid_recovery_bytes_copied{storage=%q,backend=%q} %d\n", s.Storage, b.Name, b.Recovery.Bytes)
-				fmt.Fprintf(w, "zeoraid_recovery_lag_transactions{storage=%q,backend=%q} %d\n", s.Storage, b.Name, b.Recovery.LagTransactions)
+	// One family after the other: Prometheus wants a family's samples
+	// together, right after its HELP and TYPE.
+	recoveryGauge := func(name, help string, value func(p *raidcore.Progress) string) {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name)
+		for _, s := range o.Storages {
+			for _, b := range s.Backends {
+				if b.Recovery != nil {
+					fmt.Fprintf(w, "%s{storage=%q,backend=%q} %s\n", name, s.Storage, b.Name, value(b.Recovery))
+				}
 			}
 		}
 	}
+	recoveryGauge("zeoraid_recovery_bytes_copied", "Bytes copied by the current or last recovery.",
+		func(p *raidcore.Progress) string { return fmt.Sprint(p.Bytes) })
+	recoveryGauge("zeoraid_recovery_lag_transactions", "Transactions a recovering backend is behind (at least; see zeoraid_recovery_lag_lower_bound).",
+		func(p *raidcore.Progress) string { return fmt.Sprint(p.LagTransactions) })
+	recoveryGauge("zeoraid_recovery_lag_lower_bound", "1 when the lag in transactions is a lower bound (the proxy restarted since the backend fell behind).",
+		func(p *raidcore.Progress) string {
+			if p.LagLowerBound {
+				return "1"
+			}
+			return "0"
+		})
+	recoveryGauge("zeoraid_recovery_lag_seconds", "Time between the last transaction a recovering backend holds and the source's last.",
+		func(p *raidcore.Progress) string { return fmt.Sprintf("%.3f", p.LagSeconds) })
 }
 
 var page = template.Must(template.New("status").Parse(`<!doctype html>
@@ -396,5 +409,5 @@ var page = template.Must(template.New("status").Parse(`<!doctype html>
 {{with .Waiting}}<p class="failed">{{.}}</p>{{end}}{{range .Warnings}}<p class="degraded">warning: {{.}}</p>{{end}}
 <table><tr><th>backend</th><th>state</th><th>since</th><th>last tid</th><th>reason / recovery</th></tr>
 {{range .Backends}}<tr class="{{.State}}"><td>{{.Name}}</td><td>{{.State}}</td><td>{{.Since.Format "2006-01-02 15:04:05"}}</td><td>{{.LastTID}}</td>
-<td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
+<td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{if .LagLowerBound}}at least {{end}}{{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
 {{end}}</table>{{end}}</body></html>`))

@@ -114,6 +114,42 @@ func TestStatusActionsAndProbes(t *testing.T) {
 	if code, _ := do(t, "GET", srv.URL+"/healthz", ""); code != 200 {
 		t.Fatalf("healthz: %d", code)
 	}
+	// The recovery's progress is in /metrics, each family in one group.
+	_, body = do(t, "GET", srv.URL+"/metrics", "")
+	checkExposition(t, body)
+	for _, family := range []string{"bytes_copied", "lag_transactions", "lag_lower_bound", "lag_seconds"} {
+		if want := "zeoraid_recovery_" + family + `{storage="1",backend="b"} `; !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// checkExposition checks the Prometheus text format: every sample line is
+// "name{labels} value" and follows its own family's HELP and TYPE, and no
+// family comes in two groups.
+func checkExposition(t *testing.T, body string) {
+	t.Helper()
+	seen := map[string]bool{}
+	current := ""
+	for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && (f[1] == "HELP" || f[1] == "TYPE") {
+			if f[2] != current {
+				if seen[f[2]] {
+					t.Errorf("metric family %s comes in two groups", f[2])
+				}
+				seen[f[2]], current = true, f[2]
+			}
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			t.Errorf("malformed metrics line %q", line)
+			continue
+		}
+		if name, _, _ := strings.Cut(f[0], "{"); name != current {
+			t.Errorf("sample %q is not under its family's TYPE (the group is %s)", line, current)
+		}
+	}
 }
 
 func TestReadyzFailsWithoutOptimalBackends(t *testing.T) {
@@ -181,15 +217,7 @@ func TestMetricsShowBlockedCommits(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	// Every line is a comment or "name{labels} value".
-	for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		if f := strings.Fields(line); len(f) != 2 {
-			t.Errorf("malformed metrics line %q", line)
-		}
-	}
+	checkExposition(t, body)
 }
 
 // Item 6: while an array waits for its backends, /readyz says 503 and

@@ -137,7 +137,7 @@ func printStatus(out io.Writer, o httpapi.Overall) {
 				detail += "; " + b.Note
 			}
 			if r := b.Recovery; r != nil {
-				detail = fmt.Sprintf("%s: %s at %s, %d transactions (%d bytes) copied, %d behind", b.Reason, r.Phase, r.TID, r.Transactions, r.Bytes, r.LagTransactions)
+				detail = fmt.Sprintf("%s: %s at %s, %d transactions (%d bytes) copied, %s", b.Reason, r.Phase, r.TID, r.Transactions, r.Bytes, lagText(int64(r.LagTransactions), r.LagLowerBound, r.LagSeconds))
 				if r.Error != "" {
 					detail += ": " + r.Error
 				}

@@ -57,6 +57,7 @@ type recoveryProgress struct {
 	Phase           string    `json:"phase"`
 	TID             string    `json:"tid"`
 	LagTransactions int64     `json:"lag_transactions"`
+	LagLowerBound   bool      `json:"lag_transactions_lower_bound"`
 	LagSeconds      float64   `json:"lag_seconds"`
 	Transactions    int64     `json:"transactions_copied"`
 	Bytes           int64     `json:"bytes_copied"`
@@ -324,7 +325,7 @@ func (w *recoverWait) progressText(p recoveryProgress) string {
 		parts = append(parts, fmt.Sprintf("%d transactions / %s copied", p.Transactions, humanBytes(p.Bytes)))
 	}
 	if p.LagTransactions > 0 || p.LagSeconds > 0 {
-		parts = append(parts, fmt.Sprintf("%d behind (%s)", p.LagTransactions, (time.Duration(p.LagSeconds*float64(time.Second))).Round(100*time.Millisecond)))
+		parts = append(parts, lagText(p.LagTransactions, p.LagLowerBound, p.LagSeconds))
 	}
 	if p.Rate > 0 {
 		parts = append(parts, humanBytes(int64(p.Rate))+"/s")
@@ -369,4 +370,18 @@ func humanBytes(n int64) string {
 		v, unit = v/1024, u
 	}
 	return fmt.Sprintf("%.1f %s", v, unit)
+}
+
+// lagText says how far a recovering backend is behind: "120 behind
+// (3.2s)", or "at least 120 behind" when the proxy restarted since the
+// target fell behind and remembers fewer transactions than it lacks.
+func lagText(n int64, lowerBound bool, seconds float64) string {
+	s := fmt.Sprintf("%d behind", n)
+	if lowerBound {
+		s = "at least " + s
+	}
+	if seconds > 0 {
+		s += fmt.Sprintf(" (%s)", time.Duration(seconds*float64(time.Second)).Round(100*time.Millisecond))
+	}
+	return s
 }

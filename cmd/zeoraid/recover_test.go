@@ -371,3 +371,22 @@ func TestReloadText(t *testing.T) {
 		}
 	}
 }
+
+// The lag says "at least" when the proxy restarted since the target fell
+// behind (it counts only what it remembers).
+func TestLagText(t *testing.T) {
+	for _, c := range []struct {
+		n       int64
+		lower   bool
+		seconds float64
+		want    string
+	}{
+		{120, false, 3.24, "120 behind (3.2s)"},
+		{120, true, 3.24, "at least 120 behind (3.2s)"},
+		{5, false, 0, "5 behind"},
+	} {
+		if got := lagText(c.n, c.lower, c.seconds); got != c.want {
+			t.Errorf("lagText(%d, %v, %v) = %q, want %q", c.n, c.lower, c.seconds, got, c.want)
+		}
+	}
+}
