@@ -15,6 +15,9 @@ fuzztime=${FUZZTIME:-10s}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+# inputs counts the files in a corpus directory (0 when there is none).
+inputs() { if [ -d "$1" ]; then find "$1" -type f | wc -l; else echo 0; fi; }
+
 # coordinator_race: the run in $log failed only by the coordinator's
 # deadline race, and no failing input was written to $1.
 coordinator_race() {
@@ -22,7 +25,7 @@ coordinator_race() {
   grep -q '^--- FAIL: Fuzz' "$log" &&
     [ "$(grep -A1 '^--- FAIL: Fuzz' "$log" | tail -n1 | sed 's/^[[:space:]]*//')" = "context deadline exceeded" ] &&
     ! grep -q 'Failing input written to' "$log" &&
-    [ "$(ls "$corpus" 2>/dev/null | wc -l)" = "$before" ]
+    [ "$(inputs "$corpus")" = "$before" ]
 }
 
 for pkg in $(go list ./...); do
@@ -31,7 +34,7 @@ for pkg in $(go list ./...); do
     corpus="$dir/testdata/fuzz/$target"
     for attempt in 1 2; do
       echo "== $pkg $target ($fuzztime)"
-      before=$(ls "$corpus" 2>/dev/null | wc -l)
+      before=$(inputs "$corpus")
       if go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" "$pkg" 2>&1 | tee "$log"; then
         break
       fi
