@@ -348,7 +348,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := stillSource(); err != nil {
 			return err
 		}
-		count, exact, _ := report()
+		count, exact, gap := report()
 		if exact && count <= opts.FinalGap {
 			break
 		}
@@ -379,16 +379,25 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if stalled >= 2 {
 			// Clients commit as fast as the copy goes or faster: copy in
 			// windows holding the commit lease, longer each time the gap
-			// does not shrink from one window to the next; past
-			// maxLeaseWindow, the last round (which holds the lease until
-			// the end) starts.
+			// does not shrink from one window to the next, up to
+			// maxLeaseWindow. The last round (which holds the lease until
+			// it is done) starts only when the gap is known to be small:
+			// a copy that cannot gain even so goes on in the longest
+			// windows (clients commit a second between them) rather than
+			// hold the lease for minutes (it did, in a 10-minute chaos run,
+			// for a gap the array after a restart only knew a lower bound
+			// of).
+			// (Shrinking is judged in transactions while the count is
+			// exact; after a restart, while it is only a lower bound that
+			// grows with every commit, in time between tids.)
+			behind := left
+			if !exact {
+				behind = gap.Seconds()
+			}
 			if window == 0 {
 				window = leaseWindow
-			} else if left >= prevWindowLeft {
-				window *= 2
-			}
-			if window > maxLeaseWindow {
-				break
+			} else if behind >= prevWindowLeft {
+				window = min(2*window, maxLeaseWindow)
 			}
 			// The whole gap can be copied within the longest window at
 			// the copy's pace: the last round does it, holding the lease
@@ -396,7 +405,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			if exact && copyRate > 0 && time.Duration(left/copyRate*float64(time.Second)) <= maxLeaseWindow {
 				break
 			}
-			prevWindowLeft = left
+			prevWindowLeft = behind
 			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
 			lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
 			if err != nil {
@@ -607,8 +616,9 @@ type copyResult struct {
 
 // A recovery that cannot catch up while clients commit copies in windows
 // holding the commit lease: leaseWindow at first, doubling while the gap
-// does not shrink; beyond maxLeaseWindow it holds the lease until it is
-// done. Clients wait for at most one window at a time.
+// does not shrink, up to maxLeaseWindow; the last round starts when the
+// rest can be copied within maxLeaseWindow. Clients wait for at most about
+// one window at a time.
 const (
 	leaseWindow    = 250 * time.Millisecond
 	maxLeaseWindow = 4 * time.Second

@@ -345,3 +345,79 @@ func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
 	t.Logf("longest commit pause by the recovery: %v", longest)
 	g.identical(0, 1)
 }
+
+// A recovery after a restart (the array knows only a lower bound of the
+// gap) while a writer commits about as fast as the copy goes: it pauses
+// commits in windows of at most 4 s and never holds the lease for the
+// whole rest of the copy. Before, past the longest window it started the
+// last round at once and held the lease until done (three minutes in a
+// 10-minute chaos run).
+func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	f.faults[1].setDown(true)
+	var last zodb.TID
+	for i := 0; i < 8000; i++ {
+		var err error
+		last, err = f.commit(storagetest.Store(oids[0], last, storagetest.Record(fmt.Sprint(i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.arr.Close()
+	g := newFixtureOpts(t, 2, fixOpts{dir: f.dir, mems: f.mems})
+	g.faults[1].set("vote", slow) // 3 ms per copied transaction
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		serial := last
+		for {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			case <-time.After(3500 * time.Microsecond):
+			}
+			tid, err := g.commit(storagetest.Store(oids[0], serial, storagetest.Record("w")))
+			if err != nil {
+				writerDone <- err
+				return
+			}
+			serial = tid
+		}
+	}()
+	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- g.arr.WaitRecovery(ctx, "b1") }()
+	var longest time.Duration
+	started := time.Now()
+	for loop := true; loop; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			loop = false
+		case <-time.After(5 * time.Millisecond):
+			st := g.arr.Status()
+			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
+				longest = st.Lease.Held
+			}
+		}
+	}
+	close(stop)
+	if err := <-writerDone; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recovered in %v; longest commit pause by the recovery %v", time.Since(started).Round(time.Millisecond), longest)
+	// The longest window, or a last round sized to fit in it, plus what
+	// the writer committed while the round started.
+	if longest > 5*time.Second {
+		t.Fatalf("the recovery held the commit lease for %v at a time", longest)
+	}
+	g.identical(0, 1)
+}
