@@ -1,7 +1,13 @@
-// Package cluster will hold the Raft wiring (raft-boltdb log, TCP
-// transport, snapshots, bootstrap and join, the leader loop), memberlist
-// gossip for proxy liveness and backend health views, leader forwarding,
-// the raidcore.Coordinator implementation and the HTTP API.
+// Package cluster makes several proxies one RAID controller: a Raft node
+// (Node) applying the replicated state of package fsm, the leader's
+// commit lease service (FIFO grants with tids from a window below a tid
+// ceiling committed in Raft), and Coordinator, the raidcore.Coordinator
+// whose every decision is committed through the leader before it is
+// answered. Followers reach the leader through a Forwarder (LeaderAPI).
+// Subpackage httpapi is the operators' HTTP interface.
 //
-// It is empty until the cluster issue lands; see architecture.md.
+// Still to come (issue 8): the TCP transport and raft-boltdb wiring in the
+// proxy, join and leave, forwarding over HTTP, memberlist liveness and
+// backend views, reconciling a dead lease holder's transaction, recovery
+// ownership. DESIGN.md has the arguments.
 package cluster

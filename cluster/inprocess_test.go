@@ -1,0 +1,182 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/cluster"
+	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/coordtest"
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+)
+
+type held struct {
+	node     string
+	tid      zodb.TID
+	from, to time.Time
+}
+
+// A leader killed in a stream of lease grants from every node: tids stay
+// strictly increasing in grant order, none is granted twice, and no two
+// leases are held at once (a new leader waits out its predecessor's).
+func TestLeaderChangeDuringACommitStream(t *testing.T) {
+	tc := newTestCluster(t, 3, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	coords := map[string]*cluster.Coordinator{}
+	for _, id := range tc.ids {
+		coords[id] = cluster.NewCoordinator(tc.nodes[id])
+	}
+	if _, err := coords["n1"].Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var log []held
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, id := range tc.ids {
+		wg.Add(1)
+		go func(id string, c *cluster.Coordinator) {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+				l, err := c.AcquireLease(actx, "1", zodb.ZeroTID)
+				acancel()
+				if err != nil {
+					if errors.Is(err, cluster.ErrClosed) {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				from := time.Now()
+				time.Sleep(2 * time.Millisecond) // "commit"
+				to := time.Now()
+				if l.Err() == nil {
+					mu.Lock()
+					log = append(log, held{id, l.TID, from, to})
+					mu.Unlock()
+				}
+				l.Release()
+			}
+		}(id, coords[id])
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(log) }
+	waitUntil(t, 10*time.Second, "50 grants", func() bool { return count() >= 50 })
+	before := count()
+	leader := tc.waitLeader()
+	tc.kill(leader)
+	killed := time.Now()
+	waitUntil(t, 10*time.Second, "grants after the leader was killed", func() bool { return count() >= before+50 })
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	sort.Slice(log, func(i, j int) bool { return log[i].from.Before(log[j].from) })
+	seen := map[zodb.TID]bool{}
+	var firstAfter time.Time
+	for i, h := range log {
+		if seen[h.tid] {
+			t.Fatalf("tid %s granted twice", h.tid)
+		}
+		seen[h.tid] = true
+		if i > 0 {
+			p := log[i-1]
+			if !p.tid.Less(h.tid) {
+				t.Fatalf("tid %s (%s) granted after %s (%s)", h.tid, h.node, p.tid, p.node)
+			}
+			if h.from.Before(p.to) {
+				t.Fatalf("leases overlap: %s held by %s until %v, %s by %s from %v", p.tid, p.node, p.to, h.tid, h.node, h.from)
+			}
+		}
+		if firstAfter.IsZero() && h.from.After(killed) {
+			firstAfter = h.from
+		}
+	}
+	t.Logf("%d leases, leader %s killed; first grant %v after the kill", len(log), leader, firstAfter.Sub(killed).Round(time.Millisecond))
+}
+
+// A node cut off from the others cannot commit: it has no leader, and its
+// calls fail with ErrNoLeader after the hold time; the majority goes on.
+func TestPartitionedMinorityRefusesCommits(t *testing.T) {
+	tc := newTestCluster(t, 3, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	minority := tc.follower()
+	cm := cluster.NewCoordinator(minority)
+	if _, err := cm.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
+		t.Fatal(err)
+	}
+	tc.partition(minority.ID())
+	started := time.Now()
+	_, err := cm.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if !errors.Is(err, cluster.ErrNoLeader) {
+		t.Fatalf("lease on the minority: %v, want ErrNoLeader", err)
+	}
+	t.Logf("the minority refused after %v: %v", time.Since(started).Round(time.Millisecond), err)
+	tab := cm.Table("1")
+	if _, err := cm.Update(ctx, "1", raidcore.Change{Backend: "b", Version: tab["b"].Version, To: raidcore.BackendState{State: raidcore.Degraded}}); !errors.Is(err, cluster.ErrNoLeader) {
+		t.Fatalf("update on the minority: %v, want ErrNoLeader", err)
+	}
+	// The majority elects a leader (if it was the minority's) and commits.
+	var majority *cluster.Node
+	for _, id := range tc.ids {
+		if id != minority.ID() {
+			majority = tc.nodes[id]
+			break
+		}
+	}
+	l, err := cluster.NewCoordinator(majority).AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err != nil {
+		t.Fatalf("lease on the majority: %v", err)
+	}
+	l.Release()
+}
+
+// A follower's degrade lands through the leader and every node applies
+// it.
+func TestFollowersDegradeLandsEverywhere(t *testing.T) {
+	tc := newTestCluster(t, 3, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := tc.follower()
+	c := cluster.NewCoordinator(f)
+	tab, err := c.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Update(ctx, "1", raidcore.Change{Backend: "b", Version: tab["b"].Version,
+		To: raidcore.BackendState{State: raidcore.Degraded, Reason: "vote failed", By: "proxy", LastTID: zodb.TIDFromUint64(5)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["b"].State != raidcore.Degraded || c.Table("1")["b"].State != raidcore.Degraded {
+		t.Fatalf("the follower does not read its own write: %+v / %+v", got["b"], c.Table("1")["b"])
+	}
+	for _, id := range tc.ids {
+		n := tc.nodes[id]
+		waitUntil(t, 5*time.Second, "the degrade on "+id, func() bool {
+			return cluster.NewCoordinator(n).Table("1")["b"].State == raidcore.Degraded
+		})
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

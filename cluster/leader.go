@@ -1,0 +1,156 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+)
+
+// LeaderAPI is what a node asks of the leader: Raft writes, a read
+// barrier, and the commit lease. A follower reaches it through its
+// Forwarder; the leader answers itself. Every method fails with
+// ErrNotLeader when the node asked no longer leads.
+type LeaderAPI interface {
+	// Apply proposes an encoded fsm command and returns its result and
+	// log index.
+	Apply(ctx context.Context, entry []byte) (result any, index uint64, err error)
+	// Barrier returns an index that covers every write committed before
+	// the call.
+	Barrier(ctx context.Context) (index uint64, err error)
+	// Acquire waits (first come, first served) for a storage's commit
+	// lease and grants it with a new tid, or with explicit when that is
+	// valid.
+	Acquire(ctx context.Context, storage string, explicit zodb.TID, holder string) (Grant, error)
+	// Renew extends a lease; Release gives it back.
+	Renew(ctx context.Context, storage string, id uint64) (time.Time, error)
+	Release(ctx context.Context, storage string, id uint64) error
+}
+
+// Grant is a commit lease as the leader granted it.
+type Grant struct {
+	ID       uint64
+	TID      zodb.TID
+	Deadline time.Time
+}
+
+// Forwarder reaches the leader from a follower.
+type Forwarder interface {
+	// Leader returns the API of the node with that id.
+	Leader(id string) (LeaderAPI, error)
+}
+
+// local is the node's own LeaderAPI: it answers only while the node leads.
+type local struct{ n *Node }
+
+func (l local) Apply(ctx context.Context, entry []byte) (any, uint64, error) {
+	if !l.n.IsLeader() {
+		return nil, 0, ErrNotLeader
+	}
+	return l.n.applyEntry(entry)
+}
+
+func (l local) Barrier(ctx context.Context) (uint64, error) {
+	if !l.n.IsLeader() {
+		return 0, ErrNotLeader
+	}
+	if err := l.n.raft.Barrier(l.n.cfg.ApplyTimeout).Error(); err != nil {
+		return 0, fmt.Errorf("%w (%v)", ErrNotLeader, err)
+	}
+	// The index of the last command applied: barriers and configuration
+	// entries never reach the FSM, so a follower waits for this one.
+	return l.n.fsm.f.Applied(), nil
+}
+
+func (l local) Acquire(ctx context.Context, storage string, explicit zodb.TID, holder string) (Grant, error) {
+	return l.n.leases.acquire(ctx, storage, explicit, holder)
+}
+
+func (l local) Renew(ctx context.Context, storage string, id uint64) (time.Time, error) {
+	return l.n.leases.renew(storage, id)
+}
+
+func (l local) Release(ctx context.Context, storage string, id uint64) error {
+	return l.n.leases.release(storage, id)
+}
+
+// LeaderAPI returns this node's own leader API (for a Forwarder to serve).
+func (n *Node) LeaderAPI() LeaderAPI { return local{n} }
+
+// call runs fn against the leader: this node when it leads, else the
+// leader through the Forwarder. While there is no leader, or the one
+// asked no longer leads, it waits and tries again for up to HoldTimeout,
+// then fails with ErrNoLeader.
+func (n *Node) call(ctx context.Context, fn func(LeaderAPI) error) error {
+	deadline := time.Now().Add(n.cfg.HoldTimeout)
+	var last error
+	for {
+		var api LeaderAPI
+		if n.IsLeader() {
+			api = local{n}
+		} else if id := n.Leader(); id != "" && id != n.cfg.ID && n.cfg.Forwarder != nil {
+			a, err := n.cfg.Forwarder.Leader(id)
+			if err == nil {
+				api = a
+			} else {
+				last = err
+			}
+		}
+		if api != nil {
+			err := fn(api)
+			if err == nil || !errors.Is(err, ErrNotLeader) {
+				return err
+			}
+			last = err
+		}
+		if time.Now().After(deadline) {
+			if last != nil {
+				return fmt.Errorf("%w (last: %v)", ErrNoLeader, last)
+			}
+			return ErrNoLeader
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stop:
+			return ErrClosed
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// propose applies a command through the leader and waits until this node
+// has applied it too (so that it reads its own writes).
+func (n *Node) propose(ctx context.Context, entry []byte) (any, error) {
+	var res any
+	var index uint64
+	err := n.call(ctx, func(api LeaderAPI) error {
+		var err error
+		res, index, err = api.Apply(ctx, entry)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.waitApplied(ctx, index); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// sync waits until this node has applied everything committed before the
+// call (a linearizable read point).
+func (n *Node) sync(ctx context.Context) error {
+	var index uint64
+	err := n.call(ctx, func(api LeaderAPI) error {
+		var err error
+		index, err = api.Barrier(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return n.waitApplied(ctx, index)
+}
