@@ -6,8 +6,9 @@
 // answered. Followers reach the leader through a Forwarder (LeaderAPI).
 // Subpackage httpapi is the operators' HTTP interface.
 //
-// Still to come (issue 8): the TCP transport and raft-boltdb wiring in the
-// proxy, join and leave, forwarding over HTTP, memberlist liveness and
+// OpenStores and NewTCPTransport give a node its durable state (raft-boltdb,
+// file snapshots) and raft's TCP transport. Still to come (issue 8): the
+// wiring in the proxy, join and leave, forwarding over HTTP, memberlist liveness and
 // backend views, reconciling a dead lease holder's transaction, recovery
 // ownership. DESIGN.md has the arguments.
 package cluster
