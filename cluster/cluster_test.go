@@ -2,6 +2,9 @@ package cluster_test
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,6 +55,43 @@ type testCluster struct {
 	trans  map[string]*raft.InmemTransport
 	nodes  map[string]*cluster.Node
 	lease  time.Duration
+	// httpAddrs, when set, makes the nodes forward to the leader over
+	// HTTP (cluster.HTTPForwarder and Node.RPCHandler) instead of calling
+	// it directly.
+	httpAddrs map[string]string
+}
+
+const rpcToken = "cluster-secret"
+
+// serveRPC gives every node an HTTP server for the leader API, so that
+// the cluster forwards over HTTP.
+func (tc *testCluster) serveRPC() {
+	tc.httpAddrs = map[string]string{}
+	for _, id := range tc.ids {
+		id := id
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			tc.nw.mu.Lock()
+			n := tc.nw.nodes[id]
+			tc.nw.mu.Unlock()
+			if n == nil {
+				http.Error(w, "node down", http.StatusServiceUnavailable)
+				return
+			}
+			n.RPCHandler(rpcToken).ServeHTTP(w, r)
+		}))
+		tc.t.Cleanup(srv.Close)
+		tc.httpAddrs[id] = strings.TrimPrefix(srv.URL, "http://")
+	}
+}
+
+func (tc *testCluster) forwarder(id string) cluster.Forwarder {
+	if tc.httpAddrs == nil {
+		return forwarder{tc.nw, id}
+	}
+	return &cluster.HTTPForwarder{Token: rpcToken, Resolve: func(id string) (string, bool) {
+		a, ok := tc.httpAddrs[id]
+		return a, ok
+	}}
 }
 
 func fastRaft(c *raft.Config) {
@@ -63,12 +103,19 @@ func fastRaft(c *raft.Config) {
 
 // newTestCluster starts n voters and waits for a leader.
 func newTestCluster(t *testing.T, n int, lease time.Duration) *testCluster {
+	return newTestClusterOpts(t, n, lease, false)
+}
+
+func newTestClusterOpts(t *testing.T, n int, lease time.Duration, overHTTP bool) *testCluster {
 	tc := &testCluster{t: t, nw: &network{nodes: map[string]*cluster.Node{}, cut: map[[2]string]bool{}}, stores: map[string]stores{},
 		trans: map[string]*raft.InmemTransport{}, nodes: map[string]*cluster.Node{}, lease: lease}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		tc.ids = append(tc.ids, id)
 		tc.stores[id] = stores{logs: raft.NewInmemStore(), snaps: raft.NewInmemSnapshotStore()}
+	}
+	if overHTTP {
+		tc.serveRPC()
 	}
 	tc.openAll()
 	t.Cleanup(tc.closeAll)
@@ -92,7 +139,7 @@ func (tc *testCluster) openAll() {
 	for _, id := range tc.ids {
 		st := tc.stores[id]
 		n, err := cluster.Open(cluster.Config{ID: id, Transport: tc.trans[id], LogStore: st.logs, StableStore: st.logs,
-			SnapshotStore: st.snaps, Bootstrap: servers, Forwarder: forwarder{tc.nw, id}, LeaseTimeout: tc.lease,
+			SnapshotStore: st.snaps, Bootstrap: servers, Forwarder: tc.forwarder(id), LeaseTimeout: tc.lease,
 			TIDWindow: 100 * time.Millisecond, OIDWindow: 50, HoldTimeout: 3 * time.Second, Raft: fastRaft})
 		if err != nil {
 			tc.t.Fatal(err)
@@ -210,4 +257,46 @@ func TestContractThreeVoters(t *testing.T) {
 			return cluster.NewCoordinator(tc.follower())
 		},
 	})
+}
+
+// The contract on a follower that reaches the leader over HTTP: every
+// result and error crosses the wire (JSON) and comes back as the callers
+// test it.
+func TestContractThreeVotersOverHTTP(t *testing.T) {
+	coordtest.Run(t, coordtest.Factory{
+		LeaseTimeout: contractLease,
+		New: func(t *testing.T) raidcore.Coordinator {
+			tc := newTestClusterOpts(t, 3, contractLease, true)
+			return cluster.NewCoordinator(tc.follower())
+		},
+	})
+}
+
+// The leader API over HTTP wants the token, POST and a known operation.
+func TestRPCRefusesStrangers(t *testing.T) {
+	tc := newTestClusterOpts(t, 1, contractLease, true)
+	base := "http://" + tc.httpAddrs["n1"] + "/v1/cluster/rpc/"
+	for _, c := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{"POST", "barrier", "", http.StatusUnauthorized},
+		{"POST", "barrier", "wrong", http.StatusUnauthorized},
+		{"GET", "barrier", rpcToken, http.StatusMethodNotAllowed},
+		{"POST", "nosuch", rpcToken, http.StatusNotFound},
+		{"POST", "barrier", rpcToken, http.StatusOK},
+	} {
+		req, _ := http.NewRequest(c.method, base+c.path, strings.NewReader("{}"))
+		if c.token != "" {
+			req.Header.Set("Authorization", "Bearer "+c.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("%s %s with token %q: %d, want %d", c.method, c.path, c.token, resp.StatusCode, c.want)
+		}
+	}
 }

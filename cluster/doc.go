@@ -8,7 +8,7 @@
 //
 // OpenStores and NewTCPTransport give a node its durable state (raft-boltdb,
 // file snapshots) and raft's TCP transport. Still to come (issue 8): the
-// wiring in the proxy, join and leave, forwarding over HTTP, memberlist liveness and
+// wiring in the proxy, join and leave, memberlist liveness and
 // backend views, reconciling a dead lease holder's transaction, recovery
 // ownership. DESIGN.md has the arguments.
 package cluster
