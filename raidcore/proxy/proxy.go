@@ -416,17 +416,10 @@ func (p *Proxy) autoRecover() {
 					p.backoff[key] = bo
 				}
 				if hasRec && r.Phase == "failed" && r.ID != bo.id {
-					// Count each failed recovery once. The same failure
-					// again and again waits longer each time (up to a
-					// minute); a new kind of failure (a source or the
-					// target killed under it) is tried again soon.
+					// Count each failed recovery once.
 					bo.id = r.ID
 					kind := failureKind(r.Error)
-					if kind == bo.lastErr {
-						bo.delay = min(max(2*bo.delay, time.Second), time.Minute)
-					} else {
-						bo.delay = time.Second
-					}
+					bo.delay = retryDelay(bo.delay, bo.lastErr, kind, r.Transactions)
 					bo.lastErr = kind
 					bo.next = time.Now().Add(bo.delay)
 				}
@@ -442,6 +435,22 @@ func (p *Proxy) autoRecover() {
 			}
 		}
 	}
+}
+
+// retryDelay is how long automatic recovery waits before trying a backend
+// again after a failed recovery: the same failure again and again, with
+// nothing copied, waits longer each time (1 s doubling up to a minute:
+// it will likely fail the same way); a new kind of failure, or a recovery
+// that copied transactions before it was cut off (its source, its target
+// or a connection killed under it), is tried again after a second, since
+// the next attempt goes on from where it stopped. (Under faults every few
+// seconds, backing off on repeated "source lost" failures left a backend
+// optimal 1% of a 10-minute chaos run.)
+func retryDelay(prev time.Duration, prevKind, kind string, copied int) time.Duration {
+	if kind == prevKind && copied == 0 {
+		return min(max(2*prev, time.Second), time.Minute)
+	}
+	return time.Second
 }
 
 // tidsAndNumbers are what differs between two reports of the same

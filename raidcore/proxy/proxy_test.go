@@ -401,3 +401,28 @@ func TestFailureKind(t *testing.T) {
 		t.Fatalf("kinds %q %q %q", a, b, c)
 	}
 }
+
+// Automatic recovery backs off only from a failure that repeats without
+// progress.
+func TestRetryDelay(t *testing.T) {
+	lost := proxy.FailureKind("source: ClientDisconnected: not connected to 127.0.0.1:37659")
+	full := proxy.FailureKind("target: restoring 040d6cf140314878: disk full")
+	for _, c := range []struct {
+		name           string
+		prev           time.Duration
+		prevKind, kind string
+		copied         int
+		want           time.Duration
+	}{
+		{"first failure", 0, "", full, 0, time.Second},
+		{"the same failure, nothing copied", time.Second, full, full, 0, 2 * time.Second},
+		{"again", 16 * time.Second, full, full, 0, 32 * time.Second},
+		{"at most a minute", 48 * time.Second, full, full, 0, time.Minute},
+		{"another kind of failure", time.Minute, full, lost, 0, time.Second},
+		{"the same failure after copying", time.Minute, lost, lost, 120, time.Second},
+	} {
+		if got := proxy.RetryDelay(c.prev, c.prevKind, c.kind, c.copied); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
