@@ -1,6 +1,10 @@
 package cluster
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/zeoraid/zeoraid/raidcore"
+)
 
 // Errors of the cluster.
 var (
@@ -10,10 +14,17 @@ var (
 	// ErrNoLeader: no leader was known within the hold time (an election
 	// is going on, or this node is in a minority and cannot reach a
 	// quorum). Commits are refused then.
-	ErrNoLeader = errors.New("cluster: no leader; this proxy cannot reach a quorum of the cluster, so it refuses commits")
+	// It is a raidcore.ErrUnavailable: an array starting up waits for it.
+	ErrNoLeader error = &unavailableError{"cluster: no leader; this proxy cannot reach a quorum of the cluster, so it refuses commits"}
 	// ErrClosed: the node was closed.
 	ErrClosed = errors.New("cluster: node closed")
 	// ErrUnknownLease: a renew or release of a lease the leader does not
 	// hold (it ended, or another leader granted it).
 	ErrUnknownLease = errors.New("cluster: the commit lease is no longer held")
 )
+
+// unavailableError is an error that is also raidcore.ErrUnavailable.
+type unavailableError struct{ msg string }
+
+func (e *unavailableError) Error() string        { return e.msg }
+func (e *unavailableError) Is(target error) bool { return target == raidcore.ErrUnavailable }

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -178,5 +179,13 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 			t.Fatalf("no %s within %v", what, d)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// No leader is a raidcore.ErrUnavailable: an array starting up waits.
+func TestNoLeaderIsUnavailable(t *testing.T) {
+	err := fmt.Errorf("%w (last: timeout)", cluster.ErrNoLeader)
+	if !errors.Is(err, raidcore.ErrUnavailable) || !errors.Is(err, cluster.ErrNoLeader) {
+		t.Fatalf("%v is not ErrUnavailable", err)
 	}
 }

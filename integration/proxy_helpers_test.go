@@ -426,10 +426,14 @@ func (p *raidProxy) waitStatus(timeout time.Duration, cond func(apiStatus) bool)
 // openGoClient opens a Go ZEO client for tests: quick reconnects, no
 // heartbeats.
 func openGoClient(ctx context.Context, addr string, wait time.Duration) (*zeoclient.Client, error) {
+	return openGoClientAddrs(ctx, []string{addr}, wait)
+}
+
+func openGoClientAddrs(ctx context.Context, addrs []string, wait time.Duration) (*zeoclient.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return zeoclient.Open(ctx, zeoclient.Options{
-		Addrs: []string{addr}, WaitTimeout: wait, CallTimeout: 60 * time.Second,
+		Addrs: addrs, WaitTimeout: wait, CallTimeout: 60 * time.Second,
 		ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, HeartbeatInterval: -1,
 	})
 }

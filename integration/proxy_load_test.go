@@ -113,10 +113,19 @@ func (l *raidLoad) stopped() bool {
 // while disconnected) and starts committing.
 func (l *raidLoad) start(t *testing.T, ctx context.Context, addr string, n int, wait time.Duration) {
 	t.Helper()
+	l.startOn(t, ctx, [][]string{{addr}}, n, wait)
+}
+
+// startOn opens n clients, client i to the addresses addrs[i%len(addrs)]
+// (a ZEO client with several addresses uses the first that answers and
+// moves on when it fails), and starts committing.
+func (l *raidLoad) startOn(t *testing.T, ctx context.Context, addrs [][]string, n int, wait time.Duration) {
+	t.Helper()
 	for i := range n {
-		c, err := openGoClient(ctx, addr, wait)
+		a := addrs[i%len(addrs)]
+		c, err := openGoClientAddrs(ctx, a, wait)
 		if err != nil {
-			t.Fatalf("open client %d to %s: %v", i, addr, err)
+			t.Fatalf("open client %d to %v: %v", i, a, err)
 		}
 		t.Cleanup(func() { c.Close() })
 		l.clients = append(l.clients, c)

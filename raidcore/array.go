@@ -224,6 +224,7 @@ func (a *Array) Assemble(ctx context.Context) error {
 	// Connections being made answer within milliseconds: ask often at
 	// first, then every HealthInterval.
 	pause := 10 * time.Millisecond
+	var coordErr error
 	for {
 		probes := a.probeAll(ctx)
 		answered := 0
@@ -244,13 +245,20 @@ func (a *Array) Assemble(ctx context.Context) error {
 				a.started(table, probes)
 				return nil
 			}
-			if !errors.Is(err, ErrNoBackendReachable) {
+			if errors.Is(err, ErrUnavailable) {
+				coordErr = err
+			} else if !errors.Is(err, ErrNoBackendReachable) {
 				return fmt.Errorf("raidcore: storage %s: %w", a.cfg.Storage, err)
 			}
 		}
 		what := "waiting for backends: " + strings.Join(missing, ", ")
 		if answered > 0 {
 			what = fmt.Sprintf("waiting up to %s for backends: %s", a.cfg.StartupWait, strings.Join(missing, ", "))
+		}
+		if coordErr != nil {
+			what = "waiting for the coordinator: " + coordErr.Error()
+			missing = []string{"the coordinator"}
+			coordErr = nil
 		}
 		a.mu.Lock()
 		a.waiting = what

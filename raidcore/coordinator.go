@@ -109,6 +109,11 @@ var (
 	// ErrNoBackendReachable reports a start-up without any table and
 	// without any backend to derive one from.
 	ErrNoBackendReachable = errors.New("no backend is reachable")
+	// ErrUnavailable reports a coordinator that cannot decide now but may
+	// later (a cluster member without a leader: an election, or no
+	// quorum). Coordinators wrap it; the array's start-up waits and tries
+	// again, and a commit fails with it.
+	ErrUnavailable = errors.New("the coordinator is unavailable")
 )
 
 // Lease is the commit lease: while it is held nobody else in the cluster

@@ -931,3 +931,36 @@ func TestRecoveryVerifiesFromWhereTheTargetIsKnown(t *testing.T) {
 		t.Fatalf("after disagreeing: %+v", row)
 	}
 }
+
+// A coordinator that cannot decide yet (a cluster member before its
+// cluster has a leader) keeps the array assembling, saying so, until it
+// can; any other coordinator error fails the start-up.
+func TestStartWaitsForAnUnavailableCoordinator(t *testing.T) {
+	unavailable := errors.Join(errors.New("cluster: no leader"), raidcore.ErrUnavailable)
+	f := newFixtureOpts(t, 2, fixOpts{async: true, before: func(f *fixture) {
+		f.fc.Fail(coordtest.Start, unavailable)
+	}})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := f.arr.Status()
+		if st.Status == raidcore.StatusAssembling && strings.Contains(st.Waiting, "waiting for the coordinator: cluster: no leader") && f.fc.Calls(coordtest.Start) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status while the coordinator is unavailable: %+v (%d starts)", st, f.fc.Calls(coordtest.Start))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	f.fc.Fail(coordtest.Start, nil)
+	select {
+	case err := <-f.assembled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("not assembled after the coordinator became available")
+	}
+	if !f.allOptimal() {
+		t.Fatalf("table %+v", f.coord.Table("1"))
+	}
+}

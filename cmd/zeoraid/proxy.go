@@ -16,7 +16,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
+	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/proxy"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
@@ -34,6 +39,8 @@ func registerProxyFlags(s *settings) {
 	s.addrKey("listen", "", addrMode{listen: true}, "address to serve ZEO on, host:port (required; port 0 picks a free port)")
 	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the HTTP API and status page (empty: none)")
 	s.dirKey("data", "", "data directory for the proxy's state (required; created if missing)")
+	s.nodeIDKey("node-id", "this proxy's id in a cluster of proxies (empty: a lone proxy keeping its state in --data)")
+	s.peersKey("peer", "a member of the cluster: id=raft-host:port,http-host:port (repeatable; every initial member, this one included, the same list on every proxy)")
 	s.backendsKey("backend", true, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
 	s.tokenKey("admin-token", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
 	s.encodingKeys(false)
@@ -54,6 +61,8 @@ func registerProxyFlags(s *settings) {
 type proxyCfg struct {
 	listen, http, data, token string
 	spoolDir                  string
+	nodeID                    string
+	peers                     []peerSpec
 	lease, txnTimeout, wait   time.Duration
 	storages                  map[string][]proxy.BackendConfig
 	encoding                  wire.Encoding
@@ -72,7 +81,10 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
 		rate: s.integer("recovery-rate"), maxFrame: int(s.integer("max-frame")),
 		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
-		spoolDir: s.str("spool-dir"),
+		spoolDir: s.str("spool-dir"), nodeID: s.str("node-id"),
+	}
+	for _, e := range s.entries("peer") {
+		c.peers = append(c.peers, e.val.(peerSpec))
 	}
 	var errs []error
 	var err error
@@ -91,6 +103,11 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 	if c.spoolDir == "" && c.data != "" {
 		c.spoolDir = filepath.Join(c.data, "spool")
 	}
+	if c.nodeID != "" || len(c.peers) > 0 {
+		if err := clusterConfig(s, &c); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	backends := s.entries("backend")
 	if len(backends) == 0 {
 		errs = append(errs, s.required("backend", "at least one [storage/]name=host:port"))
@@ -101,6 +118,87 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		c.storages[b.storage] = append(c.storages[b.storage], proxy.BackendConfig{Name: b.name, Addrs: b.addrs})
 	}
 	return c, errors.Join(errs...)
+}
+
+// clusterConfig checks the keys of a cluster member.
+func clusterConfig(s *settings, c *proxyCfg) error {
+	if c.nodeID == "" {
+		return s.required("node-id", "this proxy's id among the --peer entries")
+	}
+	if len(c.peers) == 0 {
+		return s.required("peer", "every initial member of the cluster, this one included")
+	}
+	for _, p := range c.peers {
+		if p.id == c.nodeID {
+			if c.http == "" {
+				return s.errKey("http", "a cluster member needs the HTTP API: the members reach the leader through it")
+			}
+			return nil
+		}
+	}
+	return s.errKey("node-id", "%q is not among the %d --peer entries", c.nodeID, len(c.peers))
+}
+
+// self is this proxy's own peer entry.
+func (c proxyCfg) self() peerSpec {
+	for _, p := range c.peers {
+		if p.id == c.nodeID {
+			return p
+		}
+	}
+	return peerSpec{}
+}
+
+// openCoordinator returns the proxy's coordinator: the local one in
+// --data, or a cluster member's (raft state in <data>/raft); the HTTP mux
+// of the cluster's API (/v1/cluster/...; nil alone), to which the rest of
+// the HTTP API is added; and the function that stops it.
+func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *http.ServeMux, func(), error) {
+	if cfg.nodeID == "" {
+		coord, err := localcoord.New(localcoord.Options{Dir: cfg.data, LeaseTimeout: cfg.lease})
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
+		}
+		return coord, nil, func() {}, nil
+	}
+	if err := os.MkdirAll(cfg.data, 0o700); err != nil {
+		return nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
+	}
+	stores, err := cluster.OpenStores(cfg.data, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	self := cfg.self()
+	tr, err := cluster.NewTCPTransport(self.raft, "", log)
+	if err != nil {
+		stores.Close()
+		return nil, nil, nil, fmt.Errorf("config: proxy.peer: %w", err)
+	}
+	httpOf := map[string]string{}
+	var servers []raft.Server
+	for _, p := range cfg.peers {
+		httpOf[p.id] = p.http
+		servers = append(servers, raft.Server{ID: raft.ServerID(p.id), Address: raft.ServerAddress(p.raft), Suffrage: raft.Voter})
+	}
+	node, err := cluster.Open(cluster.Config{ID: cfg.nodeID, Transport: tr, LogStore: stores.Log, StableStore: stores.Stable,
+		SnapshotStore: stores.Snapshot, Bootstrap: servers, LeaseTimeout: cfg.lease, Logger: log,
+		Forwarder: &cluster.HTTPForwarder{Token: cfg.token, Resolve: func(id string) (string, bool) {
+			a, ok := httpOf[id]
+			return a, ok
+		}}})
+	if err != nil {
+		tr.Close()
+		stores.Close()
+		return nil, nil, nil, err
+	}
+	stop := func() {
+		node.Close()
+		stores.Close()
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/cluster/rpc/", node.RPCHandler(cfg.token))
+	mux.Handle("/v1/cluster/status", node.StatusHandler())
+	return cluster.NewCoordinator(node), mux, stop, nil
 }
 
 func runProxy(std stdio, args []string) int {
@@ -114,11 +212,6 @@ func runProxy(std stdio, args []string) int {
 		return s.fail(err)
 	}
 	log := s.logger("zeoraid-proxy")
-	coord, err := localcoord.New(localcoord.Options{Dir: cfg.data, LeaseTimeout: cfg.lease})
-	if err != nil {
-		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.data:", err)
-		return 1
-	}
 	if err := prepareSpool(cfg.spoolDir); err != nil {
 		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.spool-dir:", err)
 		return 1
@@ -136,9 +229,15 @@ func runProxy(std stdio, args []string) int {
 		}
 		return p.Reload(ctx, nc.storages)
 	}
+	coord, rpc, stopCoord, err := openCoordinator(cfg, log)
+	if err != nil {
+		fmt.Fprintln(std.err, "zeoraid proxy:", err)
+		return 1
+	}
+	defer stopCoord()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	p, err = proxy.Start(ctx, proxy.Config{
-		Storages: cfg.storages, Coord: coord, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
+		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,
 		TransactionTimeout: cfg.txnTimeout, StartupWait: cfg.wait, SpoolDir: cfg.spoolDir,
@@ -157,7 +256,12 @@ func runProxy(std stdio, args []string) int {
 			p.Close()
 			return 1
 		}
-		hs = &http.Server{Handler: httpapi.Handler(p, cfg.token), ReadHeaderTimeout: 10 * time.Second}
+		var h http.Handler = httpapi.Handler(p, cfg.token)
+		if rpc != nil {
+			rpc.Handle("/", h)
+			h = rpc
+		}
+		hs = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)
 		httpURL = "http://" + hl.Addr().String() + "/"
 	}

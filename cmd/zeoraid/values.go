@@ -500,3 +500,61 @@ func (s *settings) encoding() (wire.Encoding, error) {
 	}
 	return wire.Pickle, nil
 }
+
+// peerSpec is a member of the proxies' cluster.
+type peerSpec struct {
+	id, raft, http string
+}
+
+// peersKey is the repeatable id=raft-host:port,http-host:port of the
+// cluster's initial members.
+func (s *settings) peersKey(name, usage string) {
+	const format = "id=raft-host:port,http-host:port"
+	s.add(&keySpec{name: name, usage: usage, typ: "spec", list: true,
+		parse: func(raw string) (any, error) {
+			id, addrs, ok := strings.Cut(raw, "=")
+			if !ok {
+				return nil, fmt.Errorf("not %s", format)
+			}
+			if err := checkName("node", id); err != nil {
+				return nil, err
+			}
+			raftAddr, httpAddr, ok := strings.Cut(addrs, ",")
+			if !ok || raftAddr == "" || httpAddr == "" || strings.Contains(httpAddr, ",") {
+				return nil, fmt.Errorf("want two addresses, the raft one and the HTTP one (%s)", format)
+			}
+			for _, a := range []string{raftAddr, httpAddr} {
+				if err := checkAddr(a, addrMode{}); err != nil {
+					return nil, fmt.Errorf("address %q: %v", a, err)
+				}
+			}
+			return peerSpec{id: id, raft: raftAddr, http: httpAddr}, nil
+		},
+		check: func(vals []any) (int, error) {
+			ids, addrs := map[string]bool{}, map[string]string{}
+			for i, v := range vals {
+				p := v.(peerSpec)
+				if ids[p.id] {
+					return i, fmt.Errorf("node %q is listed twice", p.id)
+				}
+				ids[p.id] = true
+				for _, a := range []string{p.raft, p.http} {
+					if other, ok := addrs[a]; ok {
+						return i, fmt.Errorf("address %s is also %s's", a, other)
+					}
+					addrs[a] = p.id
+				}
+			}
+			return 0, nil
+		}})
+}
+
+// nodeIDKey is a node id, empty allowed.
+func (s *settings) nodeIDKey(name, usage string) {
+	s.add(&keySpec{name: name, usage: usage, typ: "id", def: []string{""}, parse: func(raw string) (any, error) {
+		if raw == "" {
+			return raw, nil
+		}
+		return raw, checkName("node", raw)
+	}})
+}
