@@ -130,8 +130,7 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 	if err != nil {
 		return nil, err
 	}
-	var lease *raidcore.Lease
-	lease = raidcore.NewLease(storage, g.TID, g.Deadline, func() {
+	lease := raidcore.NewLease(storage, g.TID, g.Deadline, func() {
 		rctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.LeaseTimeout)
 		defer cancel()
 		c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID) })

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Tunables of the durable raft state (house-style.md's checklist).
@@ -47,7 +48,7 @@ func OpenStores(dir string, logger hclog.Logger) (*Stores, error) {
 	path := filepath.Join(rdir, "raft.db")
 	bolt, err := raftboltdb.New(raftboltdb.Options{Path: path, BoltOptions: &bbolt.Options{Timeout: boltOpenTimeout}})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("cluster: %s is locked: another zeoraid process uses this data directory", path)
 		}
 		return nil, fmt.Errorf("cluster: open raft log %s: %w", path, err)

@@ -298,14 +298,3 @@ func (s *leaseService) release(storage string, id uint64) error {
 	s.dispatch(q)
 	return nil
 }
-
-// stats reports the lease of a storage as the leader sees it.
-func (s *leaseService) stats(storage string) (held bool, waiting int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	q := s.queues[storage]
-	if q == nil {
-		return false, 0
-	}
-	return q.holder != nil, len(q.waiters)
-}
