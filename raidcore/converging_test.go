@@ -43,3 +43,36 @@ func TestConverging(t *testing.T) {
 		t.Errorf("rate over 200 transactions in 4 s = %v, want 50", rate)
 	}
 }
+
+// After a proxy restart the count is a lower bound; the gap in time at
+// the clients' rate estimates the rest.
+func TestEstimateLeft(t *testing.T) {
+	rounds := []copyRound{{copied: 75, committed: 45, elapsed: time.Second}, {copied: 75, committed: 45, elapsed: time.Second}}
+	for _, c := range []struct {
+		name  string
+		count int
+		exact bool
+		gap   time.Duration
+		want  float64
+	}{
+		{"exact", 300, true, time.Hour, 300},
+		// The 10-minute chaos run: 460 s behind, clients at 45 a second,
+		// the array remembering 4645 since its restart.
+		{"lower bound, long gap", 4645, false, 460 * time.Second, 20700},
+		// A burst committed before a quiet spell: the count says more.
+		{"lower bound, short gap", 900, false, 10 * time.Second, 900},
+	} {
+		if got := estimateLeft(c.count, c.exact, c.gap, rounds); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+	if got := estimateLeft(7, false, time.Minute, nil); got != 7 {
+		t.Errorf("without rounds: %v", got)
+	}
+	// With that estimate, the chaos run's healing copy (75 a second
+	// against 45) no longer counts as converging: 20700 left at 30 a
+	// second is more than maxConverge.
+	if ok, _ := converging(rounds, estimateLeft(4645, false, 460*time.Second, rounds)); ok {
+		t.Error("a copy 11 minutes from done counts as converging")
+	}
+}

@@ -364,7 +364,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if len(rounds) > judgedRounds {
 			rounds = rounds[1:]
 		}
-		left := float64(count)
+		left := estimateLeft(count, exact, gap, rounds)
 		ok, rate := converging(rounds, left)
 		if window == 0 && rate > 0 {
 			copyRate = rate
@@ -642,6 +642,28 @@ const (
 type copyRound struct {
 	copied, committed int64
 	elapsed           time.Duration
+}
+
+// estimateLeft is how many transactions the target still lacks: count
+// when it is exact; when it is a lower bound (the proxy restarted since
+// the target fell behind), at least the gap in time between tids times
+// the rate clients commit at now (the backlog is taken to have been
+// committed at about today's rate; a backlog committed in a burst is
+// underestimated, which errs towards not pausing anybody).
+func estimateLeft(count int, exact bool, gap time.Duration, rounds []copyRound) float64 {
+	left := float64(count)
+	if exact {
+		return left
+	}
+	var committed int64
+	var elapsed time.Duration
+	for _, r := range rounds {
+		committed, elapsed = committed+r.committed, elapsed+r.elapsed
+	}
+	if elapsed > 0 {
+		left = max(left, gap.Seconds()*float64(committed)/elapsed.Seconds())
+	}
+	return left
 }
 
 // converging judges a recovery on its last rounds, with left
