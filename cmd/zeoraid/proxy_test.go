@@ -51,6 +51,15 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		{[]string{"--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"}, "proxy.data"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--transaction-timeout", "40s", "--lease-timeout", "30s"), "proxy.transaction-timeout: flag --transaction-timeout \"40s\": 40s is longer than proxy.lease-timeout (30s)"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--lease-timeout", "0s"), "proxy.lease-timeout"},
+		// A cluster member.
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300"), `proxy.peer: flag --peer "n1=127.0.0.1:8300": want two addresses`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:99999"), "proxy.peer"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180", "--peer", "n1=127.0.0.2:8300,127.0.0.2:8180"), `node "n1" is listed twice`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180", "--peer", "n2=127.0.0.1:8300,127.0.0.2:8180"), "address 127.0.0.1:8300 is also n1's"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180"), "proxy.node-id"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--node-id", "n1"), "proxy.peer"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--node-id", "n9", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180"), `proxy.node-id: flag --node-id "n9": "n9" is not among the 1 --peer entries`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--node-id", "n1", "--http", "", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180"), "proxy.http"},
 	} {
 		s := newSettings("proxy", discard)
 		registerProxyFlags(s)
