@@ -265,39 +265,7 @@ func TestRecoveryConvergesUnderFullLoad(t *testing.T) {
 // grew, and commits were paused in windows (1 s at a time on a loaded
 // machine).
 func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
-	f := newFixture(t, 2)
-	oids, _ := f.arr.NewOIDs(f.ctx, 1)
-	f.faults[1].setDown(true)
-	var last zodb.TID
-	for i := 0; i < 3000; i++ {
-		var err error
-		last, err = f.commit(storagetest.Store(oids[0], last, storagetest.Record(fmt.Sprint(i))))
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.arr.Close()
-	g := newFixtureOpts(t, 2, fixOpts{dir: f.dir, mems: f.mems})
-	g.faults[1].set("vote", slow) // 3 ms per copied transaction
-	stop := make(chan struct{})
-	writerDone := make(chan error, 1)
-	go func() {
-		serial := last
-		for {
-			select {
-			case <-stop:
-				writerDone <- nil
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			tid, err := g.commit(storagetest.Store(oids[0], serial, storagetest.Record("w")))
-			if err != nil {
-				writerDone <- err
-				return
-			}
-			serial = tid
-		}
-	}()
+	g, stopWriter := behindAfterRestart(t, 3000, 10*time.Millisecond)
 	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -326,8 +294,7 @@ func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
 			}
 		}
 	}
-	close(stop)
-	if err := <-writerDone; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatal(err)
 	}
 	if !lowerBound {
@@ -353,39 +320,7 @@ func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
 // last round at once and held the lease until done (three minutes in a
 // 10-minute chaos run).
 func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
-	f := newFixture(t, 2)
-	oids, _ := f.arr.NewOIDs(f.ctx, 1)
-	f.faults[1].setDown(true)
-	var last zodb.TID
-	for i := 0; i < 8000; i++ {
-		var err error
-		last, err = f.commit(storagetest.Store(oids[0], last, storagetest.Record(fmt.Sprint(i))))
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	f.arr.Close()
-	g := newFixtureOpts(t, 2, fixOpts{dir: f.dir, mems: f.mems})
-	g.faults[1].set("vote", slow) // 3 ms per copied transaction
-	stop := make(chan struct{})
-	writerDone := make(chan error, 1)
-	go func() {
-		serial := last
-		for {
-			select {
-			case <-stop:
-				writerDone <- nil
-				return
-			case <-time.After(3500 * time.Microsecond):
-			}
-			tid, err := g.commit(storagetest.Store(oids[0], serial, storagetest.Record("w")))
-			if err != nil {
-				writerDone <- err
-				return
-			}
-			serial = tid
-		}
-	}()
+	g, stopWriter := behindAfterRestart(t, 8000, 3500*time.Microsecond)
 	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -409,8 +344,7 @@ func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
 			}
 		}
 	}
-	close(stop)
-	if err := <-writerDone; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("recovered in %v; longest commit pause by the recovery %v", time.Since(started).Round(time.Millisecond), longest)
@@ -420,4 +354,49 @@ func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
 		t.Fatalf("the recovery held the commit lease for %v at a time", longest)
 	}
 	g.identical(0, 1)
+}
+
+// behindAfterRestart commits backlog transactions while backend b1 is
+// down, restarts the array on the same state (so it remembers none of
+// them), slows b1's restores to 3 ms each and starts a writer that
+// commits one transaction every pace; stopWriter stops it and returns its
+// error.
+func behindAfterRestart(t *testing.T, backlog int, pace time.Duration) (g *fixture, stopWriter func() error) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	f.faults[1].setDown(true)
+	var last zodb.TID
+	for i := 0; i < backlog; i++ {
+		var err error
+		last, err = f.commit(storagetest.Store(oids[0], last, storagetest.Record(fmt.Sprint(i))))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.arr.Close()
+	g = newFixtureOpts(t, 2, fixOpts{dir: f.dir, mems: f.mems})
+	g.faults[1].set("vote", slow) // 3 ms per copied transaction
+	stop := make(chan struct{})
+	writerDone := make(chan error, 1)
+	go func() {
+		serial := last
+		for {
+			select {
+			case <-stop:
+				writerDone <- nil
+				return
+			case <-time.After(pace):
+			}
+			tid, err := g.commit(storagetest.Store(oids[0], serial, storagetest.Record("w")))
+			if err != nil {
+				writerDone <- err
+				return
+			}
+			serial = tid
+		}
+	}()
+	return g, func() error {
+		close(stop)
+		return <-writerDone
+	}
 }
