@@ -130,10 +130,15 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 	if err != nil {
 		return nil, err
 	}
-	lease := raidcore.NewLease(storage, g.TID, g.Deadline, func() {
+	var lease *raidcore.Lease
+	lease = raidcore.NewLease(storage, g.TID, g.Deadline, func() {
 		rctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.LeaseTimeout)
 		defer cancel()
-		c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID) })
+		// Clean: given back by its holder (not lost at its deadline,
+		// perhaps in the middle of a tpc_finish), and settled when it
+		// had to be.
+		clean := errors.Is(lease.Err(), raidcore.ErrLeaseReleased) && (!g.Unsettled || lease.IsSettled())
+		c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID, clean) })
 	}, func(ctx context.Context) (time.Time, error) {
 		var d time.Time
 		err := c.n.call(ctx, func(api LeaderAPI) error {
@@ -146,6 +151,7 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 		}
 		return d, nil
 	})
+	lease.Unsettled = g.Unsettled
 	go func() {
 		// Lost at the deadline unless renewed.
 		for {

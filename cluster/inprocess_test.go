@@ -189,3 +189,64 @@ func TestNoLeaderIsUnavailable(t *testing.T) {
 		t.Fatalf("%v is not ErrUnavailable", err)
 	}
 }
+
+// TestUnsettledGrants: the first grant of a leadership, and every grant
+// after a lease that ran out, asks its holder to settle the backends
+// (Grant.Unsettled) until a holder gives one back settled.
+func TestUnsettledGrants(t *testing.T) {
+	tc := newTestCluster(t, 3, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := tc.follower()
+	c := cluster.NewCoordinator(node)
+	if _, err := c.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
+		t.Fatal(err)
+	}
+	acquire := func() *raidcore.Lease {
+		t.Helper()
+		l, err := c.AcquireLease(ctx, "1", zodb.ZeroTID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	l := acquire()
+	if !l.Unsettled {
+		t.Fatal("the first grant of a leadership is not unsettled")
+	}
+	l.Release() // given back without settling: the next one still asks
+	l = acquire()
+	if !l.Unsettled {
+		t.Fatal("a grant after an unsettled lease given back unsettled is settled")
+	}
+	l.Settled()
+	l.Release()
+	l = acquire()
+	if l.Unsettled {
+		t.Fatal("a grant after a settled release is unsettled")
+	}
+	l.Release()
+	// A lease that runs out: its holder may have stopped in tpc_finish.
+	l = acquire()
+	<-l.Done()
+	if l.Unsettled {
+		t.Fatal("unexpected")
+	}
+	l = acquire()
+	if !l.Unsettled {
+		t.Fatal("a grant after a lease that ran out is not unsettled")
+	}
+	l.Settled()
+	l.Release()
+	// A new leader does not know how its predecessor's last lease ended.
+	old := tc.waitLeader()
+	tc.kill(old)
+	if old == node.ID() {
+		t.Skip("the node under test was the leader")
+	}
+	l = acquire()
+	if !l.Unsettled {
+		t.Fatal("the first grant of a new leader is not unsettled")
+	}
+	l.Release()
+}

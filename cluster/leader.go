@@ -24,9 +24,12 @@ type LeaderAPI interface {
 	// lease and grants it with a new tid, or with explicit when that is
 	// valid.
 	Acquire(ctx context.Context, storage string, explicit zodb.TID, holder string) (Grant, error)
-	// Renew extends a lease; Release gives it back.
+	// Renew extends a lease; Release gives it back, clean telling
+	// whether its holder left the backends in agreement: it released
+	// the lease (rather than losing it at its deadline) and settled them
+	// when the grant asked for it (Grant.Unsettled).
 	Renew(ctx context.Context, storage string, id uint64) (time.Time, error)
-	Release(ctx context.Context, storage string, id uint64) error
+	Release(ctx context.Context, storage string, id uint64, clean bool) error
 }
 
 // Grant is a commit lease as the leader granted it.
@@ -34,6 +37,11 @@ type Grant struct {
 	ID       uint64
 	TID      zodb.TID
 	Deadline time.Time
+	// Unsettled: the lease before this one ended without being released
+	// (expired, its holder found dead, or granted by an earlier leader):
+	// the holder must make the backends agree before it commits (see
+	// raidcore.Lease.Unsettled).
+	Unsettled bool
 }
 
 // Forwarder reaches the leader from a follower.
@@ -72,8 +80,8 @@ func (l local) Renew(ctx context.Context, storage string, id uint64) (time.Time,
 	return l.n.leases.renew(storage, id)
 }
 
-func (l local) Release(ctx context.Context, storage string, id uint64) error {
-	return l.n.leases.release(storage, id)
+func (l local) Release(ctx context.Context, storage string, id uint64, clean bool) error {
+	return l.n.leases.release(storage, id, clean)
 }
 
 // LeaderAPI returns this node's own leader API (for a Forwarder to serve).

@@ -35,6 +35,10 @@ type leaseQueue struct {
 	holder  *heldLease
 	waiters []*leaseWaiter
 	raising bool
+	// unsettled: the last lease ended without being released, or this
+	// leadership does not know how its predecessor's last one ended; the
+	// next grant asks its holder to make the backends agree first.
+	unsettled bool
 }
 
 type heldLease struct {
@@ -43,6 +47,8 @@ type heldLease struct {
 	holder   string
 	deadline time.Time
 	timer    *time.Timer
+	// unsettled: the grant asked its holder to settle the backends.
+	unsettled bool
 }
 
 type leaseWaiter struct {
@@ -99,7 +105,7 @@ func (s *leaseService) queue(storage string) (*leaseQueue, error) {
 	}
 	// Every tid below the committed ceiling may have been granted by an
 	// earlier leader.
-	q = &leaseQueue{storage: storage, lastTID: zodb.TIDFromUint64(st.TIDCeiling)}
+	q = &leaseQueue{storage: storage, lastTID: zodb.TIDFromUint64(st.TIDCeiling), unsettled: true}
 	s.queues[storage] = q
 	return q, nil
 }
@@ -134,7 +140,7 @@ func (s *leaseService) acquire(ctx context.Context, storage string, explicit zod
 		s.mu.Unlock()
 		// Granted (or failed) meanwhile: give it back.
 		if r := <-w.ch; r.err == nil {
-			s.release(storage, r.g.ID)
+			s.release(storage, r.g.ID, !r.g.Unsettled)
 		}
 		return Grant{}, ctx.Err()
 	}
@@ -223,11 +229,11 @@ func (s *leaseService) grant(q *leaseQueue, w *leaseWaiter) {
 	}
 	q.lastTID = tid
 	s.nextID++
-	h := &heldLease{id: s.nextID, tid: tid, holder: w.holder, deadline: now.Add(s.n.cfg.LeaseTimeout)}
+	h := &heldLease{id: s.nextID, tid: tid, holder: w.holder, deadline: now.Add(s.n.cfg.LeaseTimeout), unsettled: q.unsettled}
 	h.timer = time.AfterFunc(s.n.cfg.LeaseTimeout, func() { s.expire(q, h.id) })
 	q.holder = h
 	s.mu.Unlock()
-	w.ch <- grantResult{g: Grant{ID: h.id, TID: tid, Deadline: h.deadline}}
+	w.ch <- grantResult{g: Grant{ID: h.id, TID: tid, Deadline: h.deadline, Unsettled: h.unsettled}}
 }
 
 // raiseAhead raises the ceiling a window above tid in the background, so
@@ -258,7 +264,7 @@ func (s *leaseService) expire(q *leaseQueue, id uint64) {
 		return
 	}
 	s.n.log.Warn("commit lease expired", "storage", q.storage, "holder", q.holder.holder, "tid", q.holder.tid)
-	q.holder, q.busy = nil, false
+	q.holder, q.busy, q.unsettled = nil, false, true
 	s.dispatch(q)
 }
 
@@ -286,7 +292,10 @@ func (s *leaseService) renew(storage string, id uint64) (time.Time, error) {
 	return q.holder.deadline, nil
 }
 
-func (s *leaseService) release(storage string, id uint64) error {
+// release ends a lease; clean: its holder gave it back with the backends
+// in agreement (not lost at its deadline, and settled when it was
+// granted unsettled).
+func (s *leaseService) release(storage string, id uint64, clean bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	q := s.queues[storage]
@@ -294,6 +303,7 @@ func (s *leaseService) release(storage string, id uint64) error {
 		return nil
 	}
 	q.holder.timer.Stop()
+	q.unsettled = !clean
 	q.holder, q.busy = nil, false
 	s.dispatch(q)
 	return nil

@@ -29,6 +29,7 @@ type rpcRequest struct {
 	Explicit string `json:"explicit,omitempty"`
 	Holder   string `json:"holder,omitempty"`
 	ID       uint64 `json:"id,omitempty"`
+	Clean    bool   `json:"clean,omitempty"`
 }
 
 type rpcAnswer struct {
@@ -40,6 +41,8 @@ type rpcAnswer struct {
 	TID      string          `json:"tid,omitempty"`
 	ID       uint64          `json:"id,omitempty"`
 	Deadline time.Time       `json:"deadline,omitempty"`
+	// Unsettled: see Grant.
+	Unsettled bool `json:"unsettled,omitempty"`
 }
 
 type rpcError struct {
@@ -208,12 +211,12 @@ func (n *Node) RPCHandler(token string) http.Handler {
 			}
 			var g Grant
 			if g, err = api.Acquire(ctx, req.Storage, explicit, req.Holder); err == nil {
-				a.ID, a.TID, a.Deadline = g.ID, g.TID.String(), g.Deadline
+				a.ID, a.TID, a.Deadline, a.Unsettled = g.ID, g.TID.String(), g.Deadline, g.Unsettled
 			}
 		case "renew":
 			a.Deadline, err = api.Renew(ctx, req.Storage, req.ID)
 		case "release":
-			err = api.Release(ctx, req.Storage, req.ID)
+			err = api.Release(ctx, req.Storage, req.ID, req.Clean)
 		default:
 			http.NotFound(w, r)
 			return
@@ -316,7 +319,7 @@ func (h *httpLeader) Acquire(ctx context.Context, storage string, explicit zodb.
 	if err != nil {
 		return Grant{}, fmt.Errorf("cluster rpc acquire: %w", err)
 	}
-	return Grant{ID: a.ID, TID: tid, Deadline: a.Deadline}, nil
+	return Grant{ID: a.ID, TID: tid, Deadline: a.Deadline, Unsettled: a.Unsettled}, nil
 }
 
 func (h *httpLeader) Renew(ctx context.Context, storage string, id uint64) (time.Time, error) {
@@ -327,8 +330,8 @@ func (h *httpLeader) Renew(ctx context.Context, storage string, id uint64) (time
 	return a.Deadline, nil
 }
 
-func (h *httpLeader) Release(ctx context.Context, storage string, id uint64) error {
-	_, err := h.call(ctx, "release", rpcRequest{Storage: storage, ID: id})
+func (h *httpLeader) Release(ctx context.Context, storage string, id uint64, clean bool) error {
+	_, err := h.call(ctx, "release", rpcRequest{Storage: storage, ID: id, Clean: clean})
 	return err
 }
 

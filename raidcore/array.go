@@ -948,7 +948,7 @@ func errNoBackend(what string) error {
 // counters are the array's event counts, for metrics.
 type counters struct {
 	mu                                              sync.Mutex
-	degrades, voteTimeouts, voteFailures, leaseLost int64
+	degrades, voteTimeouts, voteFailures, leaseLost, settles int64
 }
 
 func (c *counters) add(p *int64) {

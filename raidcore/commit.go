@@ -107,7 +107,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if err := a.cfg.Coord.AdvanceOIDs(ctx, a.cfg.Storage, maxOID); err != nil {
 		return zodb.VoteResult{}, err
 	}
-	lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, txn.TID)
+	lease, err := a.acquireLease(ctx, txn.TID)
 	if err != nil {
 		return zodb.VoteResult{}, err
 	}

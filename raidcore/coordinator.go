@@ -124,6 +124,16 @@ var (
 type Lease struct {
 	Storage string
 	TID     zodb.TID
+	// Unsettled is set by the coordinator when the lease before this one
+	// ended without its holder releasing it (the holder died, was cut off
+	// or overran its deadline, or a new leader cannot know how its
+	// predecessor's last lease ended): that holder may have finished its
+	// transaction on some backends and not on others. The new holder
+	// makes the optimal backends agree before it commits (Array.settle)
+	// and calls Settled; until a holder does, every grant is unsettled.
+	Unsettled bool
+
+	settled  bool
 
 	once     sync.Once
 	done     chan struct{}
@@ -139,6 +149,22 @@ type Lease struct {
 // not nil, extends it and returns the new deadline.
 func NewLease(storage string, tid zodb.TID, deadline time.Time, release func(), renew func(ctx context.Context) (time.Time, error)) *Lease {
 	return &Lease{Storage: storage, TID: tid, deadline: deadline, release: release, renew: renew, done: make(chan struct{})}
+}
+
+// Settled records that the holder made the optimal backends agree (see
+// Unsettled); the coordinator reads it with IsSettled when the lease is
+// given back.
+func (l *Lease) Settled() {
+	l.mu.Lock()
+	l.settled = true
+	l.mu.Unlock()
+}
+
+// IsSettled reports whether Settled was called.
+func (l *Lease) IsSettled() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.settled
 }
 
 // Deadline is when the lease expires if it is neither released nor

@@ -465,13 +465,16 @@ type Counters struct {
 	// LeaseLost counts voted transactions aborted because the commit
 	// lease ended before tpc_finish.
 	LeaseLost int64 `json:"lease_lost"`
+	// Settles counts comparisons of the backends' last transactions after
+	// a commit lease ended without being released (Lease.Unsettled).
+	Settles int64 `json:"settles"`
 }
 
 // Counters returns the array's counters.
 func (a *Array) Counters() Counters {
 	a.counts.mu.Lock()
 	defer a.counts.mu.Unlock()
-	return Counters{Degrades: a.counts.degrades, VoteTimeouts: a.counts.voteTimeouts, VoteFailures: a.counts.voteFailures, LeaseLost: a.counts.leaseLost}
+	return Counters{Degrades: a.counts.degrades, VoteTimeouts: a.counts.voteTimeouts, VoteFailures: a.counts.voteFailures, LeaseLost: a.counts.leaseLost, Settles: a.counts.settles}
 }
 
 // BackendLink is the proxy's connection to one backend, for metrics.

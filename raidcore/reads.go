@@ -389,7 +389,7 @@ func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
 // returned to the caller to release.
 func (a *Array) packTime(ctx context.Context, requested zodb.TID) (zodb.TID, *Lease, error) {
 	const margin = time.Millisecond
-	lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
+	lease, err := a.acquireLease(ctx, zodb.ZeroTID)
 	if err != nil {
 		return zodb.TID{}, nil, err
 	}

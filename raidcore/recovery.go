@@ -407,7 +407,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			}
 			prevWindowLeft = behind
 			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
-			lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
+			lease, err := a.acquireLease(ctx, zodb.ZeroTID)
 			if err != nil {
 				return err
 			}
@@ -452,7 +452,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	// The last round under the commit lease: nobody commits meanwhile, so
 	// the target ends exactly where the source is.
 	r.update(func(p *Progress) { p.Phase = "catching up" })
-	lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, zodb.ZeroTID)
+	lease, err := a.acquireLease(ctx, zodb.ZeroTID)
 	if err != nil {
 		return err
 	}

@@ -263,6 +263,7 @@ func writeArrayMetrics(w http.ResponseWriter, arrays map[string]*raidcore.Array)
 		get        func(c raidcore.Counters) int64
 	}{
 		{"zeoraid_degrades_total", "Backends degraded by this proxy.", func(c raidcore.Counters) int64 { return c.Degrades }},
+		{"zeoraid_lease_settles_total", "Comparisons of the backends' last transactions after a commit lease ended without being released.", func(c raidcore.Counters) int64 { return c.Settles }},
 		{"zeoraid_vote_timeouts_total", "Votes that timed out on every backend at once (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteTimeouts }},
 		{"zeoraid_vote_failures_total", "Votes that failed on every backend (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteFailures }},
 		{"zeoraid_lease_lost_total", "Voted transactions aborted because the commit lease ended before tpc_finish.", func(c raidcore.Counters) int64 { return c.LeaseLost }},
