@@ -59,6 +59,8 @@ type testCluster struct {
 	// HTTP (cluster.HTTPForwarder and Node.RPCHandler) instead of calling
 	// it directly.
 	httpAddrs map[string]string
+	// live, when set, is every node's Liveness (checked every 20 ms).
+	live cluster.Liveness
 }
 
 const rpcToken = "cluster-secret"
@@ -107,8 +109,12 @@ func newTestCluster(t *testing.T, n int, lease time.Duration) *testCluster {
 }
 
 func newTestClusterOpts(t *testing.T, n int, lease time.Duration, overHTTP bool) *testCluster {
+	return newTestClusterWith(t, n, lease, overHTTP, nil)
+}
+
+func newTestClusterWith(t *testing.T, n int, lease time.Duration, overHTTP bool, live cluster.Liveness) *testCluster {
 	tc := &testCluster{t: t, nw: &network{nodes: map[string]*cluster.Node{}, cut: map[[2]string]bool{}}, stores: map[string]stores{},
-		trans: map[string]*raft.InmemTransport{}, nodes: map[string]*cluster.Node{}, lease: lease}
+		trans: map[string]*raft.InmemTransport{}, nodes: map[string]*cluster.Node{}, lease: lease, live: live}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		tc.ids = append(tc.ids, id)
@@ -140,7 +146,8 @@ func (tc *testCluster) openAll() {
 		st := tc.stores[id]
 		n, err := cluster.Open(cluster.Config{ID: id, Transport: tc.trans[id], LogStore: st.logs, StableStore: st.logs,
 			SnapshotStore: st.snaps, Bootstrap: servers, Forwarder: tc.forwarder(id), LeaseTimeout: tc.lease,
-			TIDWindow: 100 * time.Millisecond, OIDWindow: 50, HoldTimeout: 3 * time.Second, Raft: fastRaft})
+			TIDWindow: 100 * time.Millisecond, OIDWindow: 50, HoldTimeout: 3 * time.Second, Raft: fastRaft,
+			Liveness: tc.live, DetectInterval: 20 * time.Millisecond})
 		if err != nil {
 			tc.t.Fatal(err)
 		}

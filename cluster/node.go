@@ -49,6 +49,13 @@ type Config struct {
 	// Raft adjusts raft's configuration (timings in tests); LocalID,
 	// Logger and NotifyCh are set by the node.
 	Raft func(*raft.Config)
+	// Liveness, when set (gossip), lets the leader degrade a backend that
+	// a majority of the live proxies cannot reach: checked every
+	// DetectInterval (default 1 s), DetectStrikes times in a row
+	// (default 3).
+	Liveness       Liveness
+	DetectInterval time.Duration
+	DetectStrikes  int
 	// Logger (default: a discarding logger).
 	Logger hclog.Logger
 	// Now is the clock (default time.Now).
@@ -79,6 +86,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
+	}
+	if c.DetectInterval <= 0 {
+		c.DetectInterval = time.Second
+	}
+	if c.DetectStrikes <= 0 {
+		c.DetectStrikes = 3
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -259,6 +272,9 @@ func (n *Node) establishLeadership(ctx context.Context) {
 	}
 	n.leases.open(ctx, n.cfg.Now().Add(wait))
 	n.log.Info("leading the cluster", "first_grant_after", wait)
+	if n.cfg.Liveness != nil {
+		n.detectBackendFailures(ctx)
+	}
 }
 
 // applyLocal proposes a command on this node (it must be the leader) and
