@@ -947,7 +947,7 @@ func errNoBackend(what string) error {
 
 // counters are the array's event counts, for metrics.
 type counters struct {
-	mu                                              sync.Mutex
+	mu                                                       sync.Mutex
 	degrades, voteTimeouts, voteFailures, leaseLost, settles int64
 }
 

@@ -133,7 +133,7 @@ type Lease struct {
 	// and calls Settled; until a holder does, every grant is unsettled.
 	Unsettled bool
 
-	settled  bool
+	settled bool
 
 	once     sync.Once
 	done     chan struct{}
