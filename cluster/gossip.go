@@ -75,6 +75,7 @@ type Gossip struct {
 	mu      sync.Mutex
 	views   map[string]receivedView
 	leaving map[string]uint64 // the seq of a member's leave announcement
+	gone    map[string]string // members that failed or left: "failed", "left"
 	seq     uint64
 
 	events chan memberEvent
@@ -132,7 +133,7 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: gossip address %q: %w", cfg.Bind, err)
 	}
-	g := &Gossip{cfg: cfg, log: cfg.Logger.Named("gossip"), meta: meta, views: map[string]receivedView{}, leaving: map[string]uint64{},
+	g := &Gossip{cfg: cfg, log: cfg.Logger.Named("gossip"), meta: meta, views: map[string]receivedView{}, leaving: map[string]uint64{}, gone: map[string]string{},
 		events: make(chan memberEvent, 64), stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -229,14 +230,24 @@ func (g *Gossip) Alive() []string {
 	return out
 }
 
-// Members returns every member gossip knows with its state and metadata.
+// Members returns every member gossip knows with its state and metadata,
+// and those that failed or left since this one started.
 func (g *Gossip) Members() []GossipMember {
 	var out []GossipMember
+	seen := map[string]bool{}
 	for _, m := range g.ml.Members() {
 		gm := GossipMember{ID: m.Name, Addr: net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))), State: stateName(m.State)}
 		json.Unmarshal(m.Meta, &gm.Meta)
 		out = append(out, gm)
+		seen[m.Name] = true
 	}
+	g.mu.Lock()
+	for id, st := range g.gone {
+		if !seen[id] {
+			out = append(out, GossipMember{ID: id, State: st})
+		}
+	}
+	g.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
@@ -319,6 +330,11 @@ func (g *Gossip) deliverEvents() {
 			g.mu.Lock()
 			_, left := g.leaving[ev.id]
 			delete(g.leaving, ev.id)
+			if left {
+				g.gone[ev.id] = "left"
+			} else {
+				g.gone[ev.id] = "failed"
+			}
 			g.mu.Unlock()
 			if left {
 				g.log.Info("proxy left gossip", "id", ev.id)
@@ -408,6 +424,7 @@ func (e *gossipEvents) NotifyJoin(n *memberlist.Node) {
 	g.log.Info("proxy joined gossip", "id", n.Name, "addr", n.Address())
 	g.mu.Lock()
 	delete(g.leaving, n.Name)
+	delete(g.gone, n.Name)
 	g.mu.Unlock()
 }
 func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) {}

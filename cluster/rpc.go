@@ -335,29 +335,3 @@ func (h *httpLeader) Release(ctx context.Context, storage string, id uint64, cle
 	return err
 }
 
-// NodeStatus is a node's view of the cluster.
-type NodeStatus struct {
-	ID       string `json:"id"`
-	Leader   string `json:"leader"`
-	IsLeader bool   `json:"is_leader"`
-	Voters   int    `json:"voters"`
-	Applied  uint64 `json:"applied_index"`
-}
-
-// Status returns this node's view of the cluster.
-func (n *Node) Status() NodeStatus {
-	return NodeStatus{ID: n.cfg.ID, Leader: n.Leader(), IsLeader: n.IsLeader(), Voters: n.Voters(), Applied: n.fsm.f.Applied()}
-}
-
-// StatusHandler serves GET /v1/cluster/status: this node's view of the
-// cluster, as JSON.
-func (n *Node) StatusHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			http.Error(w, "GET only", http.StatusMethodNotAllowed)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(n.Status())
-	})
-}

@@ -84,6 +84,14 @@ func (f *FSM) Storage(name string) *Storage {
 	return nil
 }
 
+// Proxy returns a proxy's registry entry.
+func (f *FSM) Proxy(id string) (Proxy, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, ok := f.s.Proxies[id]
+	return p, ok
+}
+
 // Applied is the index of the last entry applied.
 func (f *FSM) Applied() uint64 {
 	f.mu.RLock()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -42,7 +43,7 @@ func startClusterProxies(t *testing.T, bs []*raidBackend, n int, extra ...string
 		p := &raidProxy{Dir: t.TempDir(), logDir: t.TempDir(),
 			Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), HTTPAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 		p.URL = "http://" + p.HTTPAddr + "/"
-		peers = append(peers, fmt.Sprintf("--peer=n%d=127.0.0.1:%d,%s", i, freePort(t), p.HTTPAddr))
+		peers = append(peers, fmt.Sprintf("--peer=n%d=127.0.0.1:%d,%s,127.0.0.1:%d", i, freePort(t), p.HTTPAddr, freePort(t)))
 		pxs = append(pxs, p)
 	}
 	for i, p := range pxs {
@@ -114,8 +115,15 @@ func TestClusterOfThreeProxies(t *testing.T) {
 		addrs = append(addrs, a)
 	}
 	load := newRaidLoad("cluster", 3)
+	loadStart := time.Now()
 	load.startOn(t, ctx, addrs, 6, 20*time.Second)
 	defer load.halt()
+	defer func() {
+		if t.Failed() {
+			lines := load.errorLines(loadStart)
+			t.Logf("%d client errors; the first ones:\n%s", len(lines), strings.Join(lines[:min(len(lines), 10)], "\n"))
+		}
+	}()
 	waitFor(t, 60*time.Second, "60 acknowledged transactions", func() bool { return load.ackedCount() >= 60 })
 
 	li := leaderOf(t, pxs, nil)

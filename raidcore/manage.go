@@ -453,6 +453,25 @@ func (a *Array) Reachable(backend string) bool {
 	return true
 }
 
+// Ping checks that a backend answers now: a round trip on its connection
+// (a ZEO ping), bounded by ctx; storages without one count as answering
+// when they are connected.
+func (a *Array) Ping(ctx context.Context, backend string) error {
+	a.mu.Lock()
+	m := a.backends[backend]
+	a.mu.Unlock()
+	if m == nil {
+		return fmt.Errorf("no backend %q", backend)
+	}
+	if c, ok := m.st.(interface{ Connected() bool }); ok && !c.Connected() {
+		return errors.New("not connected")
+	}
+	if s, ok := m.st.(zodb.Syncer); ok {
+		return s.Sync(ctx)
+	}
+	return nil
+}
+
 // Counters are an array's event counts since it started, for metrics.
 type Counters struct {
 	// Degrades counts backends degraded by this proxy.

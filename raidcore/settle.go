@@ -68,7 +68,7 @@ func (a *Array) settle(ctx context.Context) error {
 	var top zodb.TID
 	holder := ""
 	for i, m := range members {
-		if errs[i] == nil && top.Less(lasts[i]) {
+		if errs[i] == nil && (holder == "" || top.Less(lasts[i])) {
 			top, holder = lasts[i], m.name
 		}
 	}

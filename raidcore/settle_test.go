@@ -135,3 +135,20 @@ func TestUnsettledLeaseWithAgreeingBackends(t *testing.T) {
 	waitFor(t, 10*time.Second, "the lease to be given back settled", func() bool { return u.settled.Load() == 1 })
 	f.identical(0, 1, 2)
 }
+
+// TestUnsettledLeaseOnEmptyBackends: backends without any transaction
+// agree too.
+func TestUnsettledLeaseOnEmptyBackends(t *testing.T) {
+	u := &unsettling{}
+	f := newFixtureOpts(t, 3, fixOpts{cfg: func(c *raidcore.Config) {
+		u.Coordinator = c.Coord
+		c.Coord = u
+	}})
+	u.on.Store(true)
+	if _, err := f.commit(storagetest.Store(zodb.OIDFromUint64(1), zodb.ZeroTID, storagetest.Record("one"))); err != nil {
+		t.Fatal(err)
+	}
+	if !f.allOptimal() {
+		t.Fatalf("table %v", f.states())
+	}
+}

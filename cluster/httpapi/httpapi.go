@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
@@ -35,10 +36,40 @@ type Manager interface {
 type Overall struct {
 	Status   string            `json:"status"`
 	Storages []raidcore.Status `json:"storages"`
+	// Cluster is this member's view of the cluster (absent on a lone
+	// proxy).
+	Cluster *cluster.Status `json:"cluster,omitempty"`
+}
+
+// Cluster is the cluster membership of a proxy that has one.
+type Cluster interface {
+	Status() cluster.Status
+	// Ready tells whether the member can serve (a leader is known, the
+	// state applied), and why not.
+	Ready() (bool, string)
+}
+
+// Options configure the API.
+type Options struct {
+	// Token, when not empty, is required as "Authorization: Bearer
+	// <token>" on every POST.
+	Token string
+	// Cluster, when set, adds the cluster's view to the status, the
+	// readiness probe and the metrics.
+	Cluster Cluster
 }
 
 // worst orders array states from good to bad.
 var worst = map[string]int{raidcore.StatusOptimal: 0, raidcore.StatusRecovering: 1, raidcore.StatusDegraded: 2, raidcore.StatusAssembling: 3, raidcore.StatusFailed: 4}
+
+func overallWith(m Manager, c Cluster) Overall {
+	o := overall(m)
+	if c != nil {
+		cs := c.Status()
+		o.Cluster = &cs
+	}
+	return o
+}
 
 func overall(m Manager) Overall {
 	arrays := m.Arrays()
@@ -58,15 +89,20 @@ func overall(m Manager) Overall {
 	return o
 }
 
-// Handler returns the API. token, when not empty, is required as
-// "Authorization: Bearer <token>" on every POST.
-func Handler(m Manager, token string) http.Handler {
+// Handler returns the API.
+func Handler(m Manager, opts Options) http.Handler {
+	token := opts.Token
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		var why []string
+		if opts.Cluster != nil {
+			if ok, reason := opts.Cluster.Ready(); !ok {
+				why = append(why, reason)
+			}
+		}
 		for _, s := range overall(m).Storages {
 			switch s.Status {
 			case raidcore.StatusAssembling:
@@ -86,7 +122,7 @@ func Handler(m Manager, token string) http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, overall(m))
+		writeJSON(w, http.StatusOK, overallWith(m, opts.Cluster))
 	})
 	mux.HandleFunc("GET /v1/storages/{storage}", func(w http.ResponseWriter, r *http.Request) {
 		a, ok := m.Arrays()[r.PathValue("storage")]
@@ -160,6 +196,9 @@ func Handler(m Manager, token string) http.Handler {
 		if sp, ok := m.(ServerStatsProvider); ok {
 			writeServerMetrics(w, sp.ServerStats())
 		}
+		if opts.Cluster != nil {
+			writeClusterMetrics(w, opts.Cluster.Status())
+		}
 		writeProcessMetrics(w)
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
@@ -167,7 +206,7 @@ func Handler(m Manager, token string) http.Handler {
 		page.Execute(w, struct {
 			Overall
 			Now time.Time
-		}{overall(m), time.Now().UTC()})
+		}{overallWith(m, opts.Cluster), time.Now().UTC()})
 	})
 	return mux
 }
@@ -411,4 +450,35 @@ var page = template.Must(template.New("status").Parse(`<!doctype html>
 <table><tr><th>backend</th><th>state</th><th>since</th><th>last tid</th><th>reason / recovery</th></tr>
 {{range .Backends}}<tr class="{{.State}}"><td>{{.Name}}</td><td>{{.State}}</td><td>{{.Since.Format "2006-01-02 15:04:05"}}</td><td>{{.LastTID}}</td>
 <td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{if .LagLowerBound}}at least {{end}}{{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
+{{end}}</table>{{end}}
+{{with .Cluster}}<h2>cluster: member {{.ID}}, {{if .IsLeader}}the leader{{else if .Leader}}leader {{.Leader}}{{else}}<span class="failed">no leader</span>{{end}}</h2>
+<p>raft {{.RaftState}}, term {{.Term}}, applied index {{.AppliedIndex}} of {{.LastIndex}}{{with .LastContact}}, last contact with the leader {{.}} ago{{end}}; longest lease {{.MaxLease}}</p>
+<table><tr><th>member</th><th>voter</th><th>gossip</th><th>ZEO</th><th>HTTP</th><th>version</th><th>backends it cannot reach</th></tr>
+{{range .Members}}<tr class="{{if eq .Gossip "alive"}}optimal{{else if eq .Gossip "suspect"}}recovering{{else}}failed{{end}}"><td>{{.ID}}</td><td>{{.Voter}}</td><td>{{.Gossip}}</td><td>{{.ZEO}}</td><td>{{.HTTP}}</td><td>{{.Version}}</td>
+<td>{{range $st, $bs := .Backends}}{{range $b, $ok := $bs}}{{if not $ok}}{{$st}}/{{$b}} {{end}}{{end}}{{end}}</td></tr>
+{{end}}</table>
+<table><tr><th>storage</th><th>tid ceiling</th><th>oid ceiling</th><th>lease (on the leader)</th></tr>
+{{range $name, $s := .Storages}}<tr><td>{{$name}}</td><td>{{$s.TIDCeiling}}</td><td>{{$s.OIDCeiling}}</td><td>{{with $s.Lease}}{{if .Holder}}held by {{.Holder}} for {{.TID}}{{else}}free{{end}}, {{.Waiting}} waiting{{if .Unsettled}}, next grant unsettled{{end}}{{end}}</td></tr>
 {{end}}</table>{{end}}</body></html>`))
+
+// writeClusterMetrics writes this member's view of the cluster.
+func writeClusterMetrics(w http.ResponseWriter, s cluster.Status) {
+	metric(w, "zeoraid_cluster_leader", "gauge", "1 when this member leads the cluster.")
+	fmt.Fprintf(w, "zeoraid_cluster_leader %d\n", b2i(s.IsLeader))
+	metric(w, "zeoraid_cluster_has_leader", "gauge", "1 when this member knows a leader.")
+	fmt.Fprintf(w, "zeoraid_cluster_has_leader %d\n", b2i(s.Leader != ""))
+	metric(w, "zeoraid_raft_term", "gauge", "Raft's current term.")
+	fmt.Fprintf(w, "zeoraid_raft_term %d\n", s.Term)
+	metric(w, "zeoraid_raft_applied_index", "gauge", "Index of the last raft entry this member applied.")
+	fmt.Fprintf(w, "zeoraid_raft_applied_index %d\n", s.AppliedIndex)
+	metric(w, "zeoraid_raft_last_index", "gauge", "Index of the last raft entry in this member's log.")
+	fmt.Fprintf(w, "zeoraid_raft_last_index %d\n", s.LastIndex)
+	metric(w, "zeoraid_cluster_members", "gauge", "Members by their state in gossip.")
+	counts := map[string]int{"alive": 0, "suspect": 0, "failed": 0, "left": 0, "unknown": 0}
+	for _, m := range s.Members {
+		counts[m.Gossip]++
+	}
+	for _, st := range sortedKeys(counts) {
+		fmt.Fprintf(w, "zeoraid_cluster_members{state=%q} %d\n", st, counts[st])
+	}
+}

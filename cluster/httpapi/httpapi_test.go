@@ -42,7 +42,7 @@ func setupCoord(t *testing.T, token string) (*httptest.Server, *raidcore.Array, 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { arr.Close() })
-	srv := httptest.NewServer(httpapi.Handler(manager{arr}, token))
+	srv := httptest.NewServer(httpapi.Handler(manager{arr}, httpapi.Options{Token: token}))
 	t.Cleanup(srv.Close)
 	return srv, arr, coord
 }
@@ -192,7 +192,7 @@ func TestMetricsShowBlockedCommits(t *testing.T) {
 	m := statsManager{manager{arr}, map[string]zeoserver.StorageStats{"1": {
 		Connections: 7, LockHeld: true, LockSince: time.Now().Add(-42 * time.Second), LockHolder: "10.0.0.9:5555",
 		VotesWaiting: 3, TransactionTimeouts: 2, Commits: 11}}}
-	srv := httptest.NewServer(httpapi.Handler(m, ""))
+	srv := httptest.NewServer(httpapi.Handler(m, httpapi.Options{}))
 	defer srv.Close()
 	code, body := do(t, "GET", srv.URL+"/metrics", "")
 	if code != 200 {
@@ -230,7 +230,7 @@ func TestReadyzWhileAssembling(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer arr.Close()
-	srv := httptest.NewServer(httpapi.Handler(manager{arr}, ""))
+	srv := httptest.NewServer(httpapi.Handler(manager{arr}, httpapi.Options{}))
 	defer srv.Close()
 	if code, body := do(t, "GET", srv.URL+"/readyz", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "storage 1 is assembling") {
 		t.Fatalf("readyz while assembling: %d %s", code, body)

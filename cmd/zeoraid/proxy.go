@@ -13,11 +13,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/raft"
 
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
@@ -41,6 +41,7 @@ func registerProxyFlags(s *settings) {
 	s.dirKey("data", "", "data directory for the proxy's state (required; created if missing)")
 	s.nodeIDKey("node-id", "this proxy's id in a cluster of proxies (empty: a lone proxy keeping its state in --data)")
 	s.peersKey("peer", "a member of the cluster: id=raft-host:port,http-host:port (repeatable; every initial member, this one included, the same list on every proxy)")
+	s.gossipKeyKey("gossip-key", "encrypt the cluster's gossip with this key: base64 of 16, 24 or 32 random bytes, the same on every member (empty: unencrypted)")
 	s.backendsKey("backend", true, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
 	s.tokenKey("admin-token", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
 	s.encodingKeys(false)
@@ -63,6 +64,7 @@ type proxyCfg struct {
 	spoolDir                  string
 	nodeID                    string
 	peers                     []peerSpec
+	gossipKey                 []byte
 	lease, txnTimeout, wait   time.Duration
 	storages                  map[string][]proxy.BackendConfig
 	encoding                  wire.Encoding
@@ -83,6 +85,7 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
 		spoolDir: s.str("spool-dir"), nodeID: s.str("node-id"),
 	}
+	c.gossipKey = s.values["gossip-key"][0].val.([]byte)
 	for _, e := range s.entries("peer") {
 		c.peers = append(c.peers, e.val.(peerSpec))
 	}
@@ -150,55 +153,54 @@ func (c proxyCfg) self() peerSpec {
 }
 
 // openCoordinator returns the proxy's coordinator: the local one in
-// --data, or a cluster member's (raft state in <data>/raft); the HTTP mux
-// of the cluster's API (/v1/cluster/...; nil alone), to which the rest of
-// the HTTP API is added; and the function that stops it.
-func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *http.ServeMux, func(), error) {
+// --data, or a cluster member's (raft state in <data>/raft, gossip with
+// the peers); the member is nil for a lone proxy.
+func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *cluster.Member, error) {
 	if cfg.nodeID == "" {
 		coord, err := localcoord.New(localcoord.Options{Dir: cfg.data, LeaseTimeout: cfg.lease})
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
+			return nil, nil, fmt.Errorf("config: proxy.data: %w", err)
 		}
-		return coord, nil, func() {}, nil
+		return coord, nil, nil
 	}
 	if err := os.MkdirAll(cfg.data, 0o700); err != nil {
-		return nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
+		return nil, nil, fmt.Errorf("config: proxy.data: %w", err)
 	}
-	stores, err := cluster.OpenStores(cfg.data, log)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	self := cfg.self()
-	tr, err := cluster.NewTCPTransport(self.raft, "", log)
-	if err != nil {
-		stores.Close()
-		return nil, nil, nil, fmt.Errorf("config: proxy.peer: %w", err)
-	}
-	httpOf := map[string]string{}
-	var servers []raft.Server
+	var peers []cluster.Peer
 	for _, p := range cfg.peers {
-		httpOf[p.id] = p.http
-		servers = append(servers, raft.Server{ID: raft.ServerID(p.id), Address: raft.ServerAddress(p.raft), Suffrage: raft.Voter})
+		peers = append(peers, cluster.Peer{ID: p.id, Raft: p.raft, HTTP: p.http, Gossip: p.gossipAddr()})
 	}
-	node, err := cluster.Open(cluster.Config{ID: cfg.nodeID, Transport: tr, LogStore: stores.Log, StableStore: stores.Stable,
-		SnapshotStore: stores.Snapshot, Bootstrap: servers, LeaseTimeout: cfg.lease, Logger: log,
-		Forwarder: &cluster.HTTPForwarder{Token: cfg.token, Resolve: func(id string) (string, bool) {
-			a, ok := httpOf[id]
-			return a, ok
-		}}})
+	m, err := cluster.OpenMember(cluster.MemberConfig{ID: cfg.nodeID, Dir: cfg.data, Peers: peers, ZEO: cfg.listen,
+		Token: cfg.token, GossipKey: cfg.gossipKey, LeaseTimeout: cfg.lease, Version: version, Logger: log})
 	if err != nil {
-		tr.Close()
-		stores.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	stop := func() {
-		node.Close()
-		stores.Close()
+	return m.Coord, m, nil
+}
+
+// backendViews is what this proxy sees of its backends, for gossip: a
+// ping to each, in parallel, bounded.
+func backendViews(p *proxy.Proxy) cluster.BackendView {
+	out := cluster.BackendView{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for name, a := range p.Arrays() {
+		out[name] = map[string]bool{}
+		for _, b := range a.Backends() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				err := a.Ping(ctx, b)
+				cancel()
+				mu.Lock()
+				out[name][b] = err == nil
+				mu.Unlock()
+			}()
+		}
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/v1/cluster/rpc/", node.RPCHandler(cfg.token))
-	mux.Handle("/v1/cluster/status", node.StatusHandler())
-	return cluster.NewCoordinator(node), mux, stop, nil
+	wg.Wait()
+	return out
 }
 
 func runProxy(std stdio, args []string) int {
@@ -229,12 +231,14 @@ func runProxy(std stdio, args []string) int {
 		}
 		return p.Reload(ctx, nc.storages)
 	}
-	coord, rpc, stopCoord, err := openCoordinator(cfg, log)
+	coord, member, err := openCoordinator(cfg, log)
 	if err != nil {
 		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		return 1
 	}
-	defer stopCoord()
+	if member != nil {
+		defer member.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	p, err = proxy.Start(ctx, proxy.Config{
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
@@ -247,6 +251,9 @@ func runProxy(std stdio, args []string) int {
 		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		return 1
 	}
+	if member != nil {
+		member.SetViews(func() cluster.BackendView { return backendViews(p) })
+	}
 	var hs *http.Server
 	httpURL := ""
 	if cfg.http != "" {
@@ -256,10 +263,16 @@ func runProxy(std stdio, args []string) int {
 			p.Close()
 			return 1
 		}
-		var h http.Handler = httpapi.Handler(p, cfg.token)
-		if rpc != nil {
-			rpc.Handle("/", h)
-			h = rpc
+		opts := httpapi.Options{Token: cfg.token}
+		if member != nil {
+			opts.Cluster = member
+		}
+		var h http.Handler = httpapi.Handler(p, opts)
+		if member != nil {
+			mux := http.NewServeMux()
+			mux.Handle("/v1/cluster/", member.Handler())
+			mux.Handle("/", h)
+			h = mux
 		}
 		hs = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)

@@ -52,7 +52,12 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		{append(base, "--backend", "b=127.0.0.1:1", "--transaction-timeout", "40s", "--lease-timeout", "30s"), "proxy.transaction-timeout: flag --transaction-timeout \"40s\": 40s is longer than proxy.lease-timeout (30s)"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--lease-timeout", "0s"), "proxy.lease-timeout"},
 		// A cluster member.
-		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300"), `proxy.peer: flag --peer "n1=127.0.0.1:8300": want two addresses`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300"), `proxy.peer: flag --peer "n1=127.0.0.1:8300": want the raft address, the HTTP one and optionally the gossip one`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180,"), "optionally the gossip one"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:65535,127.0.0.1:8180"), "no next port for the default gossip address"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180", "--peer", "n2=127.0.0.2:8300,127.0.0.2:8180,127.0.0.1:8301"), "address 127.0.0.1:8301 is also n1's"},
+		{append(base, "--backend", "b=127.0.0.1:1", "--gossip-key", "c2hvcnQ="), `proxy.gossip-key: flag --gossip-key (value not shown): 5 bytes; a gossip key has 16, 24 or 32`},
+		{append(base, "--backend", "b=127.0.0.1:1", "--gossip-key", "not base64!"), `proxy.gossip-key: flag --gossip-key (value not shown): not base64`},
 		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:99999"), "proxy.peer"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180", "--peer", "n1=127.0.0.2:8300,127.0.0.2:8180"), `node "n1" is listed twice`},
 		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180", "--peer", "n2=127.0.0.1:8300,127.0.0.2:8180"), "address 127.0.0.1:8300 is also n1's"},

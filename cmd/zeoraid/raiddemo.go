@@ -86,7 +86,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 		if err != nil {
 			return fail("config: demo.http: %v", err)
 		}
-		hs := &http.Server{Handler: httpapi.Handler(p, ""), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: httpapi.Handler(p, httpapi.Options{}), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hl)
 		closers = append(closers, func() { hs.Close() })
 		statusURL = "http://" + hl.Addr().String()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"math"
@@ -16,6 +17,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
 
@@ -503,13 +505,22 @@ func (s *settings) encoding() (wire.Encoding, error) {
 
 // peerSpec is a member of the proxies' cluster.
 type peerSpec struct {
-	id, raft, http string
+	id, raft, http, gossip string
 }
 
-// peersKey is the repeatable id=raft-host:port,http-host:port of the
-// cluster's initial members.
+// gossipAddr is the peer's gossip address (default: the raft host, the
+// next port).
+func (p peerSpec) gossipAddr() string {
+	if p.gossip != "" {
+		return p.gossip
+	}
+	return cluster.DefaultGossipAddr(p.raft)
+}
+
+// peersKey is the repeatable id=raft-host:port,http-host:port[,gossip-host:port]
+// of the cluster's initial members.
 func (s *settings) peersKey(name, usage string) {
-	const format = "id=raft-host:port,http-host:port"
+	const format = "id=raft-host:port,http-host:port[,gossip-host:port]"
 	s.add(&keySpec{name: name, usage: usage, typ: "spec", list: true,
 		parse: func(raw string) (any, error) {
 			id, addrs, ok := strings.Cut(raw, "=")
@@ -519,16 +530,22 @@ func (s *settings) peersKey(name, usage string) {
 			if err := checkName("node", id); err != nil {
 				return nil, err
 			}
-			raftAddr, httpAddr, ok := strings.Cut(addrs, ",")
-			if !ok || raftAddr == "" || httpAddr == "" || strings.Contains(httpAddr, ",") {
-				return nil, fmt.Errorf("want two addresses, the raft one and the HTTP one (%s)", format)
+			parts := strings.Split(addrs, ",")
+			if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" || (len(parts) == 3 && parts[2] == "") {
+				return nil, fmt.Errorf("want the raft address, the HTTP one and optionally the gossip one (%s)", format)
 			}
-			for _, a := range []string{raftAddr, httpAddr} {
+			for _, a := range parts {
 				if err := checkAddr(a, addrMode{}); err != nil {
 					return nil, fmt.Errorf("address %q: %v", a, err)
 				}
 			}
-			return peerSpec{id: id, raft: raftAddr, http: httpAddr}, nil
+			p := peerSpec{id: id, raft: parts[0], http: parts[1]}
+			if len(parts) == 3 {
+				p.gossip = parts[2]
+			} else if p.gossipAddr() == "" {
+				return nil, fmt.Errorf("raft address %q has no next port for the default gossip address; give the gossip address (%s)", p.raft, format)
+			}
+			return p, nil
 		},
 		check: func(vals []any) (int, error) {
 			ids, addrs := map[string]bool{}, map[string]string{}
@@ -538,7 +555,7 @@ func (s *settings) peersKey(name, usage string) {
 					return i, fmt.Errorf("node %q is listed twice", p.id)
 				}
 				ids[p.id] = true
-				for _, a := range []string{p.raft, p.http} {
+				for _, a := range []string{p.raft, p.http, p.gossipAddr()} {
 					if other, ok := addrs[a]; ok {
 						return i, fmt.Errorf("address %s is also %s's", a, other)
 					}
@@ -547,6 +564,24 @@ func (s *settings) peersKey(name, usage string) {
 			}
 			return 0, nil
 		}})
+}
+
+// gossipKeyKey is memberlist's encryption key, base64 of 16, 24 or 32
+// bytes (AES-128, -192 or -256); empty: no encryption.
+func (s *settings) gossipKeyKey(name, usage string) {
+	s.add(&keySpec{name: name, usage: usage, typ: "base64", def: []string{""}, secret: true, parse: func(raw string) (any, error) {
+		if raw == "" {
+			return []byte(nil), nil
+		}
+		k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(raw))
+		if err != nil {
+			return nil, fmt.Errorf("not base64: %v (make one with: head -c 32 /dev/urandom | base64)", err)
+		}
+		if n := len(k); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("%d bytes; a gossip key has 16, 24 or 32 (make one with: head -c 32 /dev/urandom | base64)", n)
+		}
+		return k, nil
+	}})
 }
 
 // nodeIDKey is a node id, empty allowed.
