@@ -98,7 +98,7 @@ func TestClusterOfThreeProxies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bs := startRaidBackends(t, 3)
-	pxs := startClusterProxies(t, bs, 3, "--lease-timeout", "3s", "--transaction-timeout", "2s", "--auto-recover=true")
+	pxs := startClusterProxies(t, bs, 3, "--auto-recover=true")
 	defer func() {
 		if t.Failed() {
 			for i, p := range pxs {

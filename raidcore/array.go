@@ -32,6 +32,14 @@ type Config struct {
 	// VoteTimeout, FinishTimeout and ReadTimeout bound every backend call
 	// of that kind (defaults 20 s, 20 s, 10 s).
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
+	// VotedHold is how long the commit lease is kept (renewed) for a
+	// transaction that voted and waits for the client's tpc_finish; after
+	// that the lease runs out and the transaction is aborted. 0: the lease
+	// is not renewed while waiting (its length bounds the wait). The
+	// proxy sets it to its transaction timeout, so that the lease can be
+	// short (a dead holder's lease runs out soon) while clients still get
+	// the transaction timeout between vote and finish.
+	VotedHold time.Duration
 	// MinStreamRate is the slowest a transaction's data may travel to a
 	// backend during vote (default 4 MiB/s): a vote gets VoteTimeout
 	// plus the transaction's size at this rate.

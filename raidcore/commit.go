@@ -299,6 +299,19 @@ func (a *Array) streamTime(txn *zodb.Transaction) time.Duration {
 // client finishes or aborts it (a client that votes and goes idle must
 // not keep the backends' commit locks).
 func (a *Array) watchLease(txn *zodb.Transaction, inf *inflight) {
+	if a.cfg.VotedHold > 0 {
+		// Renewed until the client finishes or VotedHold passes.
+		_, stopKeeping := inf.lease.Keep(context.Background())
+		hold := time.NewTimer(a.cfg.VotedHold)
+		select {
+		case <-inf.finishing:
+		case <-a.stop:
+		case <-inf.lease.Done():
+		case <-hold.C:
+		}
+		hold.Stop()
+		stopKeeping()
+	}
 	select {
 	case <-inf.finishing:
 		return
@@ -394,6 +407,10 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 		a.counts.add(&a.counts.leaseLost)
 		return zodb.TID{}, zodb.NewStorageTransactionError("transaction %s aborted: %v before tpc_finish", bt.TID, err)
 	}
+	// The lease is kept while the backends finish (a slow fsync must not
+	// let it run out under them).
+	_, stopKeeping := inf.lease.Keep(context.Background())
+	defer stopKeeping()
 	// A backend may write the data only now (the built-in one does): a
 	// large transaction gets time for its size.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.FinishTimeout+a.streamTime(bt))

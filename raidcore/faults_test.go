@@ -964,3 +964,30 @@ func TestStartWaitsForAnUnavailableCoordinator(t *testing.T) {
 		t.Fatalf("table %+v", f.coord.Table("1"))
 	}
 }
+
+// A voted transaction whose client is slow to call tpc_finish keeps the
+// lease (renewed) for VotedHold, longer than the lease itself; past
+// VotedHold it loses it as an idle one does.
+func TestVotedHoldKeepsTheLease(t *testing.T) {
+	f := newFixtureOpts(t, 2, fixOpts{leaseTimeout: 200 * time.Millisecond, cfg: func(c *raidcore.Config) { c.VotedHold = time.Second }})
+	oids, _ := f.arr.NewOIDs(f.ctx, 2)
+	slow := &zodb.Transaction{Ops: []zodb.Op{storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("slow"))}}
+	if _, err := f.arr.Vote(f.ctx, slow); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // three lease lengths
+	if _, err := f.arr.Finish(f.ctx, slow); err != nil {
+		t.Fatalf("finish within VotedHold: %v", err)
+	}
+	idle := &zodb.Transaction{Ops: []zodb.Op{storagetest.Store(oids[1], zodb.ZeroTID, storagetest.Record("idle"))}}
+	if _, err := f.arr.Vote(f.ctx, idle); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := f.arr.Finish(f.ctx, idle); err == nil || !strings.Contains(err.Error(), "lease expired") {
+		t.Fatalf("finish after VotedHold: %v", err)
+	}
+	if _, err := f.arr.LoadBefore(f.ctx, oids[1], zodb.MaxTID); !zodb.IsPOSKeyError(err) {
+		t.Fatalf("the idle transaction was committed: %v", err)
+	}
+}

@@ -49,8 +49,8 @@ func registerProxyFlags(s *settings) {
 	s.durationKey("vote-timeout", 20*time.Second, positive, "deadline of a backend's vote")
 	s.durationKey("finish-timeout", 20*time.Second, positive, "deadline of a backend's tpc_finish")
 	s.durationKey("read-timeout", 10*time.Second, positive, "deadline of a backend read")
-	s.durationKey("lease-timeout", 30*time.Second, positive, "how long the commit lease lasts without being renewed (a vote renews it; a voted transaction must finish within it)")
-	s.durationKey("transaction-timeout", 20*time.Second, nonNegative, "abort a client's voted transaction and close its connection when it does not finish within this time (at most lease-timeout; 0: only the lease bounds it)")
+	s.durationKey("lease-timeout", 30*time.Second, positive, "how long the commit lease lasts unless its holder renews it (it does while it commits); a new cluster leader waits this long before it grants one, so a cluster member defaults to "+clusterLeaseTimeout.String())
+	s.durationKey("transaction-timeout", 20*time.Second, nonNegative, "abort a client's voted transaction and close its connection when it does not call tpc_finish within this time (the lease is renewed meanwhile; 0: not renewed, the lease bounds it). Set the backends' own transaction-timeout above it")
 	s.durationKey("startup-wait", 5*time.Second, positive, "at start-up, how long to wait for every backend before starting with those that answer (the first is waited for without limit)")
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
@@ -58,6 +58,9 @@ func registerProxyFlags(s *settings) {
 	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
 }
+
+// clusterLeaseTimeout is a cluster member's default lease-timeout.
+const clusterLeaseTimeout = 2 * time.Second
 
 type proxyCfg struct {
 	listen, http, data, token string
@@ -100,8 +103,11 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 	if c.data == "" {
 		errs = append(errs, s.required("data", "a directory for the proxy's state"))
 	}
-	if c.txnTimeout > c.lease {
-		errs = append(errs, s.errKey("transaction-timeout", "%s is longer than %s (%s): a transaction could keep the lease past its end", c.txnTimeout, s.key("lease-timeout"), c.lease))
+	if c.nodeID != "" && !s.isSet("lease-timeout") {
+		// A new leader waits out the longest lease before it grants one:
+		// in a cluster the lease is short, so that losing the leader
+		// costs seconds (holders renew it while they commit).
+		c.lease = clusterLeaseTimeout
 	}
 	if c.spoolDir == "" && c.data != "" {
 		c.spoolDir = filepath.Join(c.data, "spool")

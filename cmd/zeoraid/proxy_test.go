@@ -49,7 +49,6 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		{append(base, "--backend", "b=127.0.0.1:1", "--vote-timeout", "0s"), "proxy.vote-timeout"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--http", "nope"), "proxy.http"},
 		{[]string{"--listen", "127.0.0.1:0", "--backend", "b=127.0.0.1:1"}, "proxy.data"},
-		{append(base, "--backend", "b=127.0.0.1:1", "--transaction-timeout", "40s", "--lease-timeout", "30s"), "proxy.transaction-timeout: flag --transaction-timeout \"40s\": 40s is longer than proxy.lease-timeout (30s)"},
 		{append(base, "--backend", "b=127.0.0.1:1", "--lease-timeout", "0s"), "proxy.lease-timeout"},
 		// A cluster member.
 		{append(base, "--backend", "b=127.0.0.1:1", "--peer", "n1=127.0.0.1:8300"), `proxy.peer: flag --peer "n1=127.0.0.1:8300": want the raft address, the HTTP one and optionally the gossip one`},
@@ -74,6 +73,33 @@ func TestProxyConfigErrorsNameTheKey(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v, want an error naming %s", c.args, err, c.want)
+		}
+	}
+}
+
+// A cluster member's lease is short unless set: a new leader waits it out.
+func TestClusterLeaseDefault(t *testing.T) {
+	dir := t.TempDir()
+	member := []string{"--listen", "127.0.0.1:0", "--data", dir, "--backend", "b=127.0.0.1:1", "--node-id", "n1", "--peer", "n1=127.0.0.1:8300,127.0.0.1:8180"}
+	for _, c := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{[]string{"--listen", "127.0.0.1:0", "--data", dir, "--backend", "b=127.0.0.1:1"}, 30 * time.Second},
+		{member, clusterLeaseTimeout},
+		{append(member, "--lease-timeout", "7s"), 7 * time.Second},
+	} {
+		s := newSettings("proxy", discard)
+		registerProxyFlags(s)
+		if err := s.parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := proxyConfig(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.lease != c.want {
+			t.Errorf("%v: lease %v, want %v", c.args, cfg.lease, c.want)
 		}
 	}
 }

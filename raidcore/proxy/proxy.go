@@ -54,9 +54,9 @@ type Config struct {
 	// StateTimeout bounds changes of the state table.
 	StateTimeout time.Duration
 	// TransactionTimeout aborts a client's voted transaction, and closes
-	// its connection, when it has not finished within this time (keep it
-	// at or below the coordinator's lease timeout); 0: only the lease
-	// bounds it.
+	// its connection, when it has not finished within this time; the
+	// commit lease is renewed for it meanwhile (raidcore's VotedHold). 0:
+	// the lease is not renewed and its length bounds the wait.
 	TransactionTimeout time.Duration
 	// SpoolDir holds the data of large transactions while they are being
 	// received (default the system's temporary directory).
@@ -176,7 +176,7 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		Storage: name, Backends: backends, Coord: p.cfg.Coord, ProxyID: p.cfg.ProxyID,
 		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
-		VerifyReads: p.cfg.VerifyReads, Logger: p.cfg.Logger.Named("raid"),
+		VerifyReads: p.cfg.VerifyReads, VotedHold: p.cfg.TransactionTimeout, Logger: p.cfg.Logger.Named("raid"),
 	}
 }
 
