@@ -14,8 +14,8 @@ help: ## list the targets
 build: ## build bin/zeoraid
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/zeoraid
 
-demo: build ## build and start the demo: 3 backends + a RAID-1 proxy on 127.0.0.1:8100, status page on :8180
-	$(BIN) demo
+demo: build ## build and start the demo: 3 built-in backends + a cluster of 3 RAID-1 proxies on 127.0.0.1:8100-8102, status pages on :8180-8182 (DEMOFLAGS=--load for a write workload)
+	$(BIN) demo $(DEMOFLAGS)
 
 test: check unit fuzz ## everything CI runs: static checks, all tests with -race, short fuzzing; ends with what was skipped and why
 	@cat bin/test-summary.txt

@@ -244,15 +244,16 @@ func (m *Member) Handler() http.Handler {
 	return mux
 }
 
-// Close stops the member: gossip leaves (the others see a leave, not a
-// failure), raft shuts down, the stores close last.
+// Close stops the member: raft shuts down (this node no longer takes
+// part in decisions), gossip leaves (the others see a leave, not a
+// failure), the stores close last.
 func (m *Member) Close() error {
 	var err error
 	m.once.Do(func() {
 		close(m.stop)
 		m.wg.Wait()
-		m.Gossip.Close()
 		err = m.Node.Close()
+		m.Gossip.Close()
 		m.stores.Close()
 	})
 	return err

@@ -6,10 +6,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
 	"github.com/zeoraid/zeoraid/raidcore"
 )
@@ -101,24 +103,53 @@ func runStatus(std stdio, args []string) int {
 		fmt.Fprintf(std.out, "CRITICAL: bad answer: %v\n", err)
 		return exitCritical
 	}
+	code = exitCritical
+	switch o.Status {
+	case raidcore.StatusOptimal:
+		code = exitOK
+	case raidcore.StatusRecovering:
+		code = exitWarning
+	}
+	clusterCode, problems := clusterVerdict(o.Cluster)
+	code = max(code, clusterCode)
 	if s.boolean("json") {
 		std.out.Write(body)
 	} else {
-		printStatus(std.out, o)
+		printStatus(std.out, o, code, problems)
 	}
-	switch o.Status {
-	case raidcore.StatusOptimal:
-		return exitOK
-	case raidcore.StatusRecovering:
-		return exitWarning
-	}
-	return exitCritical
+	return code
 }
 
-func printStatus(out io.Writer, o httpapi.Overall) {
-	label := map[string]string{raidcore.StatusOptimal: "OK", raidcore.StatusRecovering: "WARNING", raidcore.StatusDegraded: "CRITICAL",
-		raidcore.StatusFailed: "CRITICAL", raidcore.StatusAssembling: "CRITICAL"}
-	fmt.Fprintf(out, "%s: zeoraid %s\n", label[o.Status], o.Status)
+// clusterVerdict judges a member's view of the cluster: no leader is
+// critical (nothing can be committed), a member that failed, is suspect
+// or is unknown to gossip is a warning (the cluster serves, with less
+// margin).
+func clusterVerdict(c *cluster.Status) (int, []string) {
+	if c == nil {
+		return exitOK, nil
+	}
+	code := exitOK
+	var problems []string
+	if c.Leader == "" {
+		code = exitCritical
+		problems = append(problems, "no cluster leader: commits are refused")
+	}
+	for _, m := range c.Members {
+		if m.Gossip != "alive" && m.Gossip != "left" {
+			code = max(code, exitWarning)
+			problems = append(problems, fmt.Sprintf("member %s is %s", m.ID, m.Gossip))
+		}
+	}
+	return code, problems
+}
+
+func printStatus(out io.Writer, o httpapi.Overall, code int, problems []string) {
+	label := map[int]string{exitOK: "OK", exitWarning: "WARNING", exitCritical: "CRITICAL"}
+	line := fmt.Sprintf("%s: zeoraid %s", label[code], o.Status)
+	if len(problems) > 0 {
+		line += "; " + strings.Join(problems, "; ")
+	}
+	fmt.Fprintln(out, line)
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, st := range o.Storages {
 		fmt.Fprintf(w, "storage %s\t%s\tlast tid %s\n", st.Storage, st.Status, st.LastTID)
@@ -146,6 +177,56 @@ func printStatus(out io.Writer, o httpapi.Overall) {
 		}
 	}
 	w.Flush()
+	if c := o.Cluster; c != nil {
+		w = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		leader := c.Leader
+		if leader == "" {
+			leader = "none"
+		}
+		fmt.Fprintf(w, "cluster\tmember %s\tleader %s\traft %s, term %d, applied %d of %d\n", c.ID, leader, c.RaftState, c.Term, c.AppliedIndex, c.LastIndex)
+		for _, m := range c.Members {
+			var down []string
+			for st, bs := range m.Backends {
+				for b, ok := range bs {
+					if !ok {
+						down = append(down, st+"/"+b)
+					}
+				}
+			}
+			sort.Strings(down)
+			detail := "zeo " + orDash(m.ZEO) + ", http " + orDash(m.HTTP)
+			if len(down) > 0 {
+				detail += "; cannot reach " + strings.Join(down, ", ")
+			}
+			role := "voter"
+			if !m.Voter {
+				role = "not a voter"
+			}
+			fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", m.ID, m.Gossip, role, detail)
+		}
+		for _, name := range sortedKeys(c.Storages) {
+			st := c.Storages[name]
+			line := fmt.Sprintf("  storage %s\ttid ceiling %s\toid ceiling %d", name, st.TIDCeiling, st.OIDCeiling)
+			if l := st.Lease; l != nil {
+				if l.Holder != "" {
+					line += fmt.Sprintf("\tlease held by %s for %s, %d waiting", l.Holder, l.TID, l.Waiting)
+				} else {
+					line += fmt.Sprintf("\tlease free, %d waiting", l.Waiting)
+				}
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
+	w.Flush()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // post sends an action; on failure it prints why and returns the exit

@@ -76,7 +76,7 @@ func TestConfigBadValues(t *testing.T) {
 		{"bench", "clients", "four", "not an integer"},
 		{"bench", "clients", "0", "must be between 1 and 10000"},
 		{"bench", "objects", "1.5", "not an integer"},
-		{"demo", "port", "65534", "must be between 1 and 65532"},
+		{"demo", "port", "65534", "must be between 1 and 65329"},
 		{"proxy", "max-frame", "10", "must be between 65536 and 4294967295 bytes"},
 		{"proxy", "recovery-rate", "fast", "not a size in bytes (e.g. 1048576, 64KiB or 16MiB)"},
 		{"proxy", "recovery-rate", "-1", "not a size in bytes (e.g. 1048576, 64KiB or 16MiB)"},

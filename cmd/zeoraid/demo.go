@@ -16,11 +16,14 @@ import (
 )
 
 const demoSummary = `Starts the RAID-1 demo in one process on loopback: three built-in backends
-b1, b2 and b3 (ports PORT+1 to PORT+3, data under --dir, kept between
-runs) and a RAID-1 proxy over them on PORT, with the status page and the
-HTTP API on --http (http://127.0.0.1:8180/ by default). Point ZODB clients
-at 127.0.0.1:PORT, open the status page, and try "zeoraid status",
-"zeoraid disable b2", "zeoraid recover b2".
+b1, b2 and b3 (ports PORT+11 to PORT+13, data under --dir, kept between
+runs) and a cluster of three RAID-1 proxies p1, p2 and p3 over them (ZEO
+on PORT to PORT+2, Raft and gossip on PORT+200 to PORT+205), each with its
+status page and HTTP API (the first on --http, http://127.0.0.1:8180/ by
+default, the others on the next two ports). Point ZODB clients at all
+three proxies, open a status page, and try "zeoraid status",
+"zeoraid disable b2", "zeoraid recover b2"; --load commits a small
+workload through the proxies and prints its progress.
 
 With --listen ADDR it starts instead a single ZEO server over an in-memory
 storage "1" (no RAID, nothing kept; what the interop tests use): only
@@ -30,8 +33,9 @@ storage "1" (no RAID, nothing kept; what the interop tests use): only
 func registerDemoFlags(s *settings) {
 	s.summary = demoSummary
 	s.dirKey("dir", filepath.Join(os.TempDir(), "zeoraid-demo"), "directory for the backends' and the proxy's data (kept between runs)")
-	s.intKey("port", 8100, 1, 65535-3, "the proxy's ZEO port on 127.0.0.1; the backends use the next three ports")
-	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the status page and HTTP API (empty: none)")
+	s.intKey("port", 8100, 1, 65535-demoPortSpan, "the first proxy's ZEO port on 127.0.0.1 (the others take the next two; backends PORT+11 to +13, Raft and gossip PORT+200 to +205)")
+	s.addrKey("http", "127.0.0.1:8180", addrMode{listen: true}, "address of the first proxy's status page and HTTP API (the others take the next two ports)")
+	s.boolKey("load", false, "run a small write workload through the proxies and print its progress")
 	s.addrKey("listen", "", addrMode{listen: true, unix: true}, "instead of the RAID demo, serve one in-memory storage on this address (host:port or a Unix socket path)")
 	s.encodingKeys(false)
 	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts (BTrees) themselves")
@@ -53,7 +57,7 @@ func runDemo(std stdio, args []string) int {
 		return runRAIDDemo(s, enc)
 	}
 	var errs []error
-	for _, k := range []string{"dir", "port", "http"} {
+	for _, k := range []string{"dir", "port", "http", "load"} {
 		if s.isSet(k) {
 			errs = append(errs, s.errKey(k, "only for the RAID demo, not with %s (a single in-memory server)", s.key("listen")))
 		}

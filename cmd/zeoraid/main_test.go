@@ -88,8 +88,8 @@ func TestDemoHelp(t *testing.T) {
 	for _, want := range []string{
 		"usage: zeoraid demo [flags]",
 		"three built-in backends",
-		"RAID-1 proxy",
-		"status page and the\nHTTP API on --http (http://127.0.0.1:8180/ by default)",
+		"a cluster of three RAID-1 proxies",
+		"status page and HTTP API (the first on --http, http://127.0.0.1:8180/ by\ndefault",
 		"With --listen ADDR it starts instead a single ZEO server over an in-memory",
 		"flags (also ZEORAID_DEMO_<FLAG> in the environment",
 		"      --port int ",
