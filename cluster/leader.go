@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/zeoraid/zeoraid/fsm"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
@@ -30,6 +31,13 @@ type LeaderAPI interface {
 	// when the grant asked for it (Grant.Unsettled).
 	Renew(ctx context.Context, storage string, id uint64) (time.Time, error)
 	Release(ctx context.Context, storage string, id uint64, clean bool) error
+	// Join adds a proxy to the raft configuration as a voter and to the
+	// registry (idempotent: a member that joins again with the same
+	// addresses changes nothing; one with a new raft address is moved).
+	Join(ctx context.Context, p fsm.Proxy) error
+	// Leave removes a member from the raft configuration and the
+	// registry (idempotent).
+	Leave(ctx context.Context, id string) error
 }
 
 // Grant is a commit lease as the leader granted it.
@@ -82,6 +90,20 @@ func (l local) Renew(ctx context.Context, storage string, id uint64) (time.Time,
 
 func (l local) Release(ctx context.Context, storage string, id uint64, clean bool) error {
 	return l.n.leases.release(storage, id, clean)
+}
+
+func (l local) Join(ctx context.Context, p fsm.Proxy) error {
+	if !l.n.IsLeader() {
+		return ErrNotLeader
+	}
+	return l.n.join(p)
+}
+
+func (l local) Leave(ctx context.Context, id string) error {
+	if !l.n.IsLeader() {
+		return ErrNotLeader
+	}
+	return l.n.leave(id)
 }
 
 // LeaderAPI returns this node's own leader API (for a Forwarder to serve).

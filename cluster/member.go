@@ -56,8 +56,13 @@ type MemberConfig struct {
 	// Dir is the data directory (raft state in Dir/raft).
 	Dir string
 	// Peers are the initial members, this one included, the same list on
-	// every member: a member without raft state bootstraps with them.
+	// every member: a member without raft state bootstraps with them
+	// (unless Join is set).
 	Peers []Peer
+	// Join, when set, are HTTP addresses of members of a running cluster:
+	// a member without raft state does not bootstrap but asks them to add
+	// it. Peers then needs only this member's own entry.
+	Join []string
 	// ZEO is the address clients use, for the registry.
 	ZEO string
 	// Token authenticates the members' calls to each other (the admin
@@ -89,6 +94,8 @@ type Member struct {
 	self   Peer
 	stores *Stores
 	views  atomic.Pointer[func() BackendView]
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
 	stop   chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
@@ -102,6 +109,7 @@ func OpenMember(cfg MemberConfig) (*Member, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	m := &Member{cfg: cfg, stop: make(chan struct{})}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
 	found := false
 	for _, p := range cfg.Peers {
 		if p.ID == cfg.ID {
@@ -145,8 +153,10 @@ func OpenMember(cfg MemberConfig) (*Member, error) {
 	}
 	m.Gossip = g
 	var servers []raft.Server
-	for _, p := range cfg.Peers {
-		servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Raft), Suffrage: raft.Voter})
+	if len(cfg.Join) == 0 {
+		for _, p := range cfg.Peers {
+			servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Raft), Suffrage: raft.Voter})
+		}
 	}
 	n, err := Open(Config{ID: cfg.ID, Transport: tr, LogStore: stores.Log, StableStore: stores.Stable,
 		SnapshotStore: stores.Snapshot, Bootstrap: servers, LeaseTimeout: cfg.LeaseTimeout, Logger: cfg.Logger,
@@ -162,8 +172,49 @@ func OpenMember(cfg MemberConfig) (*Member, error) {
 	m.Node = n
 	m.Coord = NewCoordinator(n)
 	m.wg.Add(1)
-	go m.register()
+	if len(cfg.Join) > 0 {
+		go m.joinCluster()
+	} else {
+		go m.register()
+	}
 	return m, nil
+}
+
+// self is this member's registry entry.
+func (m *Member) selfProxy() fsm.Proxy {
+	return fsm.Proxy{ID: m.cfg.ID, ZEO: m.cfg.ZEO, HTTP: m.self.HTTP, Raft: m.self.Raft, Gossip: m.Gossip.Addr(), Version: m.cfg.Version}
+}
+
+// joinCluster asks the members in Join to add this one, trying them in
+// turn until one succeeds (a member already in the configuration asks
+// again harmlessly: the leader changes nothing), then joins their gossip.
+func (m *Member) joinCluster() {
+	defer m.wg.Done()
+	p := m.selfProxy()
+	for attempt := 0; ; attempt++ {
+		for _, addr := range m.cfg.Join {
+			ctx, cancel := context.WithTimeout(m.ctx, 15*time.Second)
+			gossip, err := postJoin(ctx, addr, m.cfg.Token, p)
+			cancel()
+			if err == nil {
+				if len(gossip) > 0 {
+					if _, err := m.Gossip.ml.Join(gossip); err != nil {
+						m.Node.log.Info("joining the members' gossip", "error", err)
+					}
+				}
+				m.Node.log.Info("joined the cluster", "through", addr)
+				return
+			}
+			if attempt%10 == 0 {
+				m.Node.log.Info("asking to join the cluster; trying again", "through", addr, "error", err)
+			}
+		}
+		select {
+		case <-m.stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // SetViews sets the function that tells this member's view of the
@@ -198,19 +249,12 @@ func (m *Member) httpAddr(id string) (string, bool) {
 // until it succeeds.
 func (m *Member) register() {
 	defer m.wg.Done()
-	p := fsm.Proxy{ID: m.cfg.ID, ZEO: m.cfg.ZEO, HTTP: m.self.HTTP, Raft: m.self.Raft, Gossip: m.Gossip.Addr(), Version: m.cfg.Version}
+	p := m.selfProxy()
 	for attempt := 0; ; attempt++ {
 		if cur, ok := m.Node.fsm.f.Proxy(m.cfg.ID); ok && cur == p {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		go func() {
-			select {
-			case <-m.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancel := context.WithTimeout(m.ctx, 10*time.Second)
 		_, err := m.Coord.propose(ctx, fsm.RegisterProxy{Proxy: p})
 		cancel()
 		if err == nil {
@@ -234,6 +278,8 @@ func (m *Member) register() {
 func (m *Member) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(rpcPrefix, m.Node.RPCHandler(m.cfg.Token))
+	mux.Handle("/v1/cluster/join", m.joinHandler())
+	mux.Handle("/v1/cluster/leave", m.leaveHandler())
 	mux.Handle("/v1/cluster/status", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			http.Error(w, "GET only", http.StatusMethodNotAllowed)
@@ -251,6 +297,7 @@ func (m *Member) Close() error {
 	var err error
 	m.once.Do(func() {
 		close(m.stop)
+		m.cancel()
 		m.wg.Wait()
 		err = m.Node.Close()
 		m.Gossip.Close()

@@ -30,6 +30,9 @@ type rpcRequest struct {
 	Holder   string `json:"holder,omitempty"`
 	ID       uint64 `json:"id,omitempty"`
 	Clean    bool   `json:"clean,omitempty"`
+	// Proxy is a joining member; Member a leaving one.
+	Proxy  *fsm.Proxy `json:"proxy,omitempty"`
+	Member string     `json:"member,omitempty"`
 }
 
 type rpcAnswer struct {
@@ -63,6 +66,7 @@ var errorCodes = []struct {
 	{"unknown_backend", fsm.ErrUnknownBackend},
 	{"backend_exists", fsm.ErrBackendExists},
 	{"invalid", fsm.ErrInvalid},
+	{"invalid_member", ErrInvalidMember},
 }
 
 func encodeError(err error) *rpcError {
@@ -217,6 +221,14 @@ func (n *Node) RPCHandler(token string) http.Handler {
 			a.Deadline, err = api.Renew(ctx, req.Storage, req.ID)
 		case "release":
 			err = api.Release(ctx, req.Storage, req.ID, req.Clean)
+		case "join":
+			if req.Proxy == nil {
+				http.Error(w, "cluster rpc: join without a proxy", http.StatusBadRequest)
+				return
+			}
+			err = api.Join(ctx, *req.Proxy)
+		case "leave":
+			err = api.Leave(ctx, req.Member)
 		default:
 			http.NotFound(w, r)
 			return
@@ -335,3 +347,13 @@ func (h *httpLeader) Release(ctx context.Context, storage string, id uint64, cle
 	return err
 }
 
+
+func (h *httpLeader) Join(ctx context.Context, p fsm.Proxy) error {
+	_, err := h.call(ctx, "join", rpcRequest{Proxy: &p})
+	return err
+}
+
+func (h *httpLeader) Leave(ctx context.Context, id string) error {
+	_, err := h.call(ctx, "leave", rpcRequest{Member: id})
+	return err
+}

@@ -346,3 +346,39 @@ unreachable.`, std)
 	}
 	return exitCritical
 }
+
+// runLeave asks the cluster to remove a member (a proxy that is to be
+// retired: stop its process afterwards).
+func runLeave(std stdio, args []string) int {
+	s := cliSettings("leave", `Removes a member from the cluster: the leader takes it out of the registry
+and of the Raft configuration (asked through the member at --url, which
+may be any member). Stop the removed member's process afterwards. A
+member that is only down (it will come back) should not be removed: the
+cluster keeps working without it while a majority of members is up.`, std)
+	s.allowArgs, s.argsUsage = true, "MEMBER"
+	if code, done := s.start(args); done {
+		return code
+	}
+	if len(s.positional) != 1 {
+		return usageFail(s, &usageError{fmt.Errorf("name exactly one member (got %d arguments)", len(s.positional))})
+	}
+	id := s.positional[0]
+	if err := checkName("node", id); err != nil {
+		return usageFail(s, &usageError{err})
+	}
+	body, code, ok := post(s, "/v1/cluster/leave?member="+url.QueryEscape(id))
+	if !ok {
+		return code
+	}
+	if s.boolean("json") {
+		std.out.Write(body)
+		return exitOK
+	}
+	var out struct{ Result string }
+	if json.Unmarshal(body, &out) == nil && out.Result != "" {
+		fmt.Fprintln(std.out, out.Result)
+	} else {
+		fmt.Fprintf(std.out, "%s left the cluster\n", id)
+	}
+	return exitOK
+}

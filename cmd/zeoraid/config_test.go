@@ -359,7 +359,7 @@ func TestConfigFileErrors(t *testing.T) {
 		{filepath.Join(dir, "missing.yaml"), `config: config: flag --config "` + dir + `/missing.yaml": no such file`},
 		{dir, `config: config: flag --config "` + dir + `": is a directory, not a file`},
 		{bad, "config: config: file " + bad + ": "},
-		{typo, "config: proxy.vote_timeout: file " + typo + ": unknown key (proxy has log-level, listen, http, data, node-id, peer, gossip-key, backend, "},
+		{typo, "config: proxy.vote_timeout: file " + typo + ": unknown key (proxy has log-level, listen, http, data, node-id, peer, join, gossip-key, backend, "},
 	} {
 		s := sections["proxy"]()
 		if err := s.parse([]string{"--config", c.path}); err == nil || !strings.HasPrefix(err.Error(), c.want) {

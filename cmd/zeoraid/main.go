@@ -28,13 +28,14 @@ func init() {
 	commands = []command{
 		{"backend", "serve storages from a data directory with the built-in crash-safe engine", runBackend},
 		{"bench", "measure commits and loads against ZEO servers or proxies, side by side", runBench},
-		{"proxy", "run a RAID-1 proxy over ZEO backends (single node)", runProxy},
+		{"proxy", "run a RAID-1 proxy over ZEO backends, alone or as a member of a cluster of proxies", runProxy},
 		{"status", "print a proxy's state; exit 0 optimal, 1 recovering, 2 degraded/failed/unreachable", runStatus},
 		{"disable", "take a backend out of service (zeoraid disable [--storage S] BACKEND)", runDisable},
 		{"recover", "recover a degraded backend and wait for the outcome (zeoraid recover [--storage S] BACKEND)", runRecover},
 		{"reload", "make a proxy reread its configuration (add/remove backends)", runReload},
+		{"leave", "remove a member from the cluster (zeoraid leave MEMBER), before retiring it", runLeave},
 		{"verify", "compare the backends' transactions of a storage; exit 0 identical, 2 different", runVerify},
-		{"demo", "start 3 built-in backends and a RAID-1 proxy on loopback, with a status page", runDemo},
+		{"demo", "start 3 built-in backends and a cluster of 3 RAID-1 proxies on loopback, with status pages", runDemo},
 		{"version", "print the version (also zeoraid --version)", runVersion},
 	}
 }

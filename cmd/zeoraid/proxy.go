@@ -41,6 +41,7 @@ func registerProxyFlags(s *settings) {
 	s.dirKey("data", "", "data directory for the proxy's state (required; created if missing)")
 	s.nodeIDKey("node-id", "this proxy's id in a cluster of proxies (empty: a lone proxy keeping its state in --data)")
 	s.peersKey("peer", "a member of the cluster: id=raft-host:port,http-host:port (repeatable; every initial member, this one included, the same list on every proxy)")
+	s.addrsKey("join", "join a running cluster through these members' HTTP addresses instead of bootstrapping one (repeatable; --peer then needs only this member's entry)")
 	s.gossipKeyKey("gossip-key", "encrypt the cluster's gossip with this key: base64 of 16, 24 or 32 random bytes, the same on every member (empty: unencrypted)")
 	s.backendsKey("backend", true, "a backend: [storage/]name=host:port[,host:port] (repeatable, required)")
 	s.tokenKey("admin-token", "token required for HTTP actions (Authorization: Bearer ...); empty: none")
@@ -67,6 +68,7 @@ type proxyCfg struct {
 	spoolDir                  string
 	nodeID                    string
 	peers                     []peerSpec
+	join                      []string
 	gossipKey                 []byte
 	lease, txnTimeout, wait   time.Duration
 	storages                  map[string][]proxy.BackendConfig
@@ -89,6 +91,7 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		spoolDir: s.str("spool-dir"), nodeID: s.str("node-id"),
 	}
 	c.gossipKey = s.values["gossip-key"][0].val.([]byte)
+	c.join = s.strs("join")
 	for _, e := range s.entries("peer") {
 		c.peers = append(c.peers, e.val.(peerSpec))
 	}
@@ -112,7 +115,7 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 	if c.spoolDir == "" && c.data != "" {
 		c.spoolDir = filepath.Join(c.data, "spool")
 	}
-	if c.nodeID != "" || len(c.peers) > 0 {
+	if c.nodeID != "" || len(c.peers) > 0 || len(c.join) > 0 {
 		if err := clusterConfig(s, &c); err != nil {
 			errs = append(errs, err)
 		}
@@ -176,7 +179,7 @@ func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *clu
 	for _, p := range cfg.peers {
 		peers = append(peers, cluster.Peer{ID: p.id, Raft: p.raft, HTTP: p.http, Gossip: p.gossipAddr()})
 	}
-	m, err := cluster.OpenMember(cluster.MemberConfig{ID: cfg.nodeID, Dir: cfg.data, Peers: peers, ZEO: cfg.listen,
+	m, err := cluster.OpenMember(cluster.MemberConfig{ID: cfg.nodeID, Dir: cfg.data, Peers: peers, Join: cfg.join, ZEO: cfg.listen,
 		Token: cfg.token, GossipKey: cfg.gossipKey, LeaseTimeout: cfg.lease, Version: version, Logger: log})
 	if err != nil {
 		return nil, nil, err

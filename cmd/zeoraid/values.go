@@ -363,6 +363,13 @@ func (s *settings) nameKey(name, def, usage string) {
 	}})
 }
 
+// addrsKey is a list of host:port addresses (repeatable, or separated by
+// commas).
+func (s *settings) addrsKey(name, usage string) {
+	s.add(&keySpec{name: name, usage: usage, typ: "host:port", list: true, commas: true,
+		parse: func(raw string) (any, error) { return raw, checkAddr(raw, addrMode{}) }})
+}
+
 // namesKey is a list of distinct storage names (repeatable, or separated
 // by commas).
 func (s *settings) namesKey(name string, def []string, usage string) {
