@@ -182,6 +182,20 @@ func (tc *testCluster) partition(id string) {
 	}
 }
 
+// heal reconnects node id with every other node.
+func (tc *testCluster) heal(id string) {
+	tc.nw.mu.Lock()
+	defer tc.nw.mu.Unlock()
+	for _, o := range tc.ids {
+		if o != id {
+			tc.trans[id].Connect(raft.ServerAddress(o), tc.trans[o])
+			tc.trans[o].Connect(raft.ServerAddress(id), tc.trans[id])
+			delete(tc.nw.cut, [2]string{id, o})
+			delete(tc.nw.cut, [2]string{o, id})
+		}
+	}
+}
+
 func (tc *testCluster) closeAll() {
 	for _, id := range tc.ids {
 		if n := tc.nodes[id]; n != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -249,4 +250,34 @@ func TestUnsettledGrants(t *testing.T) {
 		t.Fatal("the first grant of a new leader is not unsettled")
 	}
 	l.Release()
+}
+
+// TestMinorityIsNotWritable: a follower cut off from the others says it
+// cannot take writes once the grace has passed (not at once: an election
+// is no reason to drop clients), and can again once the cut heals.
+func TestMinorityIsNotWritable(t *testing.T) {
+	tc := newTestCluster(t, 3, time.Second)
+	f := tc.follower()
+	if ok, why := f.Writable(); !ok {
+		t.Fatalf("a follower of a healthy cluster is not writable: %s", why)
+	}
+	tc.partition(f.ID())
+	start := time.Now()
+	waitUntil(t, 20*time.Second, "the cut-off follower to refuse writes", func() bool {
+		ok, _ := f.Writable()
+		return !ok
+	})
+	// fastRaft's heartbeat is 50 ms: the grace (5 s) dominates.
+	if took := time.Since(start); took < 5*time.Second {
+		t.Fatalf("refused writes after %v, before the grace", took)
+	}
+	_, why := f.Writable()
+	if !strings.Contains(why, "no quorum") {
+		t.Fatalf("reason %q", why)
+	}
+	tc.heal(f.ID())
+	waitUntil(t, 20*time.Second, "the follower to take writes again", func() bool {
+		ok, _ := f.Writable()
+		return ok
+	})
 }

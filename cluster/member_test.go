@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/raidcore/coordtest"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"

@@ -56,6 +56,10 @@ type Config struct {
 	Liveness       Liveness
 	DetectInterval time.Duration
 	DetectStrikes  int
+	// QuorumGrace: how long this node may be without a leader (an
+	// election) before Writable says no (default 5 s): a leader's
+	// failover must not drop every client, a cut-off proxy must.
+	QuorumGrace time.Duration
 	// Logger (default: a discarding logger).
 	Logger hclog.Logger
 	// Now is the clock (default time.Now).
@@ -93,6 +97,9 @@ func (c *Config) defaults() error {
 	if c.DetectStrikes <= 0 {
 		c.DetectStrikes = 3
 	}
+	if c.QuorumGrace <= 0 {
+		c.QuorumGrace = 5 * time.Second
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -109,6 +116,11 @@ type Node struct {
 	notify chan bool
 
 	leases *leaseService
+	// heartbeat is raft's heartbeat timeout (for Writable).
+	heartbeat time.Duration
+
+	qmu       sync.Mutex
+	lostSince time.Time // when this node last stopped seeing a leader
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -128,6 +140,7 @@ func Open(cfg Config) (*Node, error) {
 		cfg.Raft(rc)
 	}
 	rc.LocalID = raft.ServerID(cfg.ID)
+	n.heartbeat = rc.HeartbeatTimeout
 	rc.Logger = cfg.Logger.Named("raft")
 	rc.NotifyCh = n.notify
 	if err := raft.ValidateConfig(rc); err != nil {

@@ -347,7 +347,6 @@ func (h *httpLeader) Release(ctx context.Context, storage string, id uint64, cle
 	return err
 }
 
-
 func (h *httpLeader) Join(ctx context.Context, p fsm.Proxy) error {
 	_, err := h.call(ctx, "join", rpcRequest{Proxy: &p})
 	return err

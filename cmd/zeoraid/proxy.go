@@ -248,8 +248,12 @@ func runProxy(std stdio, args []string) int {
 	if member != nil {
 		defer member.Close()
 	}
+	var writable func() (bool, string)
+	if member != nil {
+		writable = member.Node.Writable
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	p, err = proxy.Start(ctx, proxy.Config{
+	p, err = proxy.Start(ctx, proxy.Config{Writable: writable,
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,

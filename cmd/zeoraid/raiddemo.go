@@ -159,7 +159,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			p, err := proxy.Start(ctx, proxy.Config{Storages: map[string][]proxy.BackendConfig{"1": backends}, Coord: n.member.Coord,
-				ProxyID: n.id, Encoding: enc, ClientConflictResolution: ccr, AutoRecover: true, TransactionTimeout: 20 * time.Second,
+				ProxyID: n.id, Writable: n.member.Node.Writable, Encoding: enc, ClientConflictResolution: ccr, AutoRecover: true, TransactionTimeout: 20 * time.Second,
 				Logger: log.Named(n.id)})
 			if err != nil {
 				errs[i] = fmt.Errorf("proxy %s: %w", n.id, err)

@@ -67,6 +67,17 @@ type Config struct {
 	RecoveryRate int64
 	// VerifyReads compares every load across two backends.
 	VerifyReads bool
+	// Writable, when set, tells whether this proxy may take writes now
+	// (a cluster member: whether it reaches a quorum) and why not. While
+	// it may not, writable registrations get ReadOnlyError (clients with
+	// several addresses move to another proxy; read-only ones stay) and
+	// the writable connections are closed when it turns false.
+	Writable func() (bool, string)
+	// RegisterSync bounds how long a registration waits for the proxy to
+	// have announced what its backends committed (a sync of every
+	// backend), so that a lagging proxy does not answer a client with an
+	// older last transaction than another proxy gave it (default 5 s).
+	RegisterSync time.Duration
 	// Reload, when set, rereads the configuration and applies it (the
 	// command line sets it to reread its file); raid_reload calls it.
 	Reload func(ctx context.Context) (ReloadReport, error)
@@ -271,13 +282,67 @@ func (p *Proxy) zeoServer() (*zeoserver.Server, error) {
 	srv, err := zeoserver.New(zeoserver.Config{
 		Storages: storages, Encoding: p.cfg.Encoding, ClientConflictResolution: p.cfg.ClientConflictResolution,
 		MaxFrame: p.cfg.MaxFrame, Logger: p.cfg.Logger.Named("zeo"), Extensions: p.extensions(),
-		TransactionTimeout: p.cfg.TransactionTimeout, SpoolDir: p.cfg.SpoolDir,
+		TransactionTimeout: p.cfg.TransactionTimeout, SpoolDir: p.cfg.SpoolDir, Admit: p.admit,
 	})
 	if err != nil {
 		return nil, err
 	}
 	p.server = srv
+	if p.cfg.Writable != nil {
+		p.wg.Add(1)
+		go p.watchWritable(srv)
+	}
 	return srv, nil
+}
+
+// admit answers a registration: a writable one only while the proxy may
+// take writes; every one after the array has caught up with its backends.
+func (p *Proxy) admit(ctx context.Context, storage string, readOnly bool) error {
+	if !readOnly && p.cfg.Writable != nil {
+		if ok, why := p.cfg.Writable(); !ok {
+			p.log.Info("writable registration refused", "storage", storage, "reason", why)
+			return zodb.NewReadOnlyError()
+		}
+	}
+	a, err := p.Array(storage)
+	if err != nil {
+		return nil // the server answers for an unknown storage
+	}
+	wait := p.cfg.RegisterSync
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := a.Sync(sctx); err != nil {
+		p.log.Debug("registration: backends not synced", "storage", storage, "error", err)
+	}
+	return nil
+}
+
+// watchWritable closes the writable client connections when the proxy
+// can no longer take writes, so that their clients reconnect to a proxy
+// that can.
+func (p *Proxy) watchWritable(srv *zeoserver.Server) {
+	defer p.wg.Done()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	was := true
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		ok, why := p.cfg.Writable()
+		if !ok && was {
+			n := srv.DropWritable("this proxy cannot take writes now: " + why)
+			p.log.Warn("cannot take writes; closed the writable client connections", "reason", why, "closed", n)
+		} else if ok && !was {
+			p.log.Info("takes writes again")
+		}
+		was = ok
+	}
 }
 
 // Arrays returns the arrays by storage name.

@@ -34,6 +34,9 @@ type conn struct {
 	// reads them is started.
 	ss       *storageState
 	readOnly bool
+	// writable: registered writable (read by DropWritable from other
+	// goroutines).
+	writable atomic.Bool
 
 	mu        sync.Mutex
 	txn       *zeoTxn

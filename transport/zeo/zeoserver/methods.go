@@ -100,6 +100,12 @@ func (c *conn) register(args []any) (any, error) {
 		return nil, zodb.NewValueError("unknown storage: %s", name)
 	}
 	readOnly := wire.Truth(args[1])
+	if c.srv.cfg.Admit != nil {
+		if err := c.srv.cfg.Admit(c.ctx, name, readOnly); err != nil {
+			c.logger().Info("registration refused", "storage", name, "read_only", readOnly, "error", err)
+			return nil, err
+		}
+	}
 	if !readOnly {
 		info, err := ss.st.Info(c.ctx)
 		if err != nil {
@@ -110,6 +116,7 @@ func (c *conn) register(args []any) (any, error) {
 		}
 	}
 	c.readOnly = readOnly || c.srv.cfg.ReadOnly
+	c.writable.Store(!c.readOnly)
 	c.ss = ss
 	c.setLog(c.logger().With("storage", name))
 	return ss.fan.register(c), nil

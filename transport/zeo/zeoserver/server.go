@@ -41,6 +41,13 @@ type Config struct {
 	Encoding wire.Encoding
 	// ReadOnly makes every connection read-only.
 	ReadOnly bool
+	// Admit, when set, is asked before a registration is answered. It
+	// may wait (bounded by ctx, the connection's) until the server can
+	// answer consistently, and refuse with an error that goes back to the
+	// client: a zodb.ReadOnlyError for a writable registration makes a
+	// client with several addresses try the others (or, with
+	// read_only_fallback, register read-only here).
+	Admit func(ctx context.Context, storage string, readOnly bool) error
 	// ClientConflictResolution returns conflicts from vote to the client,
 	// which resolves them (ZEO's client-conflict-resolution). Without it a
 	// conflict is a ConflictError: Go cannot run Python resolution code.
@@ -312,6 +319,24 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	s.unsubscribeAll()
 	return nil
+}
+
+// DropWritable closes every connection registered writable (read-only
+// ones stay), with reason in the log, and returns how many it closed:
+// their clients reconnect, and Admit decides where they may write.
+func (s *Server) DropWritable(reason string) int {
+	s.mu.Lock()
+	var conns []*conn
+	for c := range s.conns {
+		if c.writable.Load() {
+			conns = append(conns, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.closeWith("%s", reason)
+	}
+	return len(conns)
 }
 
 // maxHandshake limits the client's handshake frame ("Z5", "M5", "ruok").
