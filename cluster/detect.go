@@ -23,6 +23,34 @@ func (n *Node) MemberFailed(id string) {
 	if taken := n.leases.takeBack(id); len(taken) > 0 {
 		n.log.Warn("took back the commit leases of a failed proxy", "proxy", id, "storages", strings.Join(taken, ", "))
 	}
+	n.takeBackRecoveries(func(owner string) bool { return owner == id })
+}
+
+// takeBackRecoveries marks degraded every recovering backend whose owner
+// is gone, so that a live proxy recovers it again (its automatic recovery,
+// or an operator). A former owner that is still running sees its row
+// change and stops copying (raidcore yields recoveries the table no longer
+// gives it), and its compare-and-set on the old row version fails.
+func (n *Node) takeBackRecoveries(gone func(owner string) bool) {
+	c := &Coordinator{n: n}
+	for storage, st := range n.fsm.f.State().Storages {
+		for backend, row := range st.Backends {
+			if row.State != string(raidcore.Recovering) || !gone(row.Owner) {
+				continue
+			}
+			r := fromRow(row)
+			ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
+			_, err := c.Update(ctx, storage, raidcore.Change{Backend: backend, Version: row.Version, To: raidcore.BackendState{
+				State: raidcore.Degraded, Reason: "its recovery stopped: proxy " + row.Owner + " that ran it failed", By: "cluster",
+				LastTID: r.LastTID, PackedTo: r.PackedTo, VerifiedTo: r.VerifiedTo}})
+			cancel()
+			if err != nil {
+				n.log.Warn("taking back a failed proxy's recovery failed", "storage", storage, "backend", backend, "owner", row.Owner, "error", err)
+				continue
+			}
+			n.log.Warn("took back the recovery of a failed proxy; the backend is degraded until a live proxy recovers it", "storage", storage, "backend", backend, "owner", row.Owner)
+		}
+	}
 }
 
 // takeBack ends every lease held by holder; the next grants are unsettled.
@@ -43,6 +71,10 @@ func (s *leaseService) takeBack(holder string) []string {
 	return out
 }
 
+// ownerAbsentChecks: a recovery whose owner gossip has not seen alive for
+// this many checks in a row is taken back.
+const ownerAbsentChecks = 10
+
 // detectBackendFailures runs while this node leads and gossip is on: a
 // backend that is optimal in the table but that a majority of the live
 // proxies cannot reach, several checks in a row, is degraded, even when
@@ -53,6 +85,8 @@ func (n *Node) detectBackendFailures(ctx context.Context) {
 	interval := n.cfg.DetectInterval
 	strikes := map[string]int{}
 	refused := map[string]bool{}
+	// absent counts the checks in a row a recovery owner was not alive.
+	absent := map[string]int{}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -63,7 +97,30 @@ func (n *Node) detectBackendFailures(ctx context.Context) {
 		}
 		alive := live.Alive()
 		views := live.Views(3 * interval)
+		// Recoveries whose owner gossip has not seen alive for a while
+		// (it failed before this node led, say).
+		isAlive := map[string]bool{}
+		for _, id := range alive {
+			isAlive[id] = true
+		}
+		for id := range absent {
+			if isAlive[id] {
+				delete(absent, id)
+			}
+		}
 		state := n.fsm.f.State()
+		owners := map[string]bool{}
+		for _, st := range state.Storages {
+			for _, row := range st.Backends {
+				if row.State == string(raidcore.Recovering) && !isAlive[row.Owner] {
+					owners[row.Owner] = true
+				}
+			}
+		}
+		for id := range owners {
+			absent[id]++
+		}
+		n.takeBackRecoveries(func(owner string) bool { return owners[owner] && absent[owner] >= ownerAbsentChecks })
 		seen := map[string]bool{}
 		for storage, st := range state.Storages {
 			for backend, row := range st.Backends {

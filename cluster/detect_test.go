@@ -153,3 +153,47 @@ func TestDeadHoldersLeaseIsTakenBack(t *testing.T) {
 		t.Fatal("the dead holder's lease was not taken back")
 	}
 }
+
+// TestFailedOwnersRecoveryIsTakenBack: a backend left recovering by a
+// proxy that gossip declares dead is degraded again by the leader, so a
+// live proxy can recover it: at once when gossip reports the failure,
+// and after a few checks when the owner is simply not alive (it failed
+// before this leader led).
+func TestFailedOwnersRecoveryIsTakenBack(t *testing.T) {
+	live := &fakeLiveness{alive: []string{"n1", "n2", "n3"}}
+	tc := newTestClusterWith(t, 3, time.Second, false, live)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := cluster.NewCoordinator(tc.follower())
+	tab, err := c.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5), zodb.TIDFromUint64(5)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recovering := func(b, owner string) {
+		t.Helper()
+		row := c.Table("1")[b]
+		if _, err := c.Update(ctx, "1", raidcore.Change{Backend: b, Version: row.Version,
+			To: raidcore.BackendState{State: raidcore.Recovering, Owner: owner, By: "operator", LastTID: zodb.TIDFromUint64(5)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = tab
+	leaderID := tc.waitLeader()
+	owner := "n1"
+	if leaderID == owner {
+		owner = "n2"
+	}
+	recovering("b", owner)
+	time.Sleep(300 * time.Millisecond) // the owner is alive: nothing happens
+	if st := c.Table("1")["b"]; st.State != raidcore.Recovering {
+		t.Fatalf("a live owner's recovery was taken: %+v", st)
+	}
+	tc.nodes[leaderID].MemberFailed(owner)
+	waitUntil(t, 5*time.Second, "b degraded after its owner failed", func() bool { return c.Table("1")["b"].State == raidcore.Degraded })
+	if st := c.Table("1")["b"]; st.By != "cluster" || !strings.Contains(st.Reason, "proxy "+owner+" that ran it failed") {
+		t.Fatalf("row %+v", st)
+	}
+	// An owner gossip does not know at all.
+	recovering("c", "n7")
+	waitUntil(t, 5*time.Second, "c degraded, its owner absent", func() bool { return c.Table("1")["c"].State == raidcore.Degraded })
+}

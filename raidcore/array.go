@@ -321,6 +321,7 @@ func (a *Array) started(table Table, probes []BackendProbe) {
 		a.mu.Unlock()
 		a.emitReady()
 		a.evMu.Unlock()
+		a.yieldRecoveries(t)
 	})
 	// A change between Start and Watch would be lost otherwise.
 	if t := a.cfg.Coord.Table(a.cfg.Storage); t != nil {

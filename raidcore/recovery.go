@@ -61,6 +61,32 @@ type recovery struct {
 	p      Progress
 	cancel context.CancelFunc
 	done   chan struct{}
+	// claimed: the row says this proxy recovers the backend (set once
+	// the table change that starts the recovery is committed).
+	claimed bool
+}
+
+// yieldRecoveries stops this proxy's recoveries whose backend the table
+// no longer gives to this proxy: the cluster's leader took it back (this
+// proxy was declared dead) or an operator disabled it. Two proxies must
+// never copy into the same backend. Called with every applied table.
+func (a *Array) yieldRecoveries(t Table) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, r := range a.recoveries {
+		r.mu.Lock()
+		claimed := r.claimed
+		r.mu.Unlock()
+		if !claimed || !r.running() {
+			continue
+		}
+		row, ok := t[name]
+		if ok && (row.State == Optimal || (row.State == Recovering && row.Owner == a.cfg.ProxyID)) {
+			continue
+		}
+		a.log.Warn("stopping a recovery the table no longer gives to this proxy", "backend", name, "state", row.State, "owner", row.Owner, "reason", row.Reason)
+		r.cancel()
+	}
 }
 
 func (r *recovery) progress() Progress {
@@ -147,6 +173,9 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 		return fmt.Errorf("raidcore: recovery of %q not started: %w", backend, err)
 	}
 	version := table[backend].Version
+	r.mu.Lock()
+	r.claimed = true
+	r.mu.Unlock()
 	started := a.spawn(func() {
 		defer close(r.done)
 		defer cancel()

@@ -152,3 +152,50 @@ func TestUnsettledLeaseOnEmptyBackends(t *testing.T) {
 		t.Fatalf("table %v", f.states())
 	}
 }
+
+// TestRecoveryYieldsWhenTheTableTakesItBack: a recovery stops copying as
+// soon as the table no longer gives the backend to this proxy (the
+// cluster's leader took it back, believing this proxy dead, and another
+// proxy may start copying into the same backend).
+func TestRecoveryYieldsWhenTheTableTakesItBack(t *testing.T) {
+	f := newFixture(t, 2)
+	if err := f.arr.Disable("b1", "operator test", "for the test"); err != nil {
+		t.Fatal(err)
+	}
+	oids, _ := f.arr.NewOIDs(f.ctx, 60)
+	for _, oid := range oids {
+		if _, err := f.commit(storagetest.Store(oid, zodb.ZeroTID, storagetest.Record(strings.Repeat("x", 2000)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// About 120 kB at 20 kB/s: six seconds of copying.
+	if err := f.arr.Recover("b1", raidcore.RecoveryOptions{By: "operator test", MaxBytesPerSecond: 20000}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the copy to start", func() bool {
+		p := f.arr.Recoveries()["b1"]
+		return p.Transactions > 0
+	})
+	row := f.state(1)
+	if row.State != raidcore.Recovering || row.Owner == "" {
+		t.Fatalf("row %+v", row)
+	}
+	taken := time.Now()
+	if _, err := f.coord.Update(f.ctx, "1", raidcore.Change{Backend: "b1", Version: row.Version,
+		To: raidcore.BackendState{State: raidcore.Degraded, Reason: "its recovery stopped: proxy x that ran it failed", By: "cluster", LastTID: row.LastTID}}); err != nil {
+		t.Fatal(err)
+	}
+	err := f.arr.WaitRecovery(f.ctx, "b1")
+	if err == nil {
+		t.Fatal("the recovery went on after the table took it back")
+	}
+	if took := time.Since(taken); took > 3*time.Second {
+		t.Fatalf("the recovery stopped %v after the table took it back", took)
+	}
+	if p := f.arr.Recoveries()["b1"]; p.Transactions >= 60 {
+		t.Fatalf("copied everything anyway: %+v", p)
+	}
+	if st := f.state(1); st.State != raidcore.Degraded || st.By != "cluster" {
+		t.Fatalf("the stopped recovery overwrote the row: %+v", st)
+	}
+}
