@@ -40,7 +40,7 @@ func registerBackendFlags(s *settings) {
 	s.boolKey("client-conflict-resolution", true, "let clients resolve conflicts (BTrees and friends) themselves; the server cannot run Python code")
 	s.boolKey("pack-gc", true, "pack removes objects unreachable from the root")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
-	s.durationKey("transaction-timeout", 0, nonNegative, "abort a voted transaction, and close its connection, when it does not finish within this time (ZEO's transaction-timeout; 0: no limit; behind zeoraid proxies set it below their lease-timeout)")
+	s.durationKey("transaction-timeout", 0, nonNegative, "abort a voted transaction, and close its connection, when it does not finish within this time (ZEO's transaction-timeout; 0: no limit). Behind zeoraid proxies set it between their transaction-timeout and vote-timeout, e.g. 15s with their defaults (10s, 20s): it frees the locks of a proxy that stopped after its vote")
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 }
 

@@ -51,7 +51,7 @@ func registerProxyFlags(s *settings) {
 	s.durationKey("finish-timeout", 20*time.Second, positive, "deadline of a backend's tpc_finish")
 	s.durationKey("read-timeout", 10*time.Second, positive, "deadline of a backend read")
 	s.durationKey("lease-timeout", 30*time.Second, positive, "how long the commit lease lasts unless its holder renews it (it does while it commits); a new cluster leader waits this long before it grants one, so a cluster member defaults to "+clusterLeaseTimeout.String())
-	s.durationKey("transaction-timeout", 20*time.Second, nonNegative, "abort a client's voted transaction and close its connection when it does not call tpc_finish within this time (the lease is renewed meanwhile; 0: not renewed, the lease bounds it). Set the backends' own transaction-timeout above it")
+	s.durationKey("transaction-timeout", 10*time.Second, nonNegative, "abort a client's voted transaction and close its connection when it does not call tpc_finish within this time (the lease is renewed meanwhile; 0: not renewed, the lease bounds it). Set the backends' own transaction-timeout between this and vote-timeout")
 	s.durationKey("startup-wait", 5*time.Second, positive, "at start-up, how long to wait for every backend before starting with those that answer (the first is waited for without limit)")
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")

@@ -86,7 +86,8 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 		if err != nil {
 			return fail("backend %s: %v", name, err)
 		}
-		srv, err := zeoserver.New(zeoserver.Config{Storages: map[string]zodb.Storage{"1": st}, Encoding: enc, ClientConflictResolution: ccr, Logger: log.Named(name)})
+		srv, err := zeoserver.New(zeoserver.Config{Storages: map[string]zodb.Storage{"1": st}, Encoding: enc, ClientConflictResolution: ccr,
+			TransactionTimeout: 15 * time.Second, Logger: log.Named(name)})
 		if err != nil {
 			st.Close()
 			return fail("backend %s: %v", name, err)
@@ -159,7 +160,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			p, err := proxy.Start(ctx, proxy.Config{Storages: map[string][]proxy.BackendConfig{"1": backends}, Coord: n.member.Coord,
-				ProxyID: n.id, Writable: n.member.Node.Writable, Encoding: enc, ClientConflictResolution: ccr, AutoRecover: true, TransactionTimeout: 20 * time.Second,
+				ProxyID: n.id, Writable: n.member.Node.Writable, Encoding: enc, ClientConflictResolution: ccr, AutoRecover: true, TransactionTimeout: 10 * time.Second,
 				Logger: log.Named(n.id)})
 			if err != nil {
 				errs[i] = fmt.Errorf("proxy %s: %w", n.id, err)
