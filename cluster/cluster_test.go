@@ -182,6 +182,17 @@ func (tc *testCluster) partition(id string) {
 	}
 }
 
+// cutRaft cuts node id's raft links only: it still reaches the leader's
+// API (a node whose log lags).
+func (tc *testCluster) cutRaft(id string) {
+	for _, o := range tc.ids {
+		if o != id {
+			tc.trans[id].Disconnect(raft.ServerAddress(o))
+			tc.trans[o].Disconnect(raft.ServerAddress(id))
+		}
+	}
+}
+
 // heal reconnects node id with every other node.
 func (tc *testCluster) heal(id string) {
 	tc.nw.mu.Lock()

@@ -131,6 +131,22 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 		return nil, err
 	}
 	var lease *raidcore.Lease
+	defer func() {
+		if lease == nil {
+			// Not handed out: give it back (unclean: nothing was checked).
+			rctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.LeaseTimeout)
+			defer cancel()
+			c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID, !g.Unsettled) })
+		}
+	}()
+	// Every table change committed before the grant is applied here
+	// before the holder decides which backends take the commit.
+	wctx, cancel := context.WithDeadline(ctx, g.Deadline)
+	err = c.n.waitApplied(wctx, g.Index)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: this proxy did not apply the state of the lease's grant (index %d) before its deadline: %w", g.Index, err)
+	}
 	lease = raidcore.NewLease(storage, g.TID, g.Deadline, func() {
 		rctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.LeaseTimeout)
 		defer cancel()

@@ -133,6 +133,21 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: gossip address %q: %w", cfg.Bind, err)
 	}
+	if net.ParseIP(host) == nil {
+		// memberlist binds to an IP: resolve a host name (a container's
+		// service name, say).
+		ips, err := net.LookupIP(host)
+		if err != nil || len(ips) == 0 {
+			return nil, fmt.Errorf("cluster: gossip address %q: cannot resolve %s: %v", cfg.Bind, host, err)
+		}
+		host = ips[0].String()
+		for _, ip := range ips {
+			if ip.To4() != nil {
+				host = ip.String()
+				break
+			}
+		}
+	}
 	g := &Gossip{cfg: cfg, log: cfg.Logger.Named("gossip"), meta: meta, views: map[string]receivedView{}, leaving: map[string]uint64{}, gone: map[string]string{},
 		events: make(chan memberEvent, 64), stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()

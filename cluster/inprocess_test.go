@@ -281,3 +281,50 @@ func TestMinorityIsNotWritable(t *testing.T) {
 		return ok
 	})
 }
+
+// TestLeaseWaitsForTheGrantsState: a holder must use a table at least as
+// new as the one the leader had applied when it granted the lease (an
+// earlier holder may have made a backend optimal at the end of a
+// recovery: a holder that leaves it out of its commit leaves it behind).
+// A node whose log lags (raft links cut, the leader's API reachable)
+// gets no usable lease; once it catches up it gets one and sees the
+// change.
+func TestLeaseWaitsForTheGrantsState(t *testing.T) {
+	tc := newTestCluster(t, 3, 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := tc.follower()
+	cf := cluster.NewCoordinator(f)
+	if _, err := cf.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
+		t.Fatal(err)
+	}
+	leader := tc.nodes[tc.waitLeader()]
+	cl := cluster.NewCoordinator(leader)
+	waitUntil(t, 5*time.Second, "the leader to apply the table", func() bool { return cl.Table("1") != nil })
+	tc.cutRaft(f.ID())
+	row := cl.Table("1")["b"]
+	if _, err := cl.Update(ctx, "1", raidcore.Change{Backend: "b", Version: row.Version,
+		To: raidcore.BackendState{State: raidcore.Degraded, Reason: "test", By: "proxy", LastTID: zodb.TIDFromUint64(5)}}); err != nil {
+		t.Fatal(err)
+	}
+	if cf.Table("1")["b"].State != raidcore.Optimal {
+		t.Fatal("the lagging node applied the change: the test cannot show anything")
+	}
+	l, err := cf.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err == nil {
+		l.Release()
+		t.Fatalf("a lagging node got a lease while its table says b is %s", cf.Table("1")["b"].State)
+	}
+	if !strings.Contains(err.Error(), "did not apply the state of the lease's grant") {
+		t.Fatalf("lease on a lagging node: %v", err)
+	}
+	tc.heal(f.ID())
+	l, err = cf.AcquireLease(ctx, "1", zodb.ZeroTID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	if st := cf.Table("1")["b"].State; st != raidcore.Degraded {
+		t.Fatalf("after the grant the node's table says b is %s", st)
+	}
+}

@@ -50,6 +50,13 @@ type Grant struct {
 	// the holder must make the backends agree before it commits (see
 	// raidcore.Lease.Unsettled).
 	Unsettled bool
+	// Index is the leader's last applied log index when it granted the
+	// lease: it covers every table change made by earlier holders (they
+	// committed them before giving the lease back). The holder applies
+	// at least this far before it uses its table, so that it never
+	// leaves out a backend an earlier holder made optimal (the end of a
+	// recovery) nor uses one an earlier holder degraded.
+	Index uint64
 }
 
 // Forwarder reaches the leader from a follower.

@@ -233,7 +233,7 @@ func (s *leaseService) grant(q *leaseQueue, w *leaseWaiter) {
 	h.timer = time.AfterFunc(s.n.cfg.LeaseTimeout, func() { s.expire(q, h.id) })
 	q.holder = h
 	s.mu.Unlock()
-	w.ch <- grantResult{g: Grant{ID: h.id, TID: tid, Deadline: h.deadline, Unsettled: h.unsettled}}
+	w.ch <- grantResult{g: Grant{ID: h.id, TID: tid, Deadline: h.deadline, Unsettled: h.unsettled, Index: s.n.fsm.f.Applied()}}
 }
 
 // raiseAhead raises the ceiling a window above tid in the background, so

@@ -18,8 +18,11 @@ type raftFSM struct {
 	mu       sync.Mutex
 	watchers map[int]func(storage string, t raidcore.Table)
 	nextW    int
-	// applied is signalled after every apply, for waitApplied.
+	// appliedCh is signalled after every apply, for waitApplied.
 	appliedCh chan struct{}
+	// done is the index applied and announced to the watchers: a
+	// waiter that sees it knows the arrays' tables are that new too.
+	done uint64
 }
 
 func newRaftFSM() *raftFSM {
@@ -83,9 +86,11 @@ func (r *raftFSM) watch(fn func(string, raidcore.Table)) func() {
 	}
 }
 
-// signal wakes everybody waiting for an index to be applied.
+// signal records that everything up to the FSM's applied index is
+// announced, and wakes everybody waiting for an index.
 func (r *raftFSM) signal() {
 	r.mu.Lock()
+	r.done = r.f.Applied()
 	close(r.appliedCh)
 	r.appliedCh = make(chan struct{})
 	r.mu.Unlock()
@@ -96,7 +101,7 @@ func (r *raftFSM) signal() {
 func (r *raftFSM) appliedOrWait() (uint64, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.f.Applied(), r.appliedCh
+	return r.done, r.appliedCh
 }
 
 // Snapshot implements raft.FSM: an immutable copy, written out later.

@@ -215,7 +215,7 @@ func (n *Node) RPCHandler(token string) http.Handler {
 			}
 			var g Grant
 			if g, err = api.Acquire(ctx, req.Storage, explicit, req.Holder); err == nil {
-				a.ID, a.TID, a.Deadline, a.Unsettled = g.ID, g.TID.String(), g.Deadline, g.Unsettled
+				a.ID, a.TID, a.Deadline, a.Unsettled, a.Index = g.ID, g.TID.String(), g.Deadline, g.Unsettled, g.Index
 			}
 		case "renew":
 			a.Deadline, err = api.Renew(ctx, req.Storage, req.ID)
@@ -331,7 +331,7 @@ func (h *httpLeader) Acquire(ctx context.Context, storage string, explicit zodb.
 	if err != nil {
 		return Grant{}, fmt.Errorf("cluster rpc acquire: %w", err)
 	}
-	return Grant{ID: a.ID, TID: tid, Deadline: a.Deadline, Unsettled: a.Unsettled}, nil
+	return Grant{ID: a.ID, TID: tid, Deadline: a.Deadline, Unsettled: a.Unsettled, Index: a.Index}, nil
 }
 
 func (h *httpLeader) Renew(ctx context.Context, storage string, id uint64) (time.Time, error) {

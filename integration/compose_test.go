@@ -1,0 +1,171 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// compose runs docker-compose for the project's compose file.
+type compose struct {
+	t       *testing.T
+	file    string
+	project string
+	env     []string
+}
+
+func (c *compose) run(args ...string) (string, error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", c.file, "-p", c.project}, args...)...)
+	cmd.Env = append(os.Environ(), c.env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *compose) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.run(args...)
+	if err != nil {
+		c.t.Fatalf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// port is the host address a service's container port is published on.
+func (c *compose) port(service string, port int) string {
+	c.t.Helper()
+	out := strings.TrimSpace(c.must("port", service, fmt.Sprint(port)))
+	if out == "" || !strings.Contains(out, ":") {
+		c.t.Fatalf("docker-compose port %s %d: %q", service, port, out)
+	}
+	return out
+}
+
+// TestComposeCluster runs deploy/: the image built FROM scratch from the
+// project's own static binary, and the compose file's 3 backends and 3
+// proxies on a private network. Clients on the host commit through all
+// three proxies; a proxy container and a backend container are killed
+// under the load and started again. Then: nothing acknowledged lost, no
+// oid or tid twice, the backends identical, every proxy optimal. Skips
+// where Docker or docker-compose is missing.
+func TestComposeCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no containers")
+	}
+	for _, tool := range []string{"docker", "docker-compose"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not found: the compose deployment is not tested here", tool)
+		}
+	}
+	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		t.Skipf("no Docker engine answers (%v: %s): the compose deployment is not tested here", err, strings.TrimSpace(string(out)))
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The image: the static binary and the project's Dockerfile.
+	ctxDir := t.TempDir()
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(ctxDir, "zeoraid"), "./cmd/zeoraid")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("static build: %v\n%s", err, out)
+	}
+	df, err := os.ReadFile(filepath.Join(root, "deploy", "docker", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), df, 0o644)
+	tag := fmt.Sprintf("zeoraid-test:%d", rand.Uint32())
+	if out, err := exec.Command("docker", "build", "-q", "-t", tag, ctxDir).CombinedOutput(); err != nil {
+		t.Fatalf("docker build: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", tag).Run() })
+	c := &compose{t: t, file: filepath.Join(root, "deploy", "docker-compose.yml"), project: fmt.Sprintf("zeoraidtest%d", rand.Uint32()),
+		env: []string{"ZEORAID_IMAGE=" + tag, "ZEORAID_ADMIN_TOKEN=", "ZEORAID_GOSSIP_KEY=Y29tcG9zZS10ZXN0LWdvc3NpcC1rZXktMzItYnl0ZXM=",
+			"ZEORAID_P1_ZEO=", "ZEORAID_P1_HTTP=", "ZEORAID_P2_ZEO=", "ZEORAID_P2_HTTP=", "ZEORAID_P3_ZEO=", "ZEORAID_P3_HTTP="}}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if path := os.Getenv("ZEORAID_COMPOSE_LOGS"); path != "" {
+				out, _ := c.run("logs", "--no-color", "--timestamps")
+				os.WriteFile(path, []byte(out), 0o644)
+				t.Logf("container logs in %s", path)
+			} else {
+				out, _ := c.run("logs", "--no-color", "--tail", "40")
+				t.Logf("container logs (ZEORAID_COMPOSE_LOGS=file keeps them all):\n%s", out)
+			}
+		}
+		c.run("down", "-v", "--remove-orphans")
+	})
+	c.must("up", "-d")
+	var pxs []*raidProxy
+	var addrs [][]string
+	for i := 1; i <= 3; i++ {
+		p := &raidProxy{Addr: c.port(fmt.Sprintf("p%d", i), 8100), HTTPAddr: c.port(fmt.Sprintf("p%d", i), 8180)}
+		p.URL = "http://" + p.HTTPAddr + "/"
+		pxs = append(pxs, p)
+	}
+	for i, p := range pxs {
+		if st, ok := p.waitStatus(90*time.Second, func(s apiStatus) bool { return s.Status == "optimal" }); !ok {
+			t.Fatalf("proxy p%d not optimal within 90 s: %s", i+1, st.brief())
+		}
+	}
+	for i := range pxs {
+		var a []string
+		for j := range pxs {
+			a = append(a, pxs[(i+j)%3].Addr)
+		}
+		addrs = append(addrs, a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	load := newRaidLoad("compose", 3)
+	load.startOn(t, ctx, addrs, 6, 30*time.Second)
+	defer load.halt()
+	waitFor(t, 60*time.Second, "40 acknowledged transactions", func() bool { return load.ackedCount() >= 40 })
+	for _, svc := range []string{"p2", "b3"} {
+		before := load.ackedCount()
+		c.must("kill", svc)
+		t.Logf("killed container %s after %d transactions", svc, before)
+		waitFor(t, 60*time.Second, "commits after killing "+svc, func() bool { return load.ackedCount() >= before+40 })
+	}
+	c.must("start", "p2", "b3")
+	// A restarted container gets new random host ports.
+	pxs[1].Addr, pxs[1].HTTPAddr = c.port("p2", 8100), c.port("p2", 8180)
+	pxs[1].URL = "http://" + pxs[1].HTTPAddr + "/"
+	if st, ok := pxs[1].waitStatus(120*time.Second, func(s apiStatus) bool { return s.Status == "optimal" }); !ok {
+		t.Fatalf("p2 not optimal after its restart (b3 recovered): %s", st.brief())
+	}
+	before := load.ackedCount()
+	waitFor(t, 60*time.Second, "commits after the restarts", func() bool { return load.ackedCount() >= before+40 })
+	load.halt()
+	txns := load.acked()
+	for _, x := range load.failed {
+		t.Errorf("client %d txn %d failed %d times", x.client, x.seq, x.attempts)
+	}
+	load.checkOIDsAndTIDs(t)
+	for i, p := range pxs {
+		if st, ok := p.waitStatus(120*time.Second, func(s apiStatus) bool { return s.Status == "optimal" }); !ok {
+			t.Errorf("proxy p%d not optimal at the end: %s", i+1, st.brief())
+		}
+	}
+	v := pxs[0].Verify(t)
+	t.Logf("verify: identical=%v, %d transactions on %v %s; %d acknowledged", v.Identical, v.Transactions, v.Backends, v.FirstDifference, len(txns))
+	if !v.Identical || v.Transactions < len(txns) {
+		t.Errorf("backends: identical=%v, %d transactions for %d acknowledged: %s", v.Identical, v.Transactions, len(txns), v.FirstDifference)
+	}
+	targets := map[string]string{}
+	for i, p := range pxs {
+		targets[fmt.Sprintf("proxy p%d", i+1)] = p.Addr
+	}
+	checkReadable(t, ctx, txns, targets)
+}
