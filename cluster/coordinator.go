@@ -122,7 +122,7 @@ func (c *Coordinator) restart(ctx context.Context, storage string, table raidcor
 // deadline when it cannot be renewed.
 func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit zodb.TID) (*raidcore.Lease, error) {
 	var g Grant
-	err := c.n.call(ctx, func(api LeaderAPI) error {
+	err := c.n.call(ctx, func(ctx context.Context, api LeaderAPI) error {
 		var err error
 		g, err = api.Acquire(ctx, storage, explicit, c.n.cfg.ID)
 		return err
@@ -136,7 +136,7 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 			// Not handed out: give it back (unclean: nothing was checked).
 			rctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.LeaseTimeout)
 			defer cancel()
-			c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID, !g.Unsettled) })
+			c.n.call(rctx, func(ctx context.Context, api LeaderAPI) error { return api.Release(ctx, storage, g.ID, !g.Unsettled) })
 		}
 	}()
 	// Every table change committed before the grant is applied here
@@ -154,10 +154,10 @@ func (c *Coordinator) AcquireLease(ctx context.Context, storage string, explicit
 		// perhaps in the middle of a tpc_finish), and settled when it
 		// had to be.
 		clean := errors.Is(lease.Err(), raidcore.ErrLeaseReleased) && (!g.Unsettled || lease.IsSettled())
-		c.n.call(rctx, func(api LeaderAPI) error { return api.Release(rctx, storage, g.ID, clean) })
+		c.n.call(rctx, func(ctx context.Context, api LeaderAPI) error { return api.Release(ctx, storage, g.ID, clean) })
 	}, func(ctx context.Context) (time.Time, error) {
 		var d time.Time
-		err := c.n.call(ctx, func(api LeaderAPI) error {
+		err := c.n.call(ctx, func(ctx context.Context, api LeaderAPI) error {
 			var err error
 			d, err = api.Renew(ctx, storage, g.ID)
 			return err

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -75,7 +76,8 @@ type Gossip struct {
 	mu      sync.Mutex
 	views   map[string]receivedView
 	leaving map[string]uint64 // the seq of a member's leave announcement
-	gone    map[string]string // members that failed or left: "failed", "left"
+	members map[string]*knownMember
+	addr    string
 	seq     uint64
 
 	events chan memberEvent
@@ -148,7 +150,7 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 			}
 		}
 	}
-	g := &Gossip{cfg: cfg, log: cfg.Logger.Named("gossip"), meta: meta, views: map[string]receivedView{}, leaving: map[string]uint64{}, gone: map[string]string{},
+	g := &Gossip{cfg: cfg, log: cfg.Logger.Named("gossip"), meta: meta, views: map[string]receivedView{}, leaving: map[string]uint64{}, members: map[string]*knownMember{},
 		events: make(chan memberEvent, 64), stop: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
@@ -163,12 +165,25 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 	if cfg.Tune != nil {
 		cfg.Tune(mc)
 	}
+	// The queue exists before memberlist starts: a peer's ping can
+	// arrive (and ask for broadcasts) before Create returns.
+	var created atomic.Pointer[memberlist.Memberlist]
+	g.queue = &memberlist.TransmitLimitedQueue{RetransmitMult: mc.RetransmitMult, NumNodes: func() int {
+		if ml := created.Load(); ml != nil {
+			return ml.NumMembers()
+		}
+		return 1
+	}}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: gossip on %s: %w", cfg.Bind, err)
 	}
+	created.Store(ml)
 	g.ml = ml
-	g.queue = &memberlist.TransmitLimitedQueue{NumNodes: ml.NumMembers, RetransmitMult: mc.RetransmitMult}
+	g.addr = net.JoinHostPort(mc.AdvertiseAddr, strconv.Itoa(mc.AdvertisePort))
+	if ln := ml.LocalNode(); mc.AdvertisePort == 0 && ln != nil {
+		g.addr = net.JoinHostPort(host, strconv.Itoa(int(ln.Port)))
+	}
 	var seeds []string
 	for _, s := range cfg.Seeds {
 		if s != cfg.Bind {
@@ -189,10 +204,7 @@ func StartGossip(cfg GossipConfig) (*Gossip, error) {
 }
 
 // Addr is the address gossip listens on.
-func (g *Gossip) Addr() string {
-	n := g.ml.LocalNode()
-	return net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))
-}
+func (g *Gossip) Addr() string { return g.addr }
 
 // Close leaves the gossip (the others see this node as left, not failed)
 // and shuts it down.
@@ -202,17 +214,19 @@ func (g *Gossip) Close() error {
 		close(g.stop)
 		g.wg.Wait()
 		// Say it is a leave, then leave.
-		if len(g.Alive()) > 1 {
-			g.mu.Lock()
-			g.seq++
-			b, _ := json.Marshal(viewMsg{Node: g.cfg.Name, Seq: g.seq, Leaving: true})
-			g.mu.Unlock()
-			for _, m := range g.ml.Members() {
-				if m.Name != g.cfg.Name {
-					if err := g.ml.SendReliable(m, b); err != nil {
-						g.log.Debug("announcing the leave", "to", m.Name, "error", err)
-					}
-				}
+		g.mu.Lock()
+		g.seq++
+		b, _ := json.Marshal(viewMsg{Node: g.cfg.Name, Seq: g.seq, Leaving: true})
+		var peers []memberlist.Node
+		for id, m := range g.members {
+			if id != g.cfg.Name && m.state == "alive" {
+				peers = append(peers, m.node)
+			}
+		}
+		g.mu.Unlock()
+		for i := range peers {
+			if err := g.ml.SendReliable(&peers[i], b); err != nil {
+				g.log.Debug("announcing the leave", "to", peers[i].Name, "error", err)
 			}
 		}
 		if e := g.ml.Leave(time.Second); e != nil {
@@ -235,34 +249,29 @@ func (g *Gossip) Kill() {
 
 // Alive implements Liveness.
 func (g *Gossip) Alive() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	var out []string
-	for _, m := range g.ml.Members() {
-		if m.State == memberlist.StateAlive || m.State == memberlist.StateSuspect {
-			out = append(out, m.Name)
+	for id, m := range g.members {
+		if m.state == "alive" {
+			out = append(out, id)
 		}
 	}
 	sort.Strings(out)
 	return out
 }
 
-// Members returns every member gossip knows with its state and metadata,
-// and those that failed or left since this one started.
+// Members returns every member gossip knows, those that failed or left
+// since this one started included, with state and metadata.
 func (g *Gossip) Members() []GossipMember {
-	var out []GossipMember
-	seen := map[string]bool{}
-	for _, m := range g.ml.Members() {
-		gm := GossipMember{ID: m.Name, Addr: net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))), State: stateName(m.State)}
-		json.Unmarshal(m.Meta, &gm.Meta)
-		out = append(out, gm)
-		seen[m.Name] = true
-	}
 	g.mu.Lock()
-	for id, st := range g.gone {
-		if !seen[id] {
-			out = append(out, GossipMember{ID: id, State: st})
-		}
+	defer g.mu.Unlock()
+	var out []GossipMember
+	for id, m := range g.members {
+		gm := GossipMember{ID: id, Addr: net.JoinHostPort(m.node.Addr.String(), strconv.Itoa(int(m.node.Port))), State: m.state}
+		json.Unmarshal(m.node.Meta, &gm.Meta)
+		out = append(out, gm)
 	}
-	g.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
@@ -275,18 +284,12 @@ type GossipMember struct {
 	Meta  MemberMeta `json:"meta"`
 }
 
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "failed"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
+// knownMember is this node's copy of a member, taken in memberlist's
+// events (memberlist changes the nodes Members returns under its own lock,
+// so they are not read outside it).
+type knownMember struct {
+	node  memberlist.Node
+	state string // alive, failed, left
 }
 
 // Views implements Liveness.
@@ -345,10 +348,11 @@ func (g *Gossip) deliverEvents() {
 			g.mu.Lock()
 			_, left := g.leaving[ev.id]
 			delete(g.leaving, ev.id)
-			if left {
-				g.gone[ev.id] = "left"
-			} else {
-				g.gone[ev.id] = "failed"
+			if m := g.members[ev.id]; m != nil && m.state != "alive" {
+				m.state = "failed"
+				if left {
+					m.state = "left"
+				}
 			}
 			g.mu.Unlock()
 			if left {
@@ -434,15 +438,26 @@ func (d *gossipDelegate) MergeRemoteState(buf []byte, join bool) {
 
 type gossipEvents Gossip
 
+// copyNode copies what this node keeps of a memberlist node (called in
+// memberlist's events, under its lock).
+func copyNode(n *memberlist.Node) memberlist.Node {
+	return memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port, Meta: append([]byte(nil), n.Meta...)}
+}
+
 func (e *gossipEvents) NotifyJoin(n *memberlist.Node) {
 	g := (*Gossip)(e)
 	g.log.Info("proxy joined gossip", "id", n.Name, "addr", n.Address())
 	g.mu.Lock()
 	delete(g.leaving, n.Name)
-	delete(g.gone, n.Name)
+	g.members[n.Name] = &knownMember{node: copyNode(n), state: "alive"}
 	g.mu.Unlock()
 }
-func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) {}
+func (e *gossipEvents) NotifyUpdate(n *memberlist.Node) {
+	g := (*Gossip)(e)
+	g.mu.Lock()
+	g.members[n.Name] = &knownMember{node: copyNode(n), state: "alive"}
+	g.mu.Unlock()
+}
 func (e *gossipEvents) NotifyLeave(n *memberlist.Node) {
 	g := (*Gossip)(e)
 	if n.Name == g.cfg.Name {
@@ -450,6 +465,12 @@ func (e *gossipEvents) NotifyLeave(n *memberlist.Node) {
 	}
 	g.mu.Lock()
 	delete(g.views, n.Name)
+	if m := g.members[n.Name]; m != nil {
+		m.state = "failed" // or left: told after the grace
+		if _, left := g.leaving[n.Name]; left {
+			m.state = "left"
+		}
+	}
 	g.mu.Unlock()
 	// Called under memberlist's node lock: never block it.
 	select {

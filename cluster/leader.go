@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeoraid/zeoraid/fsm"
@@ -119,24 +120,39 @@ func (n *Node) LeaderAPI() LeaderAPI { return local{n} }
 // call runs fn against the leader: this node when it leads, else the
 // leader through the Forwarder. While there is no leader, or the one
 // asked no longer leads, it waits and tries again for up to HoldTimeout,
-// then fails with ErrNoLeader.
-func (n *Node) call(ctx context.Context, fn func(LeaderAPI) error) error {
+// then fails with ErrNoLeader. A call forwarded to another node is
+// abandoned as soon as this node sees another leader (a paused or cut-off
+// leader may never answer), and tried again with the new one.
+func (n *Node) call(ctx context.Context, fn func(ctx context.Context, api LeaderAPI) error) error {
 	deadline := time.Now().Add(n.cfg.HoldTimeout)
 	var last error
 	for {
 		var api LeaderAPI
+		remote := ""
 		if n.IsLeader() {
 			api = local{n}
 		} else if id := n.Leader(); id != "" && id != n.cfg.ID && n.cfg.Forwarder != nil {
 			a, err := n.cfg.Forwarder.Leader(id)
 			if err == nil {
-				api = a
+				api, remote = a, id
 			} else {
 				last = err
 			}
 		}
 		if api != nil {
-			err := fn(api)
+			var err error
+			if remote == "" {
+				err = fn(ctx, api)
+			} else {
+				var moved bool
+				err, moved = n.callRemote(ctx, remote, api, fn)
+				if moved {
+					// Not this call's fault: a fresh hold for the new leader.
+					deadline = time.Now().Add(n.cfg.HoldTimeout)
+					last = fmt.Errorf("%w (the leader changed from %s during the call)", ErrNotLeader, remote)
+					continue
+				}
+			}
 			if err == nil || !errors.Is(err, ErrNotLeader) {
 				return err
 			}
@@ -158,12 +174,46 @@ func (n *Node) call(ctx context.Context, fn func(LeaderAPI) error) error {
 	}
 }
 
+// callRemote runs fn against leader id's API, cancelling it when this
+// node sees another leader (moved reports that).
+func (n *Node) callRemote(ctx context.Context, id string, api LeaderAPI, fn func(context.Context, LeaderAPI) error) (err error, moved bool) {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var changed atomic.Bool
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-n.stop:
+				cancel()
+				return
+			case <-t.C:
+				if n.Leader() != id {
+					changed.Store(true)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	err = fn(cctx, api)
+	if err != nil && changed.Load() && ctx.Err() == nil {
+		return err, true
+	}
+	return err, false
+}
+
 // propose applies a command through the leader and waits until this node
 // has applied it too (so that it reads its own writes).
 func (n *Node) propose(ctx context.Context, entry []byte) (any, error) {
 	var res any
 	var index uint64
-	err := n.call(ctx, func(api LeaderAPI) error {
+	err := n.call(ctx, func(ctx context.Context, api LeaderAPI) error {
 		var err error
 		res, index, err = api.Apply(ctx, entry)
 		return err
@@ -181,7 +231,7 @@ func (n *Node) propose(ctx context.Context, entry []byte) (any, error) {
 // call (a linearizable read point).
 func (n *Node) sync(ctx context.Context) error {
 	var index uint64
-	err := n.call(ctx, func(api LeaderAPI) error {
+	err := n.call(ctx, func(ctx context.Context, api LeaderAPI) error {
 		var err error
 		index, err = api.Barrier(ctx)
 		return err

@@ -100,10 +100,10 @@ func leaderErr(err error) error {
 
 // Join asks the leader (through this node) to add p to the cluster.
 func (n *Node) Join(ctx context.Context, p fsm.Proxy) error {
-	return n.call(ctx, func(api LeaderAPI) error { return api.Join(ctx, p) })
+	return n.call(ctx, func(ctx context.Context, api LeaderAPI) error { return api.Join(ctx, p) })
 }
 
 // Leave asks the leader (through this node) to remove member id.
 func (n *Node) Leave(ctx context.Context, id string) error {
-	return n.call(ctx, func(api LeaderAPI) error { return api.Leave(ctx, id) })
+	return n.call(ctx, func(ctx context.Context, api LeaderAPI) error { return api.Leave(ctx, id) })
 }

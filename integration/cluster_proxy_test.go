@@ -37,6 +37,13 @@ func (p *raidProxy) clusterStatus() (clusterStatus, error) {
 // before a quorum is up), then waits until every one serves.
 func startClusterProxies(t *testing.T, bs []*raidBackend, n int, extra ...string) []*raidProxy {
 	t.Helper()
+	return startClusterProxiesWith(t, bs, n, nil, extra...)
+}
+
+// startClusterProxiesWith is startClusterProxies with extra environment
+// for proxy i (failpoints).
+func startClusterProxiesWith(t *testing.T, bs []*raidBackend, n int, envFor func(i int) []string, extra ...string) []*raidProxy {
+	t.Helper()
 	var peers []string
 	var pxs []*raidProxy
 	for i := 1; i <= n; i++ {
@@ -48,10 +55,11 @@ func startClusterProxies(t *testing.T, bs []*raidBackend, n int, extra ...string
 	}
 	for i, p := range pxs {
 		p.Args = append(append(append(backendFlags(bs), "--node-id", fmt.Sprintf("n%d", i+1)), peers...), extra...)
-		p.starts++
-		args := append([]string{"proxy", "--listen", p.Addr, "--http", p.HTTPAddr, "--data", p.Dir}, p.Args...)
-		p.proc = startZeoraidNoWait(t, "proxy", args, filepath.Join(p.logDir, "proxy-1.log"))
-		p.Started = time.Now()
+		var env []string
+		if envFor != nil {
+			env = envFor(i)
+		}
+		p.startMember(t, env)
 	}
 	for i, p := range pxs {
 		st, ok := p.waitStatus(60*time.Second, func(s apiStatus) bool { return s.Status == "optimal" })
@@ -60,6 +68,16 @@ func startClusterProxies(t *testing.T, bs []*raidBackend, n int, extra ...string
 		}
 	}
 	return pxs
+}
+
+// startMember starts (or restarts) a cluster member on its data
+// directory and addresses, without waiting for it to serve.
+func (p *raidProxy) startMember(t *testing.T, env []string) {
+	t.Helper()
+	p.starts++
+	args := append([]string{"proxy", "--listen", p.Addr, "--http", p.HTTPAddr, "--data", p.Dir}, p.Args...)
+	p.proc = startZeoraidNoWaitEnv(t, "proxy", args, env, filepath.Join(p.logDir, fmt.Sprintf("proxy-%d.log", p.starts)))
+	p.Started = time.Now()
 }
 
 // leaderOf returns the index of the proxy that leads, as the first

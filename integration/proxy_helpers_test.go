@@ -81,8 +81,14 @@ func startZeoraid(t *testing.T, what string, args []string, logPath string, re *
 // startZeoraid).
 func startZeoraidNoWait(t *testing.T, what string, args []string, logPath string) *zproc {
 	t.Helper()
+	return startZeoraidNoWaitEnv(t, what, args, nil, logPath)
+}
+
+// startZeoraidNoWaitEnv is startZeoraidNoWait with extra environment.
+func startZeoraidNoWaitEnv(t *testing.T, what string, args, env []string, logPath string) *zproc {
+	t.Helper()
 	cmd := exec.Command(zeoraidBinary(t), args...)
-	cmd.Env = serverEnviron()
+	cmd.Env = append(serverEnviron(), env...)
 	cmd.Stdout = &firstLineWriter{line: make(chan string, 1), skip: "zeoraid proxy: assembling"}
 	s := startProcess(t, cmd, logPath)
 	p := &zproc{server: s, what: what}

@@ -32,6 +32,13 @@ type Config struct {
 	// VoteTimeout, FinishTimeout and ReadTimeout bound every backend call
 	// of that kind (defaults 20 s, 20 s, 10 s).
 	VoteTimeout, FinishTimeout, ReadTimeout time.Duration
+	// Failpoint, when set, is called at named points of a commit, for
+	// failure tests that must stop a proxy exactly there (the command
+	// line sets it from ZEORAID_FAILPOINT): "after-vote" once every
+	// participant voted; "partial-finish" after tpc_finish reached the
+	// first participant only (the others get theirs after the call
+	// returns). Nil in production.
+	Failpoint func(point string)
 	// VotedHold is how long the commit lease is kept (renewed) for a
 	// transaction that voted and waits for the client's tpc_finish; after
 	// that the lease runs out and the transaction is aborted. 0: the lease

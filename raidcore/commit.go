@@ -270,6 +270,9 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		release()
 		return winnerOut.res, winnerOut.err
 	}
+	if a.cfg.Failpoint != nil {
+		a.cfg.Failpoint("after-vote")
+	}
 	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{})}
 	a.mu.Lock()
 	a.inflight[txn] = inf
@@ -421,12 +424,19 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	}
 	results := make([]result, len(inf.participants))
 	var wg sync.WaitGroup
-	for i, m := range inf.participants {
+	first := 0
+	if a.cfg.Failpoint != nil && len(inf.participants) > 1 {
+		tid, err := inf.participants[0].st.Finish(fctx, bt)
+		results[0] = result{tid, err}
+		a.cfg.Failpoint("partial-finish")
+		first = 1
+	}
+	for i, m := range inf.participants[first:] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			tid, err := m.st.Finish(fctx, bt)
-			results[i] = result{tid, err}
+			results[first+i] = result{tid, err}
 		}()
 	}
 	wg.Wait()

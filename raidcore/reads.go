@@ -132,6 +132,24 @@ func (a *Array) need(before zodb.TID) zodb.TID {
 // invariant 5).
 func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
 	need := a.need(before)
+	if before == zodb.MaxTID {
+		// A current load is current as of what the array announced: a
+		// transaction some backends hold but the array has not announced
+		// (its tpc_finish is under way, or its holder stopped in the
+		// middle of it) is not committed for the clients yet, and they
+		// have had no invalidation for it.
+		rev, err := a.loadBefore(ctx, oid, need.Next(), need)
+		if rev != nil && !rev.End.IsZero() && need.Less(rev.End) {
+			cur := *rev
+			cur.End = zodb.ZeroTID
+			rev = &cur
+		}
+		return rev, err
+	}
+	return a.loadBefore(ctx, oid, before, need)
+}
+
+func (a *Array) loadBefore(ctx context.Context, oid zodb.OID, before, need zodb.TID) (*zodb.Revision, error) {
 	if a.cfg.VerifyReads {
 		v, err := a.verifiedRead(ctx, "loadBefore", need, func(ctx context.Context, st zodb.Storage) (any, string, error) {
 			rev, err := st.LoadBefore(ctx, oid, before)

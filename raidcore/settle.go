@@ -111,3 +111,56 @@ func (a *Array) settle(ctx context.Context) error {
 	}
 	return nil
 }
+
+// SettlePending resolves transactions that some optimal backends
+// reported and the array has not announced, before a client is told the
+// array's last transaction (a registration): a client whose tpc_finish
+// was cut off reconnects, reads, and must find its transaction either
+// committed or not, not in between. A commit in flight finishes; one
+// whose holder stopped is settled by the next holder (Array.settle). So
+// the array takes the commit lease once and gives it back, then waits
+// until what was pending is announced or degraded away. Nothing is done
+// when nothing is pending.
+func (a *Array) SettlePending(ctx context.Context) error {
+	a.evMu.Lock()
+	// Only what an optimal backend reported (a degraded one may hold
+	// transactions the array never acknowledged).
+	var reach zodb.TID
+	for _, m := range a.optimalEv() {
+		if m.known && reach.Less(m.reported) {
+			reach = m.reported
+		}
+	}
+	var top zodb.TID
+	for tid := range a.pending {
+		if top.Less(tid) && !reach.Less(tid) {
+			top = tid
+		}
+	}
+	a.evMu.Unlock()
+	if top.IsZero() {
+		return nil
+	}
+	lease, err := a.acquireLease(ctx, zodb.ZeroTID)
+	if err != nil {
+		return err
+	}
+	lease.Release()
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	for {
+		waiting := false
+		for tid := range a.pending {
+			if !top.Less(tid) {
+				waiting = true
+				break
+			}
+		}
+		if !waiting || !a.announced.Less(top) {
+			return nil
+		}
+		if !waitCond(ctx, a.evCond) {
+			return fmt.Errorf("transaction %s is still not on every optimal backend (the array is at %s)", top, a.announced)
+		}
+	}
+}

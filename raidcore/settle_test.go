@@ -64,6 +64,19 @@ func TestUnsettledLeaseDegradesTheBackendsBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	lease.Lose(errors.New("holder killed"))
+	// Until it is announced, the stopped holder's transaction is not
+	// committed for the clients: current loads, whichever backend
+	// answers (b0 has it), give the revision before it as current.
+	waitFor(t, 10*time.Second, "b0 to report the stopped holder's transaction", func() bool {
+		last, _ := f.mems[0].LastTransaction(f.ctx)
+		return last == lease.TID
+	})
+	for range 6 {
+		rev, err := f.arr.LoadBefore(f.ctx, zodb.OIDFromUint64(1), zodb.MaxTID)
+		if err != nil || rev.TID != first || !rev.End.IsZero() {
+			t.Fatalf("current load before the announcement: %+v %v, want %s as current", rev, err, first)
+		}
+	}
 
 	u.on.Store(true)
 	third, err := f.commit(storagetest.Store(zodb.OIDFromUint64(2), zodb.ZeroTID, storagetest.Record("three")))

@@ -151,16 +151,6 @@ func clusterConfig(s *settings, c *proxyCfg) error {
 	return s.errKey("node-id", "%q is not among the %d --peer entries", c.nodeID, len(c.peers))
 }
 
-// self is this proxy's own peer entry.
-func (c proxyCfg) self() peerSpec {
-	for _, p := range c.peers {
-		if p.id == c.nodeID {
-			return p
-		}
-	}
-	return peerSpec{}
-}
-
 // openCoordinator returns the proxy's coordinator: the local one in
 // --data, or a cluster member's (raft state in <data>/raft, gossip with
 // the peers); the member is nil for a lone proxy.
@@ -248,12 +238,20 @@ func runProxy(std stdio, args []string) int {
 	if member != nil {
 		defer member.Close()
 	}
+	failpoint, err := failpointFromEnv()
+	if err != nil {
+		fmt.Fprintln(std.err, "zeoraid proxy:", err)
+		return 1
+	}
+	if failpoint != nil {
+		log.Warn("a failpoint is armed (failure tests only)", "spec", os.Getenv(failpointEnv))
+	}
 	var writable func() (bool, string)
 	if member != nil {
 		writable = member.Node.Writable
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	p, err = proxy.Start(ctx, proxy.Config{Writable: writable,
+	p, err = proxy.Start(ctx, proxy.Config{Writable: writable, Failpoint: failpoint,
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,

@@ -67,6 +67,8 @@ type Config struct {
 	RecoveryRate int64
 	// VerifyReads compares every load across two backends.
 	VerifyReads bool
+	// Failpoint: see raidcore.Config (failure tests only).
+	Failpoint func(point string)
 	// Writable, when set, tells whether this proxy may take writes now
 	// (a cluster member: whether it reaches a quorum) and why not. While
 	// it may not, writable registrations get ReadOnlyError (clients with
@@ -187,7 +189,7 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		Storage: name, Backends: backends, Coord: p.cfg.Coord, ProxyID: p.cfg.ProxyID,
 		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
-		VerifyReads: p.cfg.VerifyReads, VotedHold: p.cfg.TransactionTimeout, Logger: p.cfg.Logger.Named("raid"),
+		VerifyReads: p.cfg.VerifyReads, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
 	}
 }
 
@@ -316,6 +318,13 @@ func (p *Proxy) admit(ctx context.Context, storage string, readOnly bool) error 
 	defer cancel()
 	if err := a.Sync(sctx); err != nil {
 		p.log.Debug("registration: backends not synced", "storage", storage, "error", err)
+		return nil
+	}
+	// A transaction on some backends and not announced (its holder may
+	// have stopped in tpc_finish, and this client may be the one that
+	// waits to learn its outcome) is decided first.
+	if err := a.SettlePending(sctx); err != nil {
+		p.log.Info("registration: a pending transaction is not decided yet", "storage", storage, "error", err)
 	}
 	return nil
 }
