@@ -48,7 +48,7 @@ type stores struct {
 }
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	nw     *network
 	ids    []string
 	stores map[string]stores
@@ -112,7 +112,7 @@ func newTestClusterOpts(t *testing.T, n int, lease time.Duration, overHTTP bool)
 	return newTestClusterWith(t, n, lease, overHTTP, nil)
 }
 
-func newTestClusterWith(t *testing.T, n int, lease time.Duration, overHTTP bool, live cluster.Liveness) *testCluster {
+func newTestClusterWith(t testing.TB, n int, lease time.Duration, overHTTP bool, live cluster.Liveness) *testCluster {
 	tc := &testCluster{t: t, nw: &network{nodes: map[string]*cluster.Node{}, cut: map[[2]string]bool{}}, stores: map[string]stores{},
 		trans: map[string]*raft.InmemTransport{}, nodes: map[string]*cluster.Node{}, lease: lease, live: live}
 	for i := 1; i <= n; i++ {

@@ -33,7 +33,7 @@ type backendProc struct {
 // and fails the test if it did not exit cleanly or its log reports a
 // panic, a data race or an internal error. Only the first call does
 // anything; the test's cleanup calls it too.
-func (b *backendProc) Stop(t *testing.T) {
+func (b *backendProc) Stop(t testing.TB) {
 	t.Helper()
 	b.stopOnce.Do(func() {
 		b.stop(t)
@@ -45,14 +45,14 @@ func (b *backendProc) Stop(t *testing.T) {
 // <fresh temporary directory> args...` and returns once it printed its
 // address. At the end of the test it is stopped with SIGTERM; a non-zero
 // exit status, a panic or a data race report in its log fails the test.
-func startBackend(t *testing.T, args ...string) *backendProc {
+func startBackend(t testing.TB, args ...string) *backendProc {
 	t.Helper()
 	return startBackendDir(t, t.TempDir(), args...)
 }
 
 // startBackendDir is startBackend on a given data directory (for example
 // the one of a stopped backend, to check what survived a restart).
-func startBackendDir(t *testing.T, dir string, args ...string) *backendProc {
+func startBackendDir(t testing.TB, dir string, args ...string) *backendProc {
 	t.Helper()
 	bin := zeoraidBinary(t)
 	full := append([]string{"backend", "--listen", "127.0.0.1:0", "--data", dir}, args...)

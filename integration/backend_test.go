@@ -78,7 +78,7 @@ func TestPythonAppAgainstBackend(t *testing.T) {
 // checkPyAppRun decodes a pyapp.py summary and fails the test for every
 // check that failed or did not run; it returns the summary (nil if there
 // was none).
-func checkPyAppRun(t *testing.T, what string, res pyResult, want []string, protocol string, ccr bool) *pyAppSummary {
+func checkPyAppRun(t testing.TB, what string, res pyResult, want []string, protocol string, ccr bool) *pyAppSummary {
 	t.Helper()
 	var sum pyAppSummary
 	if err := lastJSONLine(res.Stdout, &sum); err != nil {

@@ -130,7 +130,7 @@ func TestLargeTransactionThroughProxy(t *testing.T) {
 }
 
 // procMemory reads a "Vm..." line of /proc/pid/status, in bytes.
-func procMemory(t *testing.T, pid int, field string) int64 {
+func procMemory(t testing.TB, pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Skipf("cannot read the proxy's memory: %v", err)

@@ -232,7 +232,7 @@ func TestChaos(t *testing.T) {
 
 // chaos drives the faults; everything runs on the test's goroutine.
 type chaos struct {
-	t    *testing.T
+	t    testing.TB
 	rng  *rand.Rand
 	bs   []*raidBackend
 	px   *raidProxy

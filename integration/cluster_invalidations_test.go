@@ -188,7 +188,7 @@ func TestInvalidationsAcrossProxies(t *testing.T) {
 // checkBarrier: after tid was acknowledged through proxy from, a ping of
 // the clients of the other proxies returns only after they have its
 // invalidation.
-func checkBarrier(t *testing.T, ctx context.Context, tid zodb.TID, from int, clients []*zeoclient.Client, ws []*watcher) {
+func checkBarrier(t testing.TB, ctx context.Context, tid zodb.TID, from int, clients []*zeoclient.Client, ws []*watcher) {
 	t.Helper()
 	for j, c := range clients {
 		if j == from {

@@ -35,14 +35,14 @@ func (p *raidProxy) clusterStatus() (clusterStatus, error) {
 // startClusterProxies starts n proxies as one cluster (raft on loopback)
 // over the backends, without waiting for each to serve (the first cannot
 // before a quorum is up), then waits until every one serves.
-func startClusterProxies(t *testing.T, bs []*raidBackend, n int, extra ...string) []*raidProxy {
+func startClusterProxies(t testing.TB, bs []*raidBackend, n int, extra ...string) []*raidProxy {
 	t.Helper()
 	return startClusterProxiesWith(t, bs, n, nil, extra...)
 }
 
 // startClusterProxiesWith is startClusterProxies with extra environment
 // for proxy i (failpoints).
-func startClusterProxiesWith(t *testing.T, bs []*raidBackend, n int, envFor func(i int) []string, extra ...string) []*raidProxy {
+func startClusterProxiesWith(t testing.TB, bs []*raidBackend, n int, envFor func(i int) []string, extra ...string) []*raidProxy {
 	t.Helper()
 	var peers []string
 	var pxs []*raidProxy
@@ -72,7 +72,7 @@ func startClusterProxiesWith(t *testing.T, bs []*raidBackend, n int, envFor func
 
 // startMember starts (or restarts) a cluster member on its data
 // directory and addresses, without waiting for it to serve.
-func (p *raidProxy) startMember(t *testing.T, env []string) {
+func (p *raidProxy) startMember(t testing.TB, env []string) {
 	t.Helper()
 	p.starts++
 	args := append([]string{"proxy", "--listen", p.Addr, "--http", p.HTTPAddr, "--data", p.Dir}, p.Args...)
@@ -82,7 +82,7 @@ func (p *raidProxy) startMember(t *testing.T, env []string) {
 
 // leaderOf returns the index of the proxy that leads, as the first
 // answering proxy sees it.
-func leaderOf(t *testing.T, pxs []*raidProxy, skip map[int]bool) int {
+func leaderOf(t testing.TB, pxs []*raidProxy, skip map[int]bool) int {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {

@@ -37,7 +37,7 @@ var (
 	scenarioBackendFlags = []string{"--transaction-timeout", "5s"}
 )
 
-func scenarioSeed(t *testing.T) uint64 {
+func scenarioSeed(t testing.TB) uint64 {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("ZEORAID_SCENARIO_SEED"); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
@@ -52,7 +52,7 @@ func scenarioSeed(t *testing.T) uint64 {
 
 // scenario is one run: backends, proxies and a load over all proxies.
 type scenario struct {
-	t    *testing.T
+	t    testing.TB
 	ctx  context.Context
 	rng  *rand.Rand
 	bs   []*raidBackend
@@ -61,7 +61,7 @@ type scenario struct {
 	from time.Time
 }
 
-func newScenario(t *testing.T, rng *rand.Rand, envFor func(i int) []string) *scenario {
+func newScenario(t testing.TB, rng *rand.Rand, envFor func(i int) []string) *scenario {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	t.Cleanup(cancel)

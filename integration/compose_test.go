@@ -14,7 +14,7 @@ import (
 
 // compose runs docker-compose for the project's compose file.
 type compose struct {
-	t       *testing.T
+	t       testing.TB
 	file    string
 	project string
 	env     []string

@@ -22,7 +22,7 @@ var crashBannerRE = regexp.MustCompile(`^zeoraid backend: ZEO server \(([ZM]5)\b
 // logPath. A backend that does not come up is a test failure (after a kill
 // -9 that is one of the things the crash test looks for), reported with
 // its log.
-func startCrashBackend(t *testing.T, dir, logPath string) *server {
+func startCrashBackend(t testing.TB, dir, logPath string) *server {
 	t.Helper()
 	bin := zeoraidBinary(t)
 	cmd := exec.Command(bin, "backend", "--listen", "127.0.0.1:0", "--data", dir)
@@ -67,7 +67,7 @@ func startCrashBackend(t *testing.T, dir, logPath string) *server {
 // starts no children) and waits for it to be gone. It fails the test if
 // the process had already exited on its own or was not ended by the
 // signal.
-func crashKillBackend(t *testing.T, s *server) {
+func crashKillBackend(t testing.TB, s *server) {
 	t.Helper()
 	if s.exited() {
 		t.Fatalf("the backend exited before the kill (%v); log:\n%s", s.waitErr, tail(s.Log(), 60))

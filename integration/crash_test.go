@@ -271,7 +271,7 @@ type crashTotals struct {
 
 // crashRun is the ledger of one test run.
 type crashRun struct {
-	t    *testing.T
+	t    testing.TB
 	seed uint64
 
 	clients []*crashClient // the load clients, then the checker's
@@ -291,7 +291,7 @@ type crashRun struct {
 	logs []*server // every backend incarnation, for failure reports
 }
 
-func newCrashRun(t *testing.T, seed uint64) *crashRun {
+func newCrashRun(t testing.TB, seed uint64) *crashRun {
 	r := &crashRun{t: t, seed: seed, byDesc: map[string]*crashTxn{}, oids: map[zodb.OID]bool{}}
 	for k := range crashClients + 1 {
 		r.clients = append(r.clients, &crashClient{
@@ -984,7 +984,7 @@ func crashParallel(n, workers int, stop func() bool, fn func(w, i int)) {
 
 // crashCheckLog fails the test if a backend's log reports a panic, a data
 // race or an internal error, and shows its warnings and errors.
-func crashCheckLog(t *testing.T, what string, s *server) {
+func crashCheckLog(t testing.TB, what string, s *server) {
 	t.Helper()
 	log := s.Log()
 	if bad := badLogLines(log); bad != "" {
@@ -994,7 +994,7 @@ func crashCheckLog(t *testing.T, what string, s *server) {
 }
 
 // crashNotableLog shows the warnings and errors in a backend's log.
-func crashNotableLog(t *testing.T, what, log string) {
+func crashNotableLog(t testing.TB, what, log string) {
 	t.Helper()
 	var notable []string
 	for _, l := range strings.Split(log, "\n") {

@@ -19,7 +19,7 @@ import (
 // persistent.mapping.PersistentMapping holding {"v": v, "s": s}: the class
 // pickle, then the state pickle. Real records matter because the Python
 // server unpickles them (server-side conflict resolution, pack).
-func pmRecord(t *testing.T, v int64, s string) []byte {
+func pmRecord(t testing.TB, v int64, s string) []byte {
 	t.Helper()
 	rec := []byte("\x80\x03cpersistent.mapping\nPersistentMapping\nq\x00.")
 	state, err := wire.AppendPickle(nil, wire.NewDict("data", wire.NewDict("s", s, "v", v)))
@@ -105,7 +105,7 @@ func TestGoClientAgainstPythonServer(t *testing.T) {
 	}
 }
 
-func goClientScenario(t *testing.T, addr string, msgpack, ccr bool) {
+func goClientScenario(t testing.TB, addr string, msgpack, ccr bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	want := wire.Pickle
@@ -590,7 +590,7 @@ func goClientScenario(t *testing.T, addr string, msgpack, ccr bool) {
 	}
 }
 
-func iterateAll(ctx context.Context, t *testing.T, c *zeoclient.Client, start, stop zodb.TID) []*zodb.TransactionRecord {
+func iterateAll(ctx context.Context, t testing.TB, c *zeoclient.Client, start, stop zodb.TID) []*zodb.TransactionRecord {
 	t.Helper()
 	it, err := c.Iterate(ctx, start, stop)
 	if err != nil {

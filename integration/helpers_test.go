@@ -56,7 +56,7 @@ var basePythonModules = []string{"ZEO", "ZEO.ClientStorage", "ZODB", "BTrees.OOB
 // requirePython returns the Python interpreter to use, after checking that
 // it can import ZEO, ZODB and their dependencies plus extra modules. When it
 // cannot (CI machines have no ZEO), the test is skipped with the reason.
-func requirePython(t *testing.T, extra ...string) string {
+func requirePython(t testing.TB, extra ...string) string {
 	t.Helper()
 	py := os.Getenv(pythonEnv)
 	if py == "" {
@@ -130,7 +130,7 @@ func serverEnviron() []string {
 }
 
 // testdataPath returns the absolute path of a file in testdata.
-func testdataPath(t *testing.T, name string) string {
+func testdataPath(t testing.TB, name string) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join("testdata", name))
 	if err != nil {
@@ -150,7 +150,7 @@ type pyResult struct {
 
 // runPython runs a Python script to completion (killing its whole process
 // group after timeout) in dir, and returns its output.
-func runPython(t *testing.T, py string, timeout time.Duration, dir string, env []string, args ...string) pyResult {
+func runPython(t testing.TB, py string, timeout time.Duration, dir string, env []string, args ...string) pyResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -208,7 +208,7 @@ var (
 
 // zeoraidBinary builds ./cmd/zeoraid once per test binary (with -race when
 // the tests run with -race, so that the server under test is checked too).
-func zeoraidBinary(t *testing.T) string {
+func zeoraidBinary(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		root, err := moduleRoot()
@@ -288,7 +288,7 @@ func (s *server) exited() bool {
 // startProcess starts cmd with stderr to a log file, and registers its
 // termination (SIGTERM to its process group, SIGKILL after 10 s) with the
 // test. It does not wait for anything.
-func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *server {
+func startProcess(t testing.TB, cmd *exec.Cmd, logPath string) *server {
 	t.Helper()
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -310,7 +310,7 @@ func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *server {
 	return s
 }
 
-func (s *server) stop(t *testing.T) {
+func (s *server) stop(t testing.TB) {
 	if !s.exited() {
 		terminateProcessGroup(s.cmd)
 		select {
@@ -329,7 +329,7 @@ var demoAddrRE = regexp.MustCompile(`^zeoraid demo: ZEO server \(([ZM]5)\b.*\) o
 // once it printed its address. At the end of the test it is stopped with
 // SIGTERM; a non-zero exit status, a panic or a data race report in its
 // log fails the test.
-func startDemo(t *testing.T, args ...string) *server {
+func startDemo(t testing.TB, args ...string) *server {
 	t.Helper()
 	bin := zeoraidBinary(t)
 	cmd := exec.Command(bin, append([]string{"demo", "--listen", "127.0.0.1:0"}, args...)...)
@@ -368,7 +368,7 @@ func startDemo(t *testing.T, args ...string) *server {
 
 // checkServerExit fails the test if a stopped Go server did not exit
 // cleanly or its log reports a panic or a data race.
-func checkServerExit(t *testing.T, what string, s *server) {
+func checkServerExit(t testing.TB, what string, s *server) {
 	t.Helper()
 	log := s.Log()
 	if s.waitErr != nil {
@@ -399,7 +399,7 @@ func badLogLines(log string) string {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -412,13 +412,13 @@ func freePort(t *testing.T) int {
 // startRunzeo starts a real Python ZEO server (runzeo) over a FileStorage
 // in a temporary directory and returns once it answered a connection with
 // the expected greeting.
-func startRunzeo(t *testing.T, py string, msgpack, ccr bool) *server {
+func startRunzeo(t testing.TB, py string, msgpack, ccr bool) *server {
 	t.Helper()
 	return startRunzeoGC(t, py, msgpack, ccr, false)
 }
 
 // startRunzeoGC is startRunzeo with the FileStorage's pack-gc setting.
-func startRunzeoGC(t *testing.T, py string, msgpack, ccr, packGC bool) *server {
+func startRunzeoGC(t testing.TB, py string, msgpack, ccr, packGC bool) *server {
 	t.Helper()
 	dir := t.TempDir()
 	want := "Z5"
@@ -506,7 +506,7 @@ func readGreeting(addr string) (string, error) {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) bool {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) bool {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

@@ -42,7 +42,7 @@ type zproc struct {
 
 // startZeoraid starts the binary with args, waits for its banner line and
 // matches it against re (returning the submatches).
-func startZeoraid(t *testing.T, what string, args []string, logPath string, re *regexp.Regexp) (*zproc, []string, error) {
+func startZeoraid(t testing.TB, what string, args []string, logPath string, re *regexp.Regexp) (*zproc, []string, error) {
 	t.Helper()
 	bin := zeoraidBinary(t)
 	cmd := exec.Command(bin, args...)
@@ -79,13 +79,13 @@ func startZeoraid(t *testing.T, what string, args []string, logPath string, re *
 // startZeoraidNoWait starts the binary with args and returns at once
 // (the process's exit and log are checked at the end of the test, as for
 // startZeoraid).
-func startZeoraidNoWait(t *testing.T, what string, args []string, logPath string) *zproc {
+func startZeoraidNoWait(t testing.TB, what string, args []string, logPath string) *zproc {
 	t.Helper()
 	return startZeoraidNoWaitEnv(t, what, args, nil, logPath)
 }
 
 // startZeoraidNoWaitEnv is startZeoraidNoWait with extra environment.
-func startZeoraidNoWaitEnv(t *testing.T, what string, args, env []string, logPath string) *zproc {
+func startZeoraidNoWaitEnv(t testing.TB, what string, args, env []string, logPath string) *zproc {
 	t.Helper()
 	cmd := exec.Command(zeoraidBinary(t), args...)
 	cmd.Env = append(serverEnviron(), env...)
@@ -97,7 +97,7 @@ func startZeoraidNoWaitEnv(t *testing.T, what string, args, env []string, logPat
 }
 
 // Kill9 kills the process (and its group) with SIGKILL and waits for it.
-func (p *zproc) Kill9(t *testing.T) {
+func (p *zproc) Kill9(t testing.TB) {
 	t.Helper()
 	p.killed = true
 	killProcessGroup(p.cmd)
@@ -110,7 +110,7 @@ func (p *zproc) Kill9(t *testing.T) {
 
 // Stop stops the process with SIGTERM (first call only) and checks its
 // exit and log.
-func (p *zproc) Stop(t *testing.T) {
+func (p *zproc) Stop(t testing.TB) {
 	t.Helper()
 	p.stopOnce.Do(func() {
 		p.stop(t)
@@ -126,7 +126,7 @@ func (p *zproc) Stop(t *testing.T) {
 
 // startWithRetry starts a process on a fixed address, retrying for a
 // while when the address is still taken (a killed process's port).
-func startWithRetry(t *testing.T, what string, start func(attempt int) (*zproc, []string, error)) (*zproc, []string) {
+func startWithRetry(t testing.TB, what string, start func(attempt int) (*zproc, []string, error)) (*zproc, []string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for attempt := 1; ; attempt++ {
@@ -154,7 +154,7 @@ type raidBackend struct {
 
 // Start starts (or restarts) the backend on its data directory and
 // address.
-func (b *raidBackend) Start(t *testing.T) {
+func (b *raidBackend) Start(t testing.TB) {
 	t.Helper()
 	b.starts++
 	p, m := startWithRetry(t, "backend "+b.Name, func(attempt int) (*zproc, []string, error) {
@@ -170,13 +170,13 @@ func (b *raidBackend) Start(t *testing.T) {
 }
 
 // Kill9 kills the backend with SIGKILL.
-func (b *raidBackend) Kill9(t *testing.T) { t.Helper(); b.proc.Kill9(t) }
+func (b *raidBackend) Kill9(t testing.TB) { t.Helper(); b.proc.Kill9(t) }
 
 // Log is the current process's log.
 func (b *raidBackend) Log() string { return b.proc.Log() }
 
 // startRaidBackends starts n backends b1..bn in parallel.
-func startRaidBackends(t *testing.T, n int, args ...string) []*raidBackend {
+func startRaidBackends(t testing.TB, n int, args ...string) []*raidBackend {
 	t.Helper()
 	zeoraidBinary(t) // built here, not in the goroutines
 	out := make([]*raidBackend, n)
@@ -236,7 +236,7 @@ func backendFlags(bs []*raidBackend) []string {
 
 // startRaidProxy starts `zeoraid proxy` over the backends, on ports of its
 // choice, with extra flags.
-func startRaidProxy(t *testing.T, bs []*raidBackend, extra ...string) *raidProxy {
+func startRaidProxy(t testing.TB, bs []*raidBackend, extra ...string) *raidProxy {
 	t.Helper()
 	p := &raidProxy{Dir: t.TempDir(), Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", logDir: t.TempDir()}
 	p.Args = append(backendFlags(bs), extra...)
@@ -246,7 +246,7 @@ func startRaidProxy(t *testing.T, bs []*raidBackend, extra ...string) *raidProxy
 
 // Start starts (or restarts) the proxy on its data directory and
 // addresses.
-func (p *raidProxy) Start(t *testing.T) {
+func (p *raidProxy) Start(t testing.TB) {
 	t.Helper()
 	p.starts++
 	proc, m := startWithRetry(t, "proxy", func(attempt int) (*zproc, []string, error) {
@@ -261,10 +261,10 @@ func (p *raidProxy) Start(t *testing.T) {
 }
 
 // Kill9 kills the proxy with SIGKILL.
-func (p *raidProxy) Kill9(t *testing.T) { t.Helper(); p.proc.Kill9(t) }
+func (p *raidProxy) Kill9(t testing.TB) { t.Helper(); p.proc.Kill9(t) }
 
 // Stop stops the proxy with SIGTERM and checks that it exited cleanly.
-func (p *raidProxy) Stop(t *testing.T) { t.Helper(); p.proc.Stop(t) }
+func (p *raidProxy) Stop(t testing.TB) { t.Helper(); p.proc.Stop(t) }
 
 // Log is the current process's log.
 func (p *raidProxy) Log() string { return p.proc.Log() }
@@ -393,7 +393,7 @@ func (p *raidProxy) Post(path string) (int, string, error) {
 }
 
 // Verify posts /v1/storages/1/verify.
-func (p *raidProxy) Verify(t *testing.T) apiVerify {
+func (p *raidProxy) Verify(t testing.TB) apiVerify {
 	t.Helper()
 	var v apiVerify
 	code, body, err := p.requestWith(verifyClient, "POST", "/v1/storages/1/verify")

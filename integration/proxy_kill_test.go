@@ -398,13 +398,13 @@ func TestProxyKillProxyUnderLoad(t *testing.T) {
 }
 
 // runCLI runs `zeoraid args...` and returns its exit code and output.
-func runCLI(t *testing.T, args ...string) (int, string) {
+func runCLI(t testing.TB, args ...string) (int, string) {
 	t.Helper()
 	return runCLIWithin(t, 30*time.Second, args...)
 }
 
 // runCLIWithin is runCLI with another time limit.
-func runCLIWithin(t *testing.T, limit time.Duration, args ...string) (int, string) {
+func runCLIWithin(t testing.TB, limit time.Duration, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()

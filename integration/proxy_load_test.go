@@ -111,7 +111,7 @@ func (l *raidLoad) stopped() bool {
 
 // start opens n clients to addr (waiting up to wait for a connection
 // while disconnected) and starts committing.
-func (l *raidLoad) start(t *testing.T, ctx context.Context, addr string, n int, wait time.Duration) {
+func (l *raidLoad) start(t testing.TB, ctx context.Context, addr string, n int, wait time.Duration) {
 	t.Helper()
 	l.startOn(t, ctx, [][]string{{addr}}, n, wait)
 }
@@ -119,7 +119,7 @@ func (l *raidLoad) start(t *testing.T, ctx context.Context, addr string, n int, 
 // startOn opens n clients, client i to the addresses addrs[i%len(addrs)]
 // (a ZEO client with several addresses uses the first that answers and
 // moves on when it fails), and starts committing.
-func (l *raidLoad) startOn(t *testing.T, ctx context.Context, addrs [][]string, n int, wait time.Duration) {
+func (l *raidLoad) startOn(t testing.TB, ctx context.Context, addrs [][]string, n int, wait time.Duration) {
 	t.Helper()
 	for i := range n {
 		a := addrs[i%len(addrs)]
@@ -510,7 +510,7 @@ func (l *raidLoad) errorLines(ref time.Time) []string {
 
 // checkOIDsAndTIDs checks that no oid was handed out twice, and that
 // acknowledged tids are unique and increase per client.
-func (l *raidLoad) checkOIDsAndTIDs(t *testing.T) {
+func (l *raidLoad) checkOIDsAndTIDs(t testing.TB) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -619,13 +619,13 @@ func readCheckExcept(ctx context.Context, addr string, txns []*loadTxn, skipCurr
 
 // checkReadable checks every acknowledged record through the proxy and on
 // every backend directly, in parallel.
-func checkReadable(t *testing.T, ctx context.Context, txns []*loadTxn, targets map[string]string) {
+func checkReadable(t testing.TB, ctx context.Context, txns []*loadTxn, targets map[string]string) {
 	t.Helper()
 	checkReadableExcept(t, ctx, txns, targets, nil)
 }
 
 // checkReadableExcept is checkReadable with readCheckExcept.
-func checkReadableExcept(t *testing.T, ctx context.Context, txns []*loadTxn, targets map[string]string, skipCurrent map[zodb.OID]bool) {
+func checkReadableExcept(t testing.TB, ctx context.Context, txns []*loadTxn, targets map[string]string, skipCurrent map[zodb.OID]bool) {
 	t.Helper()
 	names := make([]string, 0, len(targets))
 	for n := range targets {

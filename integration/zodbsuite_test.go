@@ -199,7 +199,7 @@ func runZODBSuites(t *testing.T, r suiteRun) {
 // reportSuiteOutcomes logs every test that did not pass, marking the ones
 // knownNonPasses does not explain as NEW, and the known ones that now
 // pass. It returns the NEW ones.
-func reportSuiteOutcomes(t *testing.T, encoding string, sum *suiteSummary, knownNonPasses, knownOnlyIn map[string]string) (fresh []string) {
+func reportSuiteOutcomes(t testing.TB, encoding string, sum *suiteSummary, knownNonPasses, knownOnlyIn map[string]string) (fresh []string) {
 	t.Helper()
 	var ids []string
 	for id := range sum.Outcomes {
@@ -238,7 +238,7 @@ func reportSuiteOutcomes(t *testing.T, encoding string, sum *suiteSummary, known
 
 // checkSuiteLogs fails the test if a server log reports a data race, a
 // panic or an internal error.
-func checkSuiteLogs(t *testing.T, dir string) {
+func checkSuiteLogs(t testing.TB, dir string) {
 	t.Helper()
 	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 	if len(files) == 0 {

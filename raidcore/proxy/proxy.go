@@ -127,6 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	dialed := map[string][]raidcore.Backend{}
 	for _, name := range names {
 		var backends []raidcore.Backend
 		for _, b := range cfg.Storages[name] {
@@ -137,6 +138,7 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 			}
 			backends = append(backends, raidcore.Backend{Name: b.Name, Storage: st})
 		}
+		dialed[name] = backends
 		arr, err := raidcore.Open(p.arrayConfig(name, backends))
 		if err != nil {
 			for _, b := range backends {
@@ -171,6 +173,9 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 			} else {
 				st := arr.Status()
 				p.log.Info("array ready", "storage", name, "status", st.Status, "last_tid", st.LastTID)
+				for _, b := range dialed[name] {
+					p.checkBackendTimeout(actx, name, b)
+				}
 			}
 			if all {
 				close(p.ready)
@@ -561,4 +566,41 @@ func (p *Proxy) ReloadConfig(ctx context.Context) (any, error) {
 		return nil, fmt.Errorf("this proxy has no configuration file to reload")
 	}
 	return p.cfg.Reload(ctx)
+}
+
+// checkBackendTimeout warns when a backend's own transaction timeout is
+// missing or out of place: it frees the commit locks of a proxy that
+// stopped after its vote (paused, cut off), and must lie between the
+// proxies' transaction timeout and their vote timeout. Python's ZEO tells
+// only whether it has one; the built-in backend tells its value too.
+func (p *Proxy) checkBackendTimeout(ctx context.Context, storage string, b raidcore.Backend) {
+	c, ok := b.Storage.(interface {
+		Call(ctx context.Context, method string, args ...any) (any, error)
+	})
+	if !ok {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := c.Call(cctx, "server_status")
+	d, isDict := res.(wire.Dict)
+	if err != nil || !isDict {
+		p.log.Debug("cannot read the backend's server_status", "storage", storage, "backend", b.Name, "error", err)
+		return
+	}
+	hint := fmt.Sprintf("between this proxy's transaction-timeout (%s) and vote-timeout (%s)", p.cfg.TransactionTimeout, p.cfg.VoteTimeout)
+	if alive, _ := d.Get("timeout-thread-is-alive"); alive == "stub" {
+		p.log.Warn("the backend has no transaction timeout: a proxy that stops after its vote would keep its commit lock until it is gone; set transaction-timeout on it "+hint,
+			"storage", storage, "backend", b.Name)
+		return
+	}
+	v, _ := d.Get("transaction-timeout")
+	secs, ok := v.(float64)
+	if !ok {
+		return // a Python backend with a timeout: its value cannot be seen
+	}
+	t := time.Duration(secs * float64(time.Second))
+	if (p.cfg.TransactionTimeout > 0 && t <= p.cfg.TransactionTimeout) || t >= p.cfg.VoteTimeout {
+		p.log.Warn("the backend's transaction timeout should lie "+hint, "storage", storage, "backend", b.Name, "backend_timeout", t)
+	}
 }

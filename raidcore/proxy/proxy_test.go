@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/proxy"
@@ -424,5 +426,57 @@ func TestRetryDelay(t *testing.T) {
 		if got := proxy.RetryDelay(c.prev, c.prevKind, c.kind, c.copied); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// syncBuffer is a log sink tests can read while the proxy writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestBackendTransactionTimeoutWarnings: at start-up the proxy warns
+// about a backend without a transaction timeout, and about one whose
+// timeout is not between the proxy's transaction timeout and vote
+// timeout; a backend with a good one gets no warning.
+func TestBackendTransactionTimeoutWarnings(t *testing.T) {
+	var addrs []string
+	for _, timeout := range []time.Duration{0, 3 * time.Second, 15 * time.Second} {
+		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(memstorage.New("m")), TransactionTimeout: timeout})
+		addrs = append(addrs, addr)
+	}
+	logs := &syncBuffer{}
+	log := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn})
+	p, _, _ := startProxy(t, proxy.Config{Storages: configFor(addrs...), TransactionTimeout: 10 * time.Second,
+		VoteTimeout: 20 * time.Second, FinishTimeout: 20 * time.Second, ReadTimeout: 5 * time.Second, Logger: log})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "two warnings", func() bool {
+		return strings.Count(logs.String(), "transaction timeout") >= 2
+	})
+	out := logs.String()
+	if !strings.Contains(out, "the backend has no transaction timeout") || !strings.Contains(out, "backend=b1") {
+		t.Errorf("no warning for b1 (no timeout):\n%s", out)
+	}
+	if !strings.Contains(out, "should lie between") || !strings.Contains(out, "backend=b2") {
+		t.Errorf("no warning for b2 (3 s, below the proxy's 10 s):\n%s", out)
+	}
+	if strings.Contains(out, "backend=b3") {
+		t.Errorf("a warning for b3 (15 s is right):\n%s", out)
 	}
 }

@@ -60,7 +60,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res := Result{Target: fmt.Sprint(cfg.Addrs)}
 	clients := make([]*zeoclient.Client, cfg.Clients)
 	for i := range clients {
-		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: cfg.Addrs, Storage: cfg.Storage, Encoding: cfg.Encoding, HeartbeatInterval: -1})
+		// Client i starts at address i: a target with several addresses
+		// (a cluster of proxies) gets its clients spread over them.
+		addrs := make([]string, 0, len(cfg.Addrs))
+		for j := range cfg.Addrs {
+			addrs = append(addrs, cfg.Addrs[(i+j)%len(cfg.Addrs)])
+		}
+		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: addrs, Storage: cfg.Storage, Encoding: cfg.Encoding, HeartbeatInterval: -1})
 		if err != nil {
 			return res, fmt.Errorf("connecting client %d: %w", i, err)
 		}

@@ -398,7 +398,16 @@ func (s *Server) serverStatus(ss *storageState) wire.Dict {
 	if ss.stats.lockTime != nil {
 		lockTime = float64(ss.stats.lockTime.UnixNano()) / 1e9
 	}
+	// As Python's ZEO: "stub" without a transaction timeout, True with
+	// one; "transaction-timeout" (seconds) is ours, so that a zeoraid
+	// proxy can check the value too.
+	var timeoutThread any = "stub"
+	var timeout any
+	if s.cfg.TransactionTimeout > 0 {
+		timeoutThread, timeout = true, s.cfg.TransactionTimeout.Seconds()
+	}
 	return wire.NewDict(
+		"transaction-timeout", timeout,
 		"connections", int64(conns),
 		"loads", ss.stats.loads,
 		"stores", ss.stats.stores,
@@ -410,7 +419,7 @@ func (s *Server) serverStatus(ss *storageState) wire.Dict {
 		"conflicts_resolved", int64(0),
 		"start", s.started.Format("Mon Jan _2 15:04:05 2006"),
 		"waiting", ss.stats.waiting,
-		"timeout-thread-is-alive", "stub",
+		"timeout-thread-is-alive", timeoutThread,
 		"last-transaction", last.String(),
 	)
 }
