@@ -254,3 +254,54 @@ func TestProxyOverMixedBackends(t *testing.T) {
 	}
 	checkReadable(t, ctx, txns, targets)
 }
+
+// TestPythonAppThroughCluster runs testdata/pyapp.py with real
+// ZEO.ClientStorage given the addresses of a cluster of three proxies
+// over three backends: the application works against whichever proxy its
+// client picks; then the leader is killed and `pyapp.py
+// --verify-restart` (a new client with every address) finds everything
+// through the survivors, with fresh oids and later tids; the backends are
+// identical and the surviving proxies agree.
+func TestPythonAppThroughCluster(t *testing.T) {
+	py := requirePython(t)
+	script := testdataPath(t, "pyapp.py")
+	bs := startRaidBackends(t, 3)
+	pxs := startClusterProxies(t, bs, 3)
+	var addrs []string
+	for _, p := range pxs {
+		addrs = append(addrs, p.Addr)
+	}
+	res := runPython(t, py, 3*time.Minute, t.TempDir(), nil, script, strings.Join(addrs, ","), "Z5", "on")
+	sum := checkPyAppRun(t, "pyapp.py through the 3-proxy cluster", res, pyAppChecks, "Z5", true)
+	if sum == nil || len(sum.Info) == 0 {
+		t.Fatal("no summary from the first run: not going on")
+	}
+	li := leaderOf(t, pxs, nil)
+	pxs[li].Kill9(t)
+	t.Logf("killed the leader n%d", li+1)
+	var live []string
+	var survivor *raidProxy
+	for i, p := range pxs {
+		if i != li {
+			live = append(live, p.Addr)
+			survivor = p
+		}
+	}
+	// Every address, the dead one first: the client must find the others.
+	res = runPython(t, py, 2*time.Minute, t.TempDir(), nil, script, "--verify-restart",
+		strings.Join(append([]string{pxs[li].Addr}, live...), ","), "Z5", "on", string(sum.Info))
+	checkPyAppRun(t, "pyapp.py --verify-restart through the cluster without its old leader", res, pyAppRestartChecks, "Z5", true)
+	if st, ok := survivor.waitStatus(60*time.Second, func(s apiStatus) bool { return s.Status == "optimal" }); !ok {
+		t.Errorf("survivor not optimal: %s", st.brief())
+	}
+	if vr := survivor.Verify(t); !vr.Identical {
+		t.Errorf("backends differ: %s", vr.FirstDifference)
+	} else {
+		t.Logf("verify: identical, %d transactions", vr.Transactions)
+	}
+	if t.Failed() {
+		for i, p := range pxs {
+			t.Logf("proxy n%d log:\n%s", i+1, tail(p.Log(), 40))
+		}
+	}
+}

@@ -1,6 +1,8 @@
 """A small ZODB application run against a zeoraid ZEO server.
 
-Usage: python3 pyapp.py HOST:PORT EXPECTED_PROTOCOL(Z5|M5) CCR(on|off)
+Usage: python3 pyapp.py HOST:PORT[,HOST:PORT...] EXPECTED_PROTOCOL(Z5|M5) CCR(on|off)
+
+Several addresses (a cluster of proxies) go to ClientStorage as a list.
 
 It uses the real ZEO.ClientStorage and ZODB.DB, runs a list of checks and
 prints one JSON object on the last line of stdout:
@@ -596,14 +598,22 @@ class RestartCheck(App):
             'write_after_restart'])
 
 
+def parse_addr(text):
+    """host:port, or several separated by commas (a cluster of proxies:
+    ClientStorage gets the list)."""
+    addrs = []
+    for part in text.split(','):
+        host, port = part.rsplit(':', 1)
+        addrs.append((host, int(port)))
+    return addrs[0] if len(addrs) == 1 else addrs
+
+
 def main():
     if len(sys.argv) == 6 and sys.argv[1] == '--verify-restart':
-        host, port = sys.argv[2].rsplit(':', 1)
-        app = RestartCheck((host, int(port)), sys.argv[3], sys.argv[4] == 'on',
+        app = RestartCheck(parse_addr(sys.argv[2]), sys.argv[3], sys.argv[4] == 'on',
                            json.loads(sys.argv[5]))
     elif len(sys.argv) == 4:
-        host, port = sys.argv[1].rsplit(':', 1)
-        app = App((host, int(port)), sys.argv[2], sys.argv[3] == 'on')
+        app = App(parse_addr(sys.argv[1]), sys.argv[2], sys.argv[3] == 'on')
     else:
         print(__doc__, file=sys.stderr)
         return 2
