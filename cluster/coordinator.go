@@ -18,8 +18,30 @@ import (
 type Coordinator struct {
 	n *Node
 
-	mu   sync.Mutex
-	oids map[string]*oidRange
+	mu    sync.Mutex
+	oids  map[string]*oidRange
+	seeds map[string]Seed
+}
+
+// Seed is a storage's state from before the cluster (a lone proxy's, kept
+// in its data directory): a member that starts a storage the cluster does
+// not have yet takes it over instead of deriving a table from the
+// backends.
+type Seed struct {
+	Table      raidcore.Table
+	TIDCeiling zodb.TID
+	OIDCeiling uint64
+}
+
+// SetSeed gives the coordinator a storage's state from before the cluster
+// (see Seed); Start uses it when the cluster has no state for the storage.
+func (c *Coordinator) SetSeed(storage string, s Seed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seeds == nil {
+		c.seeds = map[string]Seed{}
+	}
+	c.seeds[storage] = s
 }
 
 type oidRange struct{ next, last uint64 }
@@ -70,7 +92,18 @@ func (c *Coordinator) Start(ctx context.Context, storage string, probe []raidcor
 	existed := c.n.fsm.f.Storage(storage) != nil
 	var rows map[string]fsm.Row
 	var deriveErr error
-	if !existed {
+	c.mu.Lock()
+	seed, seeded := c.seeds[storage]
+	c.mu.Unlock()
+	if !existed && seeded && len(seed.Table) > 0 {
+		// The lone proxy's restart, as the local coordinator does it:
+		// its table, with what the backends answer now.
+		t := raidcore.RestartTable(seed.Table, probe, now)
+		rows = make(map[string]fsm.Row, len(t))
+		for n, r := range t {
+			rows[n] = toRow(r)
+		}
+	} else if !existed {
 		t, err := raidcore.DeriveTable(probe, now)
 		if err != nil {
 			deriveErr = err
@@ -82,6 +115,9 @@ func (c *Coordinator) Start(ctx context.Context, storage string, probe []raidcor
 		}
 	}
 	var tidFloor, oidFloor uint64
+	if seeded {
+		tidFloor, oidFloor = seed.TIDCeiling.Uint64(), seed.OIDCeiling
+	}
 	for _, p := range probe {
 		if p.Reachable {
 			tidFloor = max(tidFloor, p.LastTID.Uint64())

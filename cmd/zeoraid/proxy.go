@@ -174,7 +174,34 @@ func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *clu
 	if err != nil {
 		return nil, nil, err
 	}
+	// A lone proxy's data directory becoming a member's: its table and
+	// sequences seed the cluster's storages (renamed once taken over).
+	saved, ok, err := localcoord.ReadState(cfg.data)
+	if err != nil {
+		m.Close()
+		return nil, nil, fmt.Errorf("config: proxy.data: the lone proxy's state in it: %w", err)
+	}
+	if ok {
+		for name, s := range saved {
+			m.Coord.SetSeed(name, cluster.Seed{Table: s.Table, TIDCeiling: s.TIDCeiling, OIDCeiling: s.OIDCeiling})
+		}
+		log.Info("found a lone proxy's state in the data directory; the cluster takes it over for the storages it does not have yet", "file", localcoord.StatePath(cfg.data))
+	}
 	return m.Coord, m, nil
+}
+
+// retireLoneState renames a lone proxy's state file once the cluster has
+// taken it over, so that it is never read again.
+func retireLoneState(dir string, log hclog.Logger) {
+	path := localcoord.StatePath(dir)
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	if err := os.Rename(path, path+".taken-over"); err != nil {
+		log.Warn("could not rename the lone proxy's state after the cluster took it over", "file", path, "error", err)
+		return
+	}
+	log.Info("the cluster took over the lone proxy's state", "renamed", path+".taken-over")
 }
 
 // backendViews is what this proxy sees of its backends, for gossip: a
@@ -332,6 +359,9 @@ func runProxy(std stdio, args []string) int {
 		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		p.Close()
 		return 1
+	}
+	if member != nil {
+		retireLoneState(cfg.data, log)
 	}
 	l, err := net.Listen("tcp", cfg.listen)
 	if err != nil {

@@ -493,3 +493,36 @@ func (c *Coordinator) notify(storage string, t raidcore.Table) {
 		w(storage, t)
 	}
 }
+
+// Saved is one storage's state as a local coordinator keeps it in its
+// data directory.
+type Saved struct {
+	// TIDCeiling and OIDCeiling: every tid and oid at or below them may
+	// have been handed out.
+	TIDCeiling zodb.TID
+	OIDCeiling uint64
+	Table      raidcore.Table
+}
+
+// StatePath is where a local coordinator keeps its state in dir.
+func StatePath(dir string) string { return filepath.Join(dir, stateFile) }
+
+// ReadState reads what a local coordinator kept in dir, without taking it
+// over (ok is false when there is nothing). A proxy that becomes a
+// cluster member seeds the cluster's state with it.
+func ReadState(dir string) (state map[string]Saved, ok bool, err error) {
+	c, err := New(Options{Dir: dir})
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := os.Stat(StatePath(dir)); errors.Is(err, os.ErrNotExist) {
+		return nil, false, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]Saved{}
+	for name, st := range c.storages {
+		out[name] = Saved{TIDCeiling: st.TIDCeiling, OIDCeiling: st.OIDCeiling, Table: st.Backends.Copy()}
+	}
+	return out, true, nil
+}
