@@ -524,3 +524,10 @@ func (a *Array) Links() []BackendLink {
 	}
 	return out
 }
+
+// ReloadReport says what a configuration reload changed: the backends
+// added and removed, as storage/backend.
+type ReloadReport struct {
+	Added   []string `json:"added"`
+	Removed []string `json:"removed"`
+}

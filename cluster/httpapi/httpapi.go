@@ -28,8 +28,9 @@ type Manager interface {
 	// Recover starts an operator's recovery; by says who asked,
 	// fullVerify verifies the backend's whole history first.
 	Recover(storage, backend, by string, fullVerify bool) error
-	// ReloadConfig rereads the configuration and applies it.
-	ReloadConfig(ctx context.Context) (any, error)
+	// ReloadConfig rereads the configuration and applies it (one reload
+	// path: SIGHUP, raid_reload and POST /v1/reload all end here).
+	ReloadConfig(ctx context.Context) (raidcore.ReloadReport, error)
 }
 
 // Overall is the answer of GET /v1/status.

@@ -22,8 +22,8 @@ func (m manager) Arrays() map[string]*raidcore.Array { return map[string]*raidco
 func (m manager) Recover(s, b, by string, full bool) error {
 	return m.arr.Recover(b, raidcore.RecoveryOptions{By: by, FullVerify: full})
 }
-func (m manager) ReloadConfig(context.Context) (any, error) {
-	return map[string]string{"result": "nothing to do"}, nil
+func (m manager) ReloadConfig(context.Context) (raidcore.ReloadReport, error) {
+	return raidcore.ReloadReport{}, nil
 }
 
 func setup(t *testing.T, token string) (*httptest.Server, *raidcore.Array) {

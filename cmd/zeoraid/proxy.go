@@ -21,9 +21,9 @@ import (
 
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
+	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
-	"github.com/zeoraid/zeoraid/raidcore/proxy"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
 
@@ -71,7 +71,7 @@ type proxyCfg struct {
 	join                      []string
 	gossipKey                 []byte
 	lease, txnTimeout, wait   time.Duration
-	storages                  map[string][]proxy.BackendConfig
+	storages                  map[string][]node.BackendConfig
 	encoding                  wire.Encoding
 	ccr, autoRecover, verify  bool
 	vote, finish, read        time.Duration
@@ -124,10 +124,10 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 	if len(backends) == 0 {
 		errs = append(errs, s.required("backend", "at least one [storage/]name=host:port"))
 	}
-	c.storages = map[string][]proxy.BackendConfig{}
+	c.storages = map[string][]node.BackendConfig{}
 	for _, e := range backends {
 		b := e.val.(backendSpec)
-		c.storages[b.storage] = append(c.storages[b.storage], proxy.BackendConfig{Name: b.name, Addrs: b.addrs})
+		c.storages[b.storage] = append(c.storages[b.storage], node.BackendConfig{Name: b.name, Addrs: b.addrs})
 	}
 	return c, errors.Join(errs...)
 }
@@ -206,7 +206,7 @@ func retireLoneState(dir string, log hclog.Logger) {
 
 // backendViews is what this proxy sees of its backends, for gossip: a
 // ping to each, in parallel, bounded.
-func backendViews(p *proxy.Proxy) cluster.BackendView {
+func backendViews(p *node.Proxy) cluster.BackendView {
 	out := cluster.BackendView{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -244,16 +244,16 @@ func runProxy(std stdio, args []string) int {
 		fmt.Fprintln(std.err, "zeoraid proxy: config: proxy.spool-dir:", err)
 		return 1
 	}
-	var p *proxy.Proxy
-	reload := func(ctx context.Context) (proxy.ReloadReport, error) {
+	var p *node.Proxy
+	reload := func(ctx context.Context) (node.ReloadReport, error) {
 		ns := newSettings("proxy", stdio{out: io.Discard, err: io.Discard})
 		registerProxyFlags(ns)
 		if err := ns.parse(args); err != nil {
-			return proxy.ReloadReport{}, err
+			return node.ReloadReport{}, err
 		}
 		nc, err := proxyConfig(ns)
 		if err != nil {
-			return proxy.ReloadReport{}, err
+			return node.ReloadReport{}, err
 		}
 		return p.Reload(ctx, nc.storages)
 	}
@@ -278,7 +278,7 @@ func runProxy(std stdio, args []string) int {
 		writable = member.Node.Writable
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	p, err = proxy.Start(ctx, proxy.Config{Writable: writable, Failpoint: failpoint,
+	p, err = node.Start(ctx, node.Config{Writable: writable, Failpoint: failpoint,
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,
@@ -322,7 +322,7 @@ func runProxy(std stdio, args []string) int {
 	go func() {
 		for sg := range sig {
 			if sg == syscall.SIGHUP {
-				rep, err := reload(context.Background())
+				rep, err := p.ReloadConfig(context.Background())
 				if err != nil {
 					log.Error("reload failed", "error", err)
 				} else {

@@ -17,8 +17,8 @@ import (
 
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
+	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
 	"github.com/zeoraid/zeoraid/raidcore/boltstore"
-	"github.com/zeoraid/zeoraid/raidcore/proxy"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
@@ -39,7 +39,7 @@ type demoNode struct {
 	zeo      string
 	http     string
 	member   *cluster.Member
-	proxy    *proxy.Proxy
+	proxy    *node.Proxy
 	mux      *http.ServeMux
 	httpSrv  *http.Server
 	listener net.Listener
@@ -76,7 +76,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 	}()
 
 	// The backends.
-	var backends []proxy.BackendConfig
+	var backends []node.BackendConfig
 	for i := 1; i <= 3; i++ {
 		name := fmt.Sprintf("b%d", i)
 		if err := os.MkdirAll(filepath.Join(dir, name), 0o700); err != nil {
@@ -101,7 +101,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 		}
 		go srv.Serve(l)
 		closers = append(closers, func() { srv.Close(); st.Close() })
-		backends = append(backends, proxy.BackendConfig{Name: name, Addrs: []string{addr}})
+		backends = append(backends, node.BackendConfig{Name: name, Addrs: []string{addr}})
 	}
 
 	// The cluster: every member's raft, gossip and HTTP first (the
@@ -159,7 +159,7 @@ func runRAIDDemo(s *settings, enc wire.Encoding) int {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			p, err := proxy.Start(ctx, proxy.Config{Storages: map[string][]proxy.BackendConfig{"1": backends}, Coord: n.member.Coord,
+			p, err := node.Start(ctx, node.Config{Storages: map[string][]node.BackendConfig{"1": backends}, Coord: n.member.Coord,
 				ProxyID: n.id, Writable: n.member.Node.Writable, Encoding: enc, ClientConflictResolution: ccr, AutoRecover: true, TransactionTimeout: 10 * time.Second,
 				Logger: log.Named(n.id)})
 			if err != nil {

@@ -1,4 +1,4 @@
-package proxy
+package node
 
 // FailureKind exports failureKind to the tests.
 var FailureKind = failureKind

@@ -1,4 +1,4 @@
-package proxy
+package node
 
 import (
 	"context"
@@ -87,7 +87,7 @@ func (p *Proxy) extensions() map[string]zeoserver.ExtensionFunc {
 			if p.cfg.Reload == nil {
 				return nil, zodb.NewValueError("this proxy has no configuration file to reload")
 			}
-			rep, err := p.cfg.Reload(ctx)
+			rep, err := p.ReloadConfig(ctx)
 			if err != nil {
 				return nil, zodb.NewValueError("reload failed: %v", err)
 			}

@@ -1,11 +1,4 @@
-// Package proxy assembles a zeoraid proxy on one node: for every storage a
-// RAID-1 array over ZEO clients to its backends, served to ZODB clients by
-// a ZEO server, with gocept.zeoraid's management methods (raid_status,
-// raid_details, raid_disable, raid_recover, raid_reload) as ZEO extension
-// methods, configuration reload (add and remove backends) and optional
-// automatic recovery. The coordinator is passed in: the local one for a
-// single proxy, the Raft one in a cluster.
-package proxy
+package node
 
 import (
 	"context"
@@ -395,10 +388,7 @@ func (p *Proxy) Recover(storage, backend, by string, fullVerify bool) error {
 }
 
 // ReloadReport says what a reload changed.
-type ReloadReport struct {
-	Added   []string `json:"added"`
-	Removed []string `json:"removed"`
-}
+type ReloadReport = raidcore.ReloadReport
 
 // Reload applies a new backend configuration: backends that appear are
 // added (degraded, then recovered if automatic recovery is on), backends
@@ -561,9 +551,9 @@ func (p *Proxy) Close() error {
 
 // ReloadConfig rereads the configuration (through the Reload hook) and
 // applies it; the HTTP API calls it.
-func (p *Proxy) ReloadConfig(ctx context.Context) (any, error) {
+func (p *Proxy) ReloadConfig(ctx context.Context) (raidcore.ReloadReport, error) {
 	if p.cfg.Reload == nil {
-		return nil, fmt.Errorf("this proxy has no configuration file to reload")
+		return raidcore.ReloadReport{}, fmt.Errorf("this proxy has no configuration file to reload")
 	}
 	return p.cfg.Reload(ctx)
 }

@@ -1,4 +1,4 @@
-package proxy_test
+package node_test
 
 import (
 	"context"

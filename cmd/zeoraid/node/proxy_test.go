@@ -1,4 +1,4 @@
-package proxy_test
+package node_test
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
-	"github.com/zeoraid/zeoraid/raidcore/proxy"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/storagetest"
@@ -115,16 +115,16 @@ func startBackends(t *testing.T, n int) []*backend {
 	return out
 }
 
-func configFor(addrs ...string) map[string][]proxy.BackendConfig {
-	var bs []proxy.BackendConfig
+func configFor(addrs ...string) map[string][]node.BackendConfig {
+	var bs []node.BackendConfig
 	for i, a := range addrs {
-		bs = append(bs, proxy.BackendConfig{Name: fmt.Sprintf("b%d", i+1), Addrs: []string{a}})
+		bs = append(bs, node.BackendConfig{Name: fmt.Sprintf("b%d", i+1), Addrs: []string{a}})
 	}
-	return map[string][]proxy.BackendConfig{"1": bs}
+	return map[string][]node.BackendConfig{"1": bs}
 }
 
 // startProxy starts a proxy and serves it on a loopback port once ready.
-func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *localcoord.Coordinator, string) {
+func startProxy(t *testing.T, cfg node.Config) (*node.Proxy, *localcoord.Coordinator, string) {
 	t.Helper()
 	coord, err := localcoord.New(localcoord.Options{Dir: t.TempDir(), LeaseTimeout: 2 * time.Second})
 	if err != nil {
@@ -134,7 +134,7 @@ func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *localcoord.Coord
 	if cfg.VoteTimeout == 0 {
 		cfg.VoteTimeout, cfg.FinishTimeout, cfg.ReadTimeout = 2*time.Second, 2*time.Second, 2*time.Second
 	}
-	p, err := proxy.Start(context.Background(), cfg)
+	p, err := node.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func states(p *proxy.Proxy) map[string]raidcore.State {
+func states(p *node.Proxy) map[string]raidcore.State {
 	a, _ := p.Array("1")
 	out := map[string]raidcore.State{}
 	for _, b := range a.Status().Backends {
@@ -190,7 +190,7 @@ func states(p *proxy.Proxy) map[string]raidcore.State {
 	return out
 }
 
-func allOptimal(p *proxy.Proxy) bool {
+func allOptimal(p *node.Proxy) bool {
 	for _, st := range states(p) {
 		if st != raidcore.Optimal {
 			return false
@@ -212,7 +212,7 @@ func TestStartDoesNotWaitForBackends(t *testing.T) {
 		addrs = append(addrs, h.Addr())
 	}
 	start := time.Now()
-	p, _, addr := startProxy(t, proxy.Config{Storages: configFor(addrs...), StartupWait: 200 * time.Millisecond})
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs...), StartupWait: 200 * time.Millisecond})
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("Start took %v with three silent backends", took)
 	}
@@ -242,7 +242,7 @@ func TestStartDoesNotWaitForBackends(t *testing.T) {
 // gocept.zeoraid's management methods over ZEO.
 func TestRaidExtensionMethods(t *testing.T) {
 	bs := startBackends(t, 2)
-	p, _, addr := startProxy(t, proxy.Config{Storages: configFor(bs[0].addr, bs[1].addr)})
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(bs[0].addr, bs[1].addr)})
 	c := client(t, addr)
 	ctx := context.Background()
 	if res, err := c.Call(ctx, "raid_status"); err != nil || res != "optimal" {
@@ -283,7 +283,7 @@ func TestRaidExtensionMethods(t *testing.T) {
 // Reload adds (degraded, then recovered) and removes backends.
 func TestReloadAddsAndRemovesBackends(t *testing.T) {
 	bs := startBackends(t, 3)
-	p, _, addr := startProxy(t, proxy.Config{Storages: configFor(bs[0].addr, bs[1].addr), AutoRecover: true})
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(bs[0].addr, bs[1].addr), AutoRecover: true})
 	ctx := context.Background()
 	c := client(t, addr)
 	oids, _ := c.NewOIDs(ctx, 1)
@@ -310,7 +310,7 @@ func TestReloadAddsAndRemovesBackends(t *testing.T) {
 	if _, err := commit(t, c, storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("b"))); err == nil {
 		t.Fatal("a stale store succeeded")
 	}
-	if _, err := p.Reload(ctx, map[string][]proxy.BackendConfig{"other": cfg["1"]}); err == nil {
+	if _, err := p.Reload(ctx, map[string][]node.BackendConfig{"other": cfg["1"]}); err == nil {
 		t.Fatal("a reload that drops a storage was accepted")
 	}
 }
@@ -319,7 +319,7 @@ func TestReloadAddsAndRemovesBackends(t *testing.T) {
 // brings back a backend the proxy itself degraded.
 func TestAutoRecoveryLeavesDisabledBackendsAlone(t *testing.T) {
 	bs := startBackends(t, 3)
-	p, _, addr := startProxy(t, proxy.Config{Storages: configFor(bs[0].addr, bs[1].addr, bs[2].addr), AutoRecover: true})
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(bs[0].addr, bs[1].addr, bs[2].addr), AutoRecover: true})
 	ctx := context.Background()
 	c := client(t, addr)
 	a, _ := p.Array("1")
@@ -363,7 +363,7 @@ func TestAutoRecoveryLeavesDisabledBackendsAlone(t *testing.T) {
 // writer proceeds.
 func TestTransactionTimeoutThroughTheProxy(t *testing.T) {
 	bs := startBackends(t, 2)
-	p, _, addr := startProxy(t, proxy.Config{Storages: configFor(bs[0].addr, bs[1].addr), TransactionTimeout: 300 * time.Millisecond})
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(bs[0].addr, bs[1].addr), TransactionTimeout: 300 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	idle := client(t, addr)
@@ -396,9 +396,9 @@ func TestTransactionTimeoutThroughTheProxy(t *testing.T) {
 }
 
 func TestFailureKind(t *testing.T) {
-	a := proxy.FailureKind("after the last round the target is at 040d6cf140314878, the source at 040d6cf146670ae7")
-	b := proxy.FailureKind("after the last round the target is at 040d6cf240314878, the source at 040d6cf246670ae9")
-	c := proxy.FailureKind("target: ClientDisconnected: connection lost")
+	a := node.FailureKind("after the last round the target is at 040d6cf140314878, the source at 040d6cf146670ae7")
+	b := node.FailureKind("after the last round the target is at 040d6cf240314878, the source at 040d6cf246670ae9")
+	c := node.FailureKind("target: ClientDisconnected: connection lost")
 	if a != b || a == c {
 		t.Fatalf("kinds %q %q %q", a, b, c)
 	}
@@ -407,8 +407,8 @@ func TestFailureKind(t *testing.T) {
 // Automatic recovery backs off only from a failure that repeats without
 // progress.
 func TestRetryDelay(t *testing.T) {
-	lost := proxy.FailureKind("source: ClientDisconnected: not connected to 127.0.0.1:37659")
-	full := proxy.FailureKind("target: restoring 040d6cf140314878: disk full")
+	lost := node.FailureKind("source: ClientDisconnected: not connected to 127.0.0.1:37659")
+	full := node.FailureKind("target: restoring 040d6cf140314878: disk full")
 	for _, c := range []struct {
 		name           string
 		prev           time.Duration
@@ -423,7 +423,7 @@ func TestRetryDelay(t *testing.T) {
 		{"another kind of failure", time.Minute, full, lost, 0, time.Second},
 		{"the same failure after copying", time.Minute, lost, lost, 120, time.Second},
 	} {
-		if got := proxy.RetryDelay(c.prev, c.prevKind, c.kind, c.copied); got != c.want {
+		if got := node.RetryDelay(c.prev, c.prevKind, c.kind, c.copied); got != c.want {
 			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
@@ -459,7 +459,7 @@ func TestBackendTransactionTimeoutWarnings(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	log := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn})
-	p, _, _ := startProxy(t, proxy.Config{Storages: configFor(addrs...), TransactionTimeout: 10 * time.Second,
+	p, _, _ := startProxy(t, node.Config{Storages: configFor(addrs...), TransactionTimeout: 10 * time.Second,
 		VoteTimeout: 20 * time.Second, FinishTimeout: 20 * time.Second, ReadTimeout: 5 * time.Second, Logger: log})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
