@@ -39,6 +39,9 @@ type LeaderAPI interface {
 	// Leave removes a member from the raft configuration and the
 	// registry (idempotent).
 	Leave(ctx context.Context, id string) error
+	// Leases reports the commit lease of every storage as the leader
+	// sees it (for status pages on every member).
+	Leases(ctx context.Context) (map[string]*LeaseStatus, error)
 }
 
 // Grant is a commit lease as the leader granted it.
@@ -112,6 +115,17 @@ func (l local) Leave(ctx context.Context, id string) error {
 		return ErrNotLeader
 	}
 	return l.n.leave(id)
+}
+
+func (l local) Leases(ctx context.Context) (map[string]*LeaseStatus, error) {
+	if !l.n.IsLeader() {
+		return nil, ErrNotLeader
+	}
+	out := map[string]*LeaseStatus{}
+	for name := range l.n.fsm.f.State().Storages {
+		out[name] = l.n.leases.status(name)
+	}
+	return out, nil
 }
 
 // LeaderAPI returns this node's own leader API (for a Forwarder to serve).

@@ -93,6 +93,15 @@ func TestMembersOnLoopback(t *testing.T) {
 	if _, err := ms[2].Coord.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
 		t.Fatal(err)
 	}
+	// Every member shows the lease as the leader sees it.
+	waitUntil(t, 10*time.Second, "every member's status to show the lease", func() bool {
+		for _, m := range ms {
+			if st, ok := m.Status().Storages["1"]; !ok || st.Lease == nil {
+				return false
+			}
+		}
+		return true
+	})
 	// The fourth member joins through n2.
 	n4 := peerOnLoopback(t, "n4")
 	m4 := startMember(t, "n4", []cluster.Peer{n4}, []string{peers[1].HTTP}, token)

@@ -46,6 +46,8 @@ type rpcAnswer struct {
 	Deadline time.Time       `json:"deadline,omitempty"`
 	// Unsettled: see Grant.
 	Unsettled bool `json:"unsettled,omitempty"`
+	// Leases answers "leases".
+	Leases map[string]*LeaseStatus `json:"leases,omitempty"`
 }
 
 type rpcError struct {
@@ -229,6 +231,8 @@ func (n *Node) RPCHandler(token string) http.Handler {
 			err = api.Join(ctx, *req.Proxy)
 		case "leave":
 			err = api.Leave(ctx, req.Member)
+		case "leases":
+			a.Leases, err = api.Leases(ctx)
 		default:
 			http.NotFound(w, r)
 			return
@@ -355,4 +359,12 @@ func (h *httpLeader) Join(ctx context.Context, p fsm.Proxy) error {
 func (h *httpLeader) Leave(ctx context.Context, id string) error {
 	_, err := h.call(ctx, "leave", rpcRequest{Member: id})
 	return err
+}
+
+func (h *httpLeader) Leases(ctx context.Context) (map[string]*LeaseStatus, error) {
+	a, err := h.call(ctx, "leases", rpcRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return a.Leases, nil
 }

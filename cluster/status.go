@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"sort"
@@ -63,8 +64,8 @@ type StorageStatus struct {
 	OIDCeiling uint64 `json:"oid_ceiling"`
 	// OIDRanges is the last oid range reserved per proxy, "first-last".
 	OIDRanges map[string]string `json:"oid_ranges,omitempty"`
-	// Lease is the commit lease as the leader sees it (only in the
-	// leader's answer).
+	// Lease is the commit lease as the leader sees it (absent when the
+	// leader did not answer).
 	Lease *LeaseStatus `json:"lease,omitempty"`
 }
 
@@ -119,6 +120,17 @@ func (n *Node) Status() Status {
 			m.Raft = p.Raft
 		}
 	}
+	var leases map[string]*LeaseStatus
+	if s.IsLeader {
+		leases, _ = local{n}.Leases(context.Background())
+	} else if id := s.Leader; id != "" && n.cfg.Forwarder != nil {
+		// The lease lives on the leader: ask it, briefly.
+		if api, err := n.cfg.Forwarder.Leader(id); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			leases, _ = api.Leases(ctx)
+			cancel()
+		}
+	}
 	for name, sto := range st.Storages {
 		ss := StorageStatus{TIDCeiling: zodb.TIDFromUint64(sto.TIDCeiling).String(), OIDCeiling: sto.OIDCeiling}
 		for p, r := range sto.OIDRanges {
@@ -127,9 +139,7 @@ func (n *Node) Status() Status {
 			}
 			ss.OIDRanges[p] = strconv.FormatUint(r.First, 10) + "-" + strconv.FormatUint(r.Last, 10)
 		}
-		if s.IsLeader {
-			ss.Lease = n.leases.status(name)
-		}
+		ss.Lease = leases[name]
 		s.Storages[name] = ss
 	}
 	for _, m := range byID {
