@@ -52,13 +52,15 @@ func scenarioSeed(t testing.TB) uint64 {
 
 // scenario is one run: backends, proxies and a load over all proxies.
 type scenario struct {
-	t    testing.TB
-	ctx  context.Context
-	rng  *rand.Rand
-	bs   []*raidBackend
-	pxs  []*raidProxy
-	load *raidLoad
-	from time.Time
+	// streams are the clients' invalidation streams.
+	streams []*watcher
+	t       testing.TB
+	ctx     context.Context
+	rng     *rand.Rand
+	bs      []*raidBackend
+	pxs     []*raidProxy
+	load    *raidLoad
+	from    time.Time
 }
 
 func newScenario(t testing.TB, rng *rand.Rand, envFor func(i int) []string) *scenario {
@@ -92,6 +94,11 @@ func newScenario(t testing.TB, rng *rand.Rand, envFor func(i int) []string) *sce
 	// transaction after each fault (ZEO clients keep prefetched oids
 	// across reconnects): no oid may be handed out twice all the same.
 	s.load.reserve = 5
+	s.load.watch = func(i int, c *zeoclient.Client) {
+		w := &watcher{}
+		s.streams = append(s.streams, w)
+		c.Subscribe(w.addAll)
+	}
 	s.from = time.Now()
 	s.load.startOn(t, ctx, addrs, 6, 30*time.Second)
 	t.Cleanup(s.load.halt)
@@ -193,6 +200,8 @@ func (s *scenario) check() {
 	if v.Transactions < len(txns) {
 		t.Errorf("the backends hold %d transactions, the clients had %d acknowledged", v.Transactions, len(txns))
 	}
+	// Against the backends' (identical, complete) history.
+	s.checkStreams()
 	targets := map[string]string{}
 	for i, p := range s.pxs {
 		targets[fmt.Sprintf("proxy n%d", i+1)] = p.Addr
@@ -347,4 +356,101 @@ func TestClusterScenarios(t *testing.T) {
 		s.acks(40, "after the majority came back")
 		s.check()
 	})
+}
+
+// addAll records every event, resets included (they cut the stream into
+// segments: a client that reconnects gets no invalidations for what it
+// missed, it checks its cache instead).
+func (w *watcher) addAll(ev zodb.CommitEvent) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = append(w.events, ev)
+}
+
+// checkStreams checks every client's invalidation stream against the
+// transactions on a backend: strictly increasing, and between two
+// resets every committed transaction from the first to the last one
+// seen, none missing (invariant 6).
+func (s *scenario) checkStreams() {
+	t := s.t
+	t.Helper()
+	c, err := openGoClientAddrs(s.ctx, []string{s.bs[0].Addr}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	it, err := c.Iterate(s.ctx, zodb.ZeroTID, zodb.EndOfTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var committed []zodb.TID
+	for {
+		r, err := it.Next(s.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r == nil {
+			break
+		}
+		committed = append(committed, r.TID)
+	}
+	index := map[zodb.TID]int{}
+	for i, tid := range committed {
+		index[tid] = i
+	}
+	ackedBy := map[zodb.TID]*loadTxn{}
+	for _, x := range s.load.acked() {
+		ackedBy[x.tid] = x
+	}
+	checked, segments := 0, 0
+	for ci, w := range s.streams {
+		w.mu.Lock()
+		events := append([]zodb.CommitEvent(nil), w.events...)
+		w.mu.Unlock()
+		var seg []zodb.TID
+		flush := func() {
+			defer func() { seg = nil }()
+			if len(seg) == 0 {
+				return
+			}
+			segments++
+			first, ok1 := index[seg[0]]
+			last, ok2 := index[seg[len(seg)-1]]
+			if !ok1 || !ok2 {
+				t.Errorf("client %d was told of a transaction the backends do not hold (%s..%s)", ci, seg[0], seg[len(seg)-1])
+				return
+			}
+			if want := last - first + 1; len(seg) != want {
+				seen := map[zodb.TID]bool{}
+				for _, tid := range seg {
+					seen[tid] = true
+				}
+				var missing []string
+				for _, tid := range committed[first : last+1] {
+					if !seen[tid] {
+						who := "acknowledged to nobody"
+						if x := ackedBy[tid]; x != nil {
+							who = fmt.Sprintf("acknowledged to client %d (txn %d, attempt %d)", x.client, x.seq, x.attempts)
+						}
+						missing = append(missing, tid.String()+" "+who)
+					}
+				}
+				t.Errorf("client %d: %d invalidations between %s and %s, the backends hold %d transactions there; missing: %s", ci, len(seg), seg[0], seg[len(seg)-1], want, strings.Join(missing, "; "))
+			}
+			checked += len(seg)
+		}
+		for _, ev := range events {
+			if ev.Reset {
+				flush()
+				continue
+			}
+			if n := len(seg); n > 0 && !seg[n-1].Less(ev.TID) {
+				t.Errorf("client %d: invalidation %s after %s", ci, ev.TID, seg[n-1])
+				continue
+			}
+			seg = append(seg, ev.TID)
+		}
+		flush()
+	}
+	t.Logf("invalidation streams: %d clients, %d connection segments, %d invalidations, strictly increasing and without gaps", len(s.streams), segments, checked)
 }

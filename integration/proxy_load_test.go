@@ -76,6 +76,9 @@ type raidLoad struct {
 	ext     bool // pickled extension dicts in the metadata
 
 	epoch atomic.Int64 // bumped by the test (for example: proxy restarted)
+	// watch, when set, sees every client before it starts committing
+	// (to subscribe to its invalidations).
+	watch func(i int, c *zeoclient.Client)
 	// pace, when set, is a pause of every client after each commit.
 	pace atomic.Int64 // nanoseconds
 	// errPause, when set, is a pause after a failed attempt (a client
@@ -131,6 +134,9 @@ func (l *raidLoad) startOn(t testing.TB, ctx context.Context, addrs [][]string, 
 		l.clients = append(l.clients, c)
 	}
 	for i, c := range l.clients {
+		if l.watch != nil {
+			l.watch(i, c)
+		}
 		var reserve []zodb.OID
 		if l.reserve > 0 {
 			oids, err := c.NewOIDs(ctx, l.reserve)

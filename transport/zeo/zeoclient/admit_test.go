@@ -72,3 +72,47 @@ func TestAdmitAndDropWritable(t *testing.T) {
 		t.Fatalf("writable register while refused: %v, want ReadOnlyError", err)
 	}
 }
+
+// TestLastTransactionNeverAheadOfSubscribers: while a subscriber handles
+// a commit, LastTransaction still reports the one before it: a
+// subscriber that probes LastTransaction (the RAID array does) must not
+// learn of a transaction before its event, or it would drop the event
+// as old.
+func TestLastTransactionNeverAheadOfSubscribers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(memstorage.New("mem"))})
+	open := func() *zeoclient.Client {
+		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	watcher, writer := open(), open()
+	var ahead atomic.Int32
+	var seen atomic.Int32
+	watcher.Subscribe(func(ev zodb.CommitEvent) {
+		if last, _ := watcher.LastTransaction(ctx); !last.Less(ev.TID) {
+			ahead.Add(1)
+		}
+		seen.Add(1)
+	})
+	oids, _ := writer.NewOIDs(ctx, 20)
+	for _, oid := range oids {
+		txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oid, Data: []byte("x")}}}
+		if _, err := writer.Vote(ctx, txn); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := writer.Finish(ctx, txn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := watcher.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if seen.Load() != 20 || ahead.Load() != 0 {
+		t.Fatalf("%d events, %d of them with LastTransaction already at or past them", seen.Load(), ahead.Load())
+	}
+}

@@ -89,6 +89,9 @@ type Client struct {
 	opts Options
 	log  hclog.Logger
 
+	// deliverMu serializes deliveries to subscribers (see delivered).
+	deliverMu sync.Mutex
+
 	mu      sync.Mutex
 	cur     *session      // nil while disconnected
 	ready   chan struct{} // closed when cur becomes non-nil; replaced on disconnect

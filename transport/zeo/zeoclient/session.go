@@ -151,16 +151,28 @@ func (s *session) serverCall(m wire.Message) {
 // delivered records and announces a commit, unless it is not newer than
 // what was already delivered (a server must never do that; it would break
 // the subscribers' ordering).
+// delivered hands a commit (an invalidation, or this client's own) to
+// the subscribers, then makes it the last transaction: LastTransaction
+// never reports a transaction the subscribers have not had yet (a
+// subscriber that probes LastTransaction would otherwise skip the event
+// as old when it arrives: the RAID array would lose it from its
+// invalidation stream). Deliveries are serialized, in tid order.
 func (c *Client) delivered(ev zodb.CommitEvent) {
+	c.deliverMu.Lock()
+	defer c.deliverMu.Unlock()
 	c.mu.Lock()
-	if !c.last.Less(ev.TID) {
-		c.mu.Unlock()
-		c.log.Error("server sent a non-increasing tid; ignoring", "tid", ev.TID, "last", c.last)
+	last := c.last
+	c.mu.Unlock()
+	if !last.Less(ev.TID) {
+		c.log.Error("server sent a non-increasing tid; ignoring", "tid", ev.TID, "last", last)
 		return
 	}
-	c.last = ev.TID
-	c.mu.Unlock()
 	c.emit(ev)
+	c.mu.Lock()
+	if c.last.Less(ev.TID) {
+		c.last = ev.TID
+	}
+	c.mu.Unlock()
 }
 
 // start sends a call and returns its pending entry.
