@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -51,24 +50,6 @@ func (n *Node) takeBackRecoveries(gone func(owner string) bool) {
 			n.log.Warn("took back the recovery of a failed proxy; the backend is degraded until a live proxy recovers it", "storage", storage, "backend", backend, "owner", row.Owner)
 		}
 	}
-}
-
-// takeBack ends every lease held by holder; the next grants are unsettled.
-func (s *leaseService) takeBack(holder string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for name, q := range s.queues {
-		if q.holder == nil || q.holder.holder != holder {
-			continue
-		}
-		q.holder.timer.Stop()
-		q.holder, q.busy, q.unsettled = nil, false, true
-		out = append(out, name)
-		s.dispatch(q)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // ownerAbsentChecks: a recovery whose owner gossip has not seen alive for

@@ -23,7 +23,10 @@ type joinAnswer struct {
 	Result string   `json:"result,omitempty"`
 }
 
-func authorized(r *http.Request, token string) bool {
+// Authorized tells whether r carries token as "Authorization: Bearer
+// <token>" (always, when token is empty); the comparison takes constant
+// time. Every HTTP endpoint that needs the admin token uses it.
+func Authorized(r *http.Request, token string) bool {
 	if token == "" {
 		return true
 	}
@@ -41,15 +44,7 @@ func writeJoinAnswer(w http.ResponseWriter, code int, a joinAnswer) {
 // registry entry (id, raft, http, zeo, gossip, version); the leader adds
 // it (asked through this member when it does not lead).
 func (m *Member) joinHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost {
-			writeJoinAnswer(w, http.StatusMethodNotAllowed, joinAnswer{Error: "POST only"})
-			return
-		}
-		if !authorized(r, m.cfg.Token) {
-			writeJoinAnswer(w, http.StatusUnauthorized, joinAnswer{Error: "joining needs the admin token (Authorization: Bearer ...)"})
-			return
-		}
+	return m.adminPOST("joining", func(w http.ResponseWriter, r *http.Request) {
 		var p fsm.Proxy
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<16))
 		dec.DisallowUnknownFields()
@@ -58,11 +53,7 @@ func (m *Member) joinHandler() http.Handler {
 			return
 		}
 		if err := m.Node.Join(r.Context(), p); err != nil {
-			code := http.StatusServiceUnavailable
-			if errors.Is(err, ErrInvalidMember) {
-				code = http.StatusConflict
-			}
-			writeJoinAnswer(w, code, joinAnswer{Error: err.Error()})
+			writeJoinAnswer(w, membershipErrorCode(err), joinAnswer{Error: err.Error()})
 			return
 		}
 		var gossip []string
@@ -75,30 +66,43 @@ func (m *Member) joinHandler() http.Handler {
 	})
 }
 
-// leaveHandler serves POST /v1/cluster/leave?member=ID: the leader
-// removes the member from the registry and the raft configuration. Stop
-// the member's process afterwards (it no longer takes part in decisions).
-func (m *Member) leaveHandler() http.Handler {
+// adminPOST serves h for POST requests that carry the admin token; what
+// names the action for the refusal.
+func (m *Member) adminPOST(what string, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			writeJoinAnswer(w, http.StatusMethodNotAllowed, joinAnswer{Error: "POST only"})
 			return
 		}
-		if !authorized(r, m.cfg.Token) {
-			writeJoinAnswer(w, http.StatusUnauthorized, joinAnswer{Error: "leaving needs the admin token (Authorization: Bearer ...)"})
+		if !Authorized(r, m.cfg.Token) {
+			writeJoinAnswer(w, http.StatusUnauthorized, joinAnswer{Error: what + " needs the admin token (Authorization: Bearer ...)"})
 			return
 		}
+		h(w, r)
+	})
+}
+
+// membershipErrorCode: a join or leave that cannot be done as asked is a
+// conflict; anything else (no leader) is worth trying again later.
+func membershipErrorCode(err error) int {
+	if errors.Is(err, ErrInvalidMember) {
+		return http.StatusConflict
+	}
+	return http.StatusServiceUnavailable
+}
+
+// leaveHandler serves POST /v1/cluster/leave?member=ID: the leader
+// removes the member from the registry and the raft configuration. Stop
+// the member's process afterwards (it no longer takes part in decisions).
+func (m *Member) leaveHandler() http.Handler {
+	return m.adminPOST("leaving", func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("member")
 		if id == "" {
 			writeJoinAnswer(w, http.StatusBadRequest, joinAnswer{Error: "say which member leaves: ?member=ID"})
 			return
 		}
 		if err := m.Node.Leave(r.Context(), id); err != nil {
-			code := http.StatusServiceUnavailable
-			if errors.Is(err, ErrInvalidMember) {
-				code = http.StatusConflict
-			}
-			writeJoinAnswer(w, code, joinAnswer{Error: err.Error()})
+			writeJoinAnswer(w, membershipErrorCode(err), joinAnswer{Error: err.Error()})
 			return
 		}
 		writeJoinAnswer(w, http.StatusOK, joinAnswer{Result: id + " left the cluster; stop its process now"})

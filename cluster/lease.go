@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -266,6 +267,24 @@ func (s *leaseService) expire(q *leaseQueue, id uint64) {
 	s.n.log.Warn("commit lease expired", "storage", q.storage, "holder", q.holder.holder, "tid", q.holder.tid)
 	q.holder, q.busy, q.unsettled = nil, false, true
 	s.dispatch(q)
+}
+
+// takeBack ends every lease held by holder; the next grants are unsettled.
+func (s *leaseService) takeBack(holder string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for name, q := range s.queues {
+		if q.holder == nil || q.holder.holder != holder {
+			continue
+		}
+		q.holder.timer.Stop()
+		q.holder, q.busy, q.unsettled = nil, false, true
+		out = append(out, name)
+		s.dispatch(q)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *leaseService) renew(storage string, id uint64) (time.Time, error) {

@@ -6,7 +6,6 @@ package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -135,7 +134,7 @@ func Handler(m Manager, opts Options) http.Handler {
 	})
 	action := func(pattern string, h func(w http.ResponseWriter, r *http.Request, a *raidcore.Array)) {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if !authorized(r, token) {
+			if !cluster.Authorized(r, token) {
 				writeError(w, http.StatusUnauthorized, errors.New("this action needs the admin token (Authorization: Bearer ...)"))
 				return
 			}
@@ -219,14 +218,6 @@ func operator(r *http.Request) string {
 		who = "operator " + u + " via HTTP from " + r.RemoteAddr
 	}
 	return who
-}
-
-func authorized(r *http.Request, token string) bool {
-	if token == "" {
-		return true
-	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

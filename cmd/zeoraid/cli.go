@@ -260,16 +260,7 @@ for the last optimal one). Bring it back with "zeoraid recover BACKEND".`, std)
 	if !ok {
 		return code
 	}
-	if s.boolean("json") {
-		std.out.Write(body)
-		return exitOK
-	}
-	var out struct{ Result string }
-	if json.Unmarshal(body, &out) == nil && out.Result != "" {
-		fmt.Fprintln(std.out, out.Result)
-	} else {
-		fmt.Fprintf(std.out, "disabled %s\n", b)
-	}
+	printResult(s, body, fmt.Sprintf("disabled %s", b))
 	return exitOK
 }
 
@@ -370,15 +361,21 @@ cluster keeps working without it while a majority of members is up.`, std)
 	if !ok {
 		return code
 	}
+	printResult(s, body, fmt.Sprintf("%s left the cluster", id))
+	return exitOK
+}
+
+// printResult prints an action's answer: as it came with --json, else its
+// "result" line (fallback when it has none).
+func printResult(s *settings, body []byte, fallback string) {
 	if s.boolean("json") {
-		std.out.Write(body)
-		return exitOK
+		s.std.out.Write(body)
+		return
 	}
 	var out struct{ Result string }
 	if json.Unmarshal(body, &out) == nil && out.Result != "" {
-		fmt.Fprintln(std.out, out.Result)
+		fmt.Fprintln(s.std.out, out.Result)
 	} else {
-		fmt.Fprintf(std.out, "%s left the cluster\n", id)
+		fmt.Fprintln(s.std.out, fallback)
 	}
-	return exitOK
 }
