@@ -228,7 +228,23 @@ func (c *Coordinator) NewOIDs(ctx context.Context, storage string, n int) ([]zod
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.oids[storage]
-	if r == nil || r.last-r.next+1 < uint64(n) || r.next > r.last {
+	if r != nil {
+		// Another proxy's AdvanceOIDs moves this proxy's range in the
+		// table: skip what it gave up. This node first applies everything
+		// the leader has applied, so it sees every advance that returned
+		// before this call (one barrier per batch of oids a client asks
+		// for, not per commit).
+		if err := c.n.sync(ctx); err != nil {
+			return nil, err
+		}
+		if st := c.n.fsm.f.Storage(storage); st != nil {
+			// The table's range is this one when it ends at the same oid.
+			if tr, ok := st.OIDRanges[c.n.cfg.ID]; ok && tr.Last == r.last {
+				r.next = max(r.next, tr.First)
+			}
+		}
+	}
+	if r == nil || r.next > r.last || r.last-r.next+1 < uint64(n) {
 		res, err := c.propose(ctx, fsm.ReserveOIDs{Storage: storage, Proxy: c.n.cfg.ID, Count: max(uint64(n), c.n.cfg.OIDWindow)})
 		if err != nil {
 			return nil, err
@@ -245,14 +261,24 @@ func (c *Coordinator) NewOIDs(ctx context.Context, storage string, n int) ([]zod
 	return out, nil
 }
 
-// AdvanceOIDs implements raidcore.Coordinator: oids this proxy hands out
-// from now on are above oid, and so are every later reservation's.
+// AdvanceOIDs implements raidcore.Coordinator. An oid above the
+// storage's oid ceiling was never handed out: a client made it up
+// (restore, copying transactions), perhaps with others below it, so the
+// ceiling moves past it in Raft and with it every proxy's reserved range
+// (the others skip what they gave up at their next NewOIDs). An oid at or
+// below the ceiling lies in some proxy's range, and a client normally got
+// it from that proxy (ZEO clients keep prefetched oids across reconnects);
+// this proxy's own range moves past it, the others cannot tell a made-up
+// oid in their unused part from one they handed out, and a new object
+// stored twice under one oid is a conflict on the backends.
 func (c *Coordinator) AdvanceOIDs(ctx context.Context, storage string, oid zodb.OID) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := oid.Uint64()
-	if r := c.oids[storage]; r != nil && n < r.last {
-		r.next = max(r.next, n+1)
+	if r := c.oids[storage]; r != nil && n >= r.next && n <= r.last {
+		r.next = n + 1
+	}
+	if st := c.n.fsm.f.Storage(storage); st != nil && n <= st.OIDCeiling {
 		return nil
 	}
 	delete(c.oids, storage)

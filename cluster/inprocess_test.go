@@ -333,3 +333,49 @@ func TestLeaseWaitsForTheGrantsState(t *testing.T) {
 		t.Fatalf("after the grant the node's table says b is %s", st)
 	}
 }
+
+// A client that makes oids up (copying transactions into the storage)
+// through one proxy moves every other proxy's oids above them: no proxy
+// hands out what is left of the range it reserved before.
+func TestAdvanceOIDsMovesEveryProxysRange(t *testing.T) {
+	tc := newTestCluster(t, 3, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var cs []*cluster.Coordinator
+	for _, id := range tc.ids {
+		c := cluster.NewCoordinator(tc.nodes[id])
+		if _, err := c.Start(ctx, "1", coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))); err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	var top uint64
+	for _, c := range cs {
+		oids, err := c.NewOIDs(ctx, "1", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		top = max(top, oids[0].Uint64())
+	}
+	// Within the reserved oids: nobody's range moves.
+	if err := cs[0].AdvanceOIDs(ctx, "1", zodb.OIDFromUint64(top)); err != nil {
+		t.Fatal(err)
+	}
+	floor := top + 1000
+	if err := cs[0].AdvanceOIDs(ctx, "1", zodb.OIDFromUint64(floor)); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	for i, c := range cs {
+		oids, err := c.NewOIDs(ctx, "1", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range oids {
+			if o.Uint64() <= floor || seen[o.Uint64()] {
+				t.Fatalf("proxy %s handed out oid %d after the advance to %d (seen before: %v)", tc.ids[i], o.Uint64(), floor, seen[o.Uint64()])
+			}
+			seen[o.Uint64()] = true
+		}
+	}
+}

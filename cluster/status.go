@@ -62,7 +62,9 @@ type StorageStatus struct {
 	TIDCeiling string `json:"tid_ceiling"`
 	// OIDCeiling: every oid up to it may have been handed out.
 	OIDCeiling uint64 `json:"oid_ceiling"`
-	// OIDRanges is the last oid range reserved per proxy, "first-last".
+	// OIDRanges is the last oid range reserved per proxy, "first-last"
+	// (or "used up at last" after a client's made-up oids moved the
+	// sequence past it).
 	OIDRanges map[string]string `json:"oid_ranges,omitempty"`
 	// Lease is the commit lease as the leader sees it (absent when the
 	// leader did not answer).
@@ -137,7 +139,11 @@ func (n *Node) Status() Status {
 			if ss.OIDRanges == nil {
 				ss.OIDRanges = map[string]string{}
 			}
-			ss.OIDRanges[p] = strconv.FormatUint(r.First, 10) + "-" + strconv.FormatUint(r.Last, 10)
+			if r.First > r.Last {
+				ss.OIDRanges[p] = "used up at " + strconv.FormatUint(r.Last, 10)
+			} else {
+				ss.OIDRanges[p] = strconv.FormatUint(r.First, 10) + "-" + strconv.FormatUint(r.Last, 10)
+			}
 		}
 		ss.Lease = leases[name]
 		s.Storages[name] = ss

@@ -96,7 +96,8 @@ type ReserveOIDs struct {
 }
 
 // AdvanceOIDs raises a storage's oid ceiling to Floor (a client stored
-// an oid it did not get from the cluster). Idempotent.
+// an oid it did not get from the cluster); when that raises it, every
+// proxy's reserved range is used up. Idempotent.
 type AdvanceOIDs struct {
 	Storage string `json:"storage"`
 	Floor   uint64 `json:"floor"`

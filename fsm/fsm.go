@@ -163,7 +163,21 @@ func apply(s *State, c Command) any {
 		if err != nil {
 			return err
 		}
-		st.OIDCeiling = max(st.OIDCeiling, c.Floor)
+		if c.Floor <= st.OIDCeiling {
+			// Within reserved oids: a proxy handed it out.
+			return st.OIDCeiling
+		}
+		// Above every reservation: a client made the oid up, perhaps with
+		// others below it, so no proxy hands out what is left of its range
+		// (a range used up this way keeps its Last and gets First =
+		// Last+1, so its proxy can tell it is the range it reserved).
+		st.OIDCeiling = c.Floor
+		for id, r := range st.OIDRanges {
+			if r.First <= r.Last {
+				r.First = r.Last + 1
+				st.OIDRanges[id] = r
+			}
+		}
 		return st.OIDCeiling
 	case RegisterProxy:
 		if c.Proxy.ID == "" {

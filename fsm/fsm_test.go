@@ -196,6 +196,38 @@ func TestOIDRangesNeverOverlap(t *testing.T) {
 	a.refused(fsm.ReserveOIDs{Storage: "1", Proxy: "p1", Count: 5, Floor: math.MaxUint64 - 3}, fsm.ErrInvalid)
 }
 
+// An advance above the ceiling (a client made oids up) uses up every
+// proxy's range; one within reserved oids changes nothing.
+func TestAdvanceOIDsUsesUpEveryRange(t *testing.T) {
+	a := newApplier(t)
+	start(a)
+	r1 := a.ok(fsm.ReserveOIDs{Storage: "1", Proxy: "p1", Count: 100}).(fsm.OIDRange)
+	r2 := a.ok(fsm.ReserveOIDs{Storage: "1", Proxy: "p2", Count: 100}).(fsm.OIDRange)
+	if got := a.ok(fsm.AdvanceOIDs{Storage: "1", Floor: 200}); got != uint64(250) {
+		t.Fatalf("advance within the reservations: ceiling %v", got)
+	}
+	st := a.f.Storage("1")
+	if st.OIDRanges["p1"] != r1 || st.OIDRanges["p2"] != r2 {
+		t.Fatalf("an advance within the reservations moved a range: %+v", st.OIDRanges)
+	}
+	if got := a.ok(fsm.AdvanceOIDs{Storage: "1", Floor: 400}); got != uint64(400) {
+		t.Fatalf("advance above the reservations: ceiling %v", got)
+	}
+	st = a.f.Storage("1")
+	want1, want2 := fsm.OIDRange{First: r1.Last + 1, Last: r1.Last}, fsm.OIDRange{First: r2.Last + 1, Last: r2.Last}
+	if st.OIDRanges["p1"] != want1 || st.OIDRanges["p2"] != want2 {
+		t.Fatalf("ranges after the advance %+v, want %v and %v", st.OIDRanges, want1, want2)
+	}
+	// Idempotent.
+	a.ok(fsm.AdvanceOIDs{Storage: "1", Floor: 400})
+	if st2 := a.f.Storage("1"); st2.OIDCeiling != 400 || st2.OIDRanges["p1"] != want1 || st2.OIDRanges["p2"] != want2 {
+		t.Fatalf("the advance again changed %+v", st2)
+	}
+	if r := a.ok(fsm.ReserveOIDs{Storage: "1", Proxy: "p2", Count: 10}).(fsm.OIDRange); r.First != 401 {
+		t.Fatalf("the next reservation %v, want it above 400", r)
+	}
+}
+
 func TestProxyRegistry(t *testing.T) {
 	a := newApplier(t)
 	p := fsm.Proxy{ID: "p1", ZEO: "127.0.0.1:8100", HTTP: "127.0.0.1:8180", Raft: "127.0.0.1:8300", Gossip: "127.0.0.1:8301", Version: "v1"}

@@ -37,7 +37,7 @@ type Storage struct {
 }
 
 // OIDRange is a range of oids reserved for one proxy: First to Last,
-// both included.
+// both included (First > Last once an AdvanceOIDs used it up).
 type OIDRange struct {
 	First uint64 `json:"first"`
 	Last  uint64 `json:"last"`
