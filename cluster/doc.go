@@ -7,8 +7,11 @@
 // Subpackage httpapi is the operators' HTTP interface.
 //
 // OpenStores and NewTCPTransport give a node its durable state (raft-boltdb,
-// file snapshots) and raft's TCP transport. Still to come (issue 8): the
-// wiring in the proxy, join and leave, memberlist liveness and
-// backend views, reconciling a dead lease holder's transaction, recovery
-// ownership. DESIGN.md has the arguments.
+// file snapshots) and raft's TCP transport. Member is a proxy's membership
+// (node, TCP transport, Gossip for liveness and backend views, the
+// registry entry, join and leave over HTTP); Lone is a proxy without
+// peers, a one-voter cluster on the same code. The leader degrades
+// backends a majority cannot reach and takes back the leases and
+// recoveries of failed proxies (detect.go); Node.Writable says whether
+// this node may take writes (quorum). DESIGN.md has the arguments.
 package cluster

@@ -15,7 +15,7 @@ import (
 // compose runs docker-compose for the project's compose file.
 type compose struct {
 	t       testing.TB
-	file    string
+	files   []string
 	project string
 	env     []string
 }
@@ -24,7 +24,11 @@ func (c *compose) run(args ...string) (string, error) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "docker-compose", append([]string{"-f", c.file, "-p", c.project}, args...)...)
+	var all []string
+	for _, f := range c.files {
+		all = append(all, "-f", f)
+	}
+	cmd := exec.CommandContext(ctx, "docker-compose", append(append(all, "-p", c.project), args...)...)
 	cmd.Env = append(os.Environ(), c.env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -49,12 +53,18 @@ func (c *compose) port(service string, port int) string {
 	return out
 }
 
+// composeHold is how long p3's failpoint holds its commit in the compose
+// test: longer than the lease (2 s), the quorum grace (5 s) and the
+// backends' transaction timeout (15 s).
+const composeHold = 20 * time.Second
+
 // TestComposeCluster runs deploy/: the image built FROM scratch from the
 // project's own static binary, and the compose file's 3 backends and 3
 // proxies on their networks. Clients on the host commit through all
 // three proxies; a proxy container and a backend container are killed
 // under the load and started again; then a proxy is cut off from the
-// others (not from the backends) and put back. Then: nothing acknowledged lost, no
+// others (not from the backends) in the middle of a commit, after its
+// votes, and put back. Then: nothing acknowledged lost, no
 // oid or tid twice, the backends identical, every proxy optimal. Skips
 // where Docker or docker-compose is missing.
 func TestComposeCluster(t *testing.T) {
@@ -91,7 +101,12 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatalf("docker build: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", tag).Run() })
-	c := &compose{t: t, file: filepath.Join(root, "deploy", "docker-compose.yml"), project: fmt.Sprintf("zeoraidtest%d", rand.Uint32()),
+	// The test's only change to the deployment: p3 carries a failpoint
+	// that holds the first commit reaching its votes after SIGUSR1.
+	override := filepath.Join(t.TempDir(), "failpoint.yml")
+	os.WriteFile(override, []byte("version: \"2.4\"\nservices:\n  p3:\n    environment:\n      ZEORAID_FAILPOINT: \"after-vote:hold="+
+		composeHold.String()+":usr1\"\n"), 0o644)
+	c := &compose{t: t, files: []string{filepath.Join(root, "deploy", "docker-compose.yml"), override}, project: fmt.Sprintf("zeoraidtest%d", rand.Uint32()),
 		env: []string{"ZEORAID_IMAGE=" + tag, "ZEORAID_ADMIN_TOKEN=", "ZEORAID_GOSSIP_KEY=Y29tcG9zZS10ZXN0LWdvc3NpcC1rZXktMzItYnl0ZXM=",
 			"ZEORAID_P1_ZEO=", "ZEORAID_P1_HTTP=", "ZEORAID_P2_ZEO=", "ZEORAID_P2_HTTP=", "ZEORAID_P3_ZEO=", "ZEORAID_P3_HTTP="}}
 	t.Cleanup(func() {
@@ -149,16 +164,28 @@ func TestComposeCluster(t *testing.T) {
 	before := load.ackedCount()
 	waitFor(t, 60*time.Second, "commits after the restarts", func() bool { return load.ackedCount() >= before+40 })
 	// (c) p3 cut off from the other proxies (the cluster network) but not
-	// from the backends, at some moment of the commit stream, for longer
-	// than the lease and the quorum grace; then put back at its address.
+	// from the backends in the middle of a commit: its failpoint holds the
+	// first commit that has its votes in on every backend after SIGUSR1,
+	// the test cuts p3 off while it waits there, and p3 goes on cut off.
+	// Its lease cannot be renewed and runs out; the backends' transaction
+	// timeout (15 s) fences its votes' locks; the leader takes the lease
+	// back and the next holder settles. p3 must not finish that commit.
 	id := strings.TrimSpace(c.must("ps", "-q", "p3"))
 	network := c.project + "_cluster"
+	c.must("kill", "-s", "SIGUSR1", "p3")
+	p3Log := func() string { out, _ := c.run("logs", "--no-color", "p3"); return out }
+	waitFor(t, 90*time.Second, "p3 at its failpoint in the middle of a commit", func() bool {
+		return strings.Contains(p3Log(), "failpoint after-vote reached")
+	})
 	if out, err := exec.Command("docker", "network", "disconnect", network, id).CombinedOutput(); err != nil {
 		t.Fatalf("docker network disconnect: %v\n%s", err, out)
 	}
-	t.Logf("cut p3 off the cluster network after %d transactions", load.ackedCount())
+	t.Logf("cut p3 off the cluster network at its failpoint, after %d transactions", load.ackedCount())
 	before = load.ackedCount()
 	waitFor(t, 60*time.Second, "commits while p3 is cut off", func() bool { return load.ackedCount() >= before+40 })
+	waitFor(t, composeHold+30*time.Second, "p3 going on after its failpoint, cut off", func() bool {
+		return strings.Contains(p3Log(), "failpoint after-vote: held")
+	})
 	time.Sleep(6 * time.Second) // past the quorum grace: p3 refuses writes
 	if out, err := exec.Command("docker", "network", "connect", "--ip", "10.213.7.13", network, id).CombinedOutput(); err != nil {
 		t.Fatalf("docker network connect: %v\n%s", err, out)

@@ -16,7 +16,8 @@ import (
 // taken over when the proxy restarts as the first member of a cluster:
 // the table (an operator's disable included) and the sequences go on
 // (new oids above every oid handed out before, new tids above every tid),
-// and the lone proxy's state file is renamed so it is never read again.
+// and the lone proxy's one-voter raft state is renamed so it is never read
+// again.
 func TestLoneProxyBecomesAClusterMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -45,9 +46,9 @@ func TestLoneProxyBecomesAClusterMember(t *testing.T) {
 		t.Fatalf("disable b3: %d %s %v", code, body, err)
 	}
 	lone.Stop(t)
-	state := filepath.Join(lone.Dir, "coordinator.json")
-	if _, err := os.Stat(state); err != nil {
-		t.Fatalf("the lone proxy kept no state file: %v", err)
+	state := filepath.Join(lone.Dir, "lone")
+	if _, err := os.Stat(filepath.Join(state, "raft", "raft.db")); err != nil {
+		t.Fatalf("the lone proxy kept no raft state: %v", err)
 	}
 
 	m := &raidProxy{Dir: lone.Dir, logDir: t.TempDir(), Addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), HTTPAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
@@ -66,12 +67,12 @@ func TestLoneProxyBecomesAClusterMember(t *testing.T) {
 	if b3, _ := st.backend("b3"); !strings.HasSuffix(b3.Reason, ": kept across the takeover") {
 		t.Errorf("b3's reason %q", b3.Reason)
 	}
-	waitFor(t, 30*time.Second, "the state file renamed", func() bool {
+	waitFor(t, 30*time.Second, "the lone proxy's state renamed", func() bool {
 		_, err := os.Stat(state + ".taken-over")
 		return err == nil
 	})
 	if _, err := os.Stat(state); err == nil {
-		t.Error("the lone proxy's state file is still there")
+		t.Error("the lone proxy's state is still there")
 	}
 	c, err = openGoClientAddrs(ctx, []string{m.Addr}, 10*time.Second)
 	if err != nil {

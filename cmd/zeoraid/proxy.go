@@ -22,7 +22,6 @@ import (
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/cluster/httpapi"
 	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
-	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
@@ -151,47 +150,76 @@ func clusterConfig(s *settings, c *proxyCfg) error {
 	return s.errKey("node-id", "%q is not among the %d --peer entries", c.nodeID, len(c.peers))
 }
 
-// openCoordinator returns the proxy's coordinator: the local one in
-// --data, or a cluster member's (raft state in <data>/raft, gossip with
-// the peers); the member is nil for a lone proxy.
-func openCoordinator(cfg proxyCfg, log hclog.Logger) (raidcore.Coordinator, *cluster.Member, error) {
-	if cfg.nodeID == "" {
-		coord, err := localcoord.New(localcoord.Options{Dir: cfg.data, LeaseTimeout: cfg.lease})
-		if err != nil {
-			return nil, nil, fmt.Errorf("config: proxy.data: %w", err)
-		}
-		return coord, nil, nil
-	}
+// openCoordinator returns the proxy's coordinator: a lone proxy's
+// one-voter cluster (raft state in <data>/lone), or a cluster member's
+// (raft state in <data>/raft, gossip with the peers); the member is nil
+// for a lone proxy. Either takes over what an earlier lone proxy left in
+// the data directory (seeds for the storages it does not have yet);
+// retire renames that state once the proxy serves. closeFn closes it.
+func openCoordinator(cfg proxyCfg, log hclog.Logger) (coord *cluster.Coordinator, member *cluster.Member, retire func(), closeFn func(), err error) {
 	if err := os.MkdirAll(cfg.data, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("config: proxy.data: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
 	}
-	var peers []cluster.Peer
-	for _, p := range cfg.peers {
-		peers = append(peers, cluster.Peer{ID: p.id, Raft: p.raft, HTTP: p.http, Gossip: p.gossipAddr()})
-	}
-	m, err := cluster.OpenMember(cluster.MemberConfig{ID: cfg.nodeID, Dir: cfg.data, Peers: peers, Join: cfg.join, ZEO: cfg.listen,
-		Token: cfg.token, GossipKey: cfg.gossipKey, LeaseTimeout: cfg.lease, Version: version, Logger: log})
-	if err != nil {
-		return nil, nil, err
-	}
-	// A lone proxy's data directory becoming a member's: its table and
-	// sequences seed the cluster's storages (renamed once taken over).
-	saved, ok, err := localcoord.ReadState(cfg.data)
-	if err != nil {
-		m.Close()
-		return nil, nil, fmt.Errorf("config: proxy.data: the lone proxy's state in it: %w", err)
-	}
-	if ok {
-		for name, s := range saved {
-			m.Coord.SetSeed(name, cluster.Seed{Table: s.Table, TIDCeiling: s.TIDCeiling, OIDCeiling: s.OIDCeiling})
+	var seeds map[string]cluster.Seed
+	var retireLone bool
+	if cfg.nodeID == "" {
+		lone, err := cluster.OpenLone(cluster.LoneConfig{Dir: cfg.data, LeaseTimeout: cfg.lease, Logger: log})
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("config: proxy.data: %w", err)
 		}
-		log.Info("found a lone proxy's state in the data directory; the cluster takes it over for the storages it does not have yet", "file", localcoord.StatePath(cfg.data))
+		coord, closeFn = lone.Coord, func() { lone.Close() }
+	} else {
+		// A lone proxy's one-voter cluster, read before this member's raft
+		// opens (it takes the data directory's lock).
+		if seeds, retireLone, err = cluster.ReadLoneState(cfg.data, log); err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("config: proxy.data: the lone proxy's state in it: %w", err)
+		}
+		var peers []cluster.Peer
+		for _, p := range cfg.peers {
+			peers = append(peers, cluster.Peer{ID: p.id, Raft: p.raft, HTTP: p.http, Gossip: p.gossipAddr()})
+		}
+		member, err = cluster.OpenMember(cluster.MemberConfig{ID: cfg.nodeID, Dir: cfg.data, Peers: peers, Join: cfg.join, ZEO: cfg.listen,
+			Token: cfg.token, GossipKey: cfg.gossipKey, LeaseTimeout: cfg.lease, Version: version, Logger: log})
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		coord, closeFn = member.Coord, func() { member.Close() }
 	}
-	return m.Coord, m, nil
+	if !retireLone {
+		// The lone proxy of earlier versions kept its state in a file.
+		saved, ok, err := localcoord.ReadState(cfg.data)
+		if err != nil {
+			closeFn()
+			return nil, nil, nil, nil, fmt.Errorf("config: proxy.data: the lone proxy's state in it: %w", err)
+		}
+		if ok {
+			seeds = map[string]cluster.Seed{}
+			for name, s := range saved {
+				seeds[name] = cluster.Seed{Table: s.Table, TIDCeiling: s.TIDCeiling, OIDCeiling: s.OIDCeiling}
+			}
+		}
+	}
+	for name, s := range seeds {
+		coord.SetSeed(name, s)
+	}
+	if len(seeds) > 0 {
+		log.Info("found a lone proxy's state in the data directory; it seeds the storages the cluster does not have yet", "dir", cfg.data)
+	}
+	retire = func() {
+		if retireLone {
+			if to, err := cluster.RetireLoneState(cfg.data); err != nil {
+				log.Warn("could not rename the lone proxy's raft state after the cluster took it over", "dir", cluster.LoneDir(cfg.data), "error", err)
+			} else if to != "" {
+				log.Info("the cluster took over the lone proxy's state", "renamed", to)
+			}
+		}
+		retireLoneState(cfg.data, log)
+	}
+	return coord, member, retire, closeFn, nil
 }
 
-// retireLoneState renames a lone proxy's state file once the cluster has
-// taken it over, so that it is never read again.
+// retireLoneState renames an earlier lone proxy's state file once the
+// coordinator has taken it over, so that it is never read again.
 func retireLoneState(dir string, log hclog.Logger) {
 	path := localcoord.StatePath(dir)
 	if _, err := os.Stat(path); err != nil {
@@ -201,7 +229,7 @@ func retireLoneState(dir string, log hclog.Logger) {
 		log.Warn("could not rename the lone proxy's state after the cluster took it over", "file", path, "error", err)
 		return
 	}
-	log.Info("the cluster took over the lone proxy's state", "renamed", path+".taken-over")
+	log.Info("took over the lone proxy's state", "renamed", path+".taken-over")
 }
 
 // backendViews is what this proxy sees of its backends, for gossip: a
@@ -257,14 +285,12 @@ func runProxy(std stdio, args []string) int {
 		}
 		return p.Reload(ctx, nc.storages)
 	}
-	coord, member, err := openCoordinator(cfg, log)
+	coord, member, retire, closeCoord, err := openCoordinator(cfg, log)
 	if err != nil {
 		fmt.Fprintln(std.err, "zeoraid proxy:", err)
 		return 1
 	}
-	if member != nil {
-		defer member.Close()
-	}
+	defer closeCoord()
 	failpoint, err := failpointFromEnv()
 	if err != nil {
 		fmt.Fprintln(std.err, "zeoraid proxy:", err)
@@ -360,9 +386,7 @@ func runProxy(std stdio, args []string) int {
 		p.Close()
 		return 1
 	}
-	if member != nil {
-		retireLoneState(cfg.data, log)
-	}
+	retire()
 	l, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		fmt.Fprintf(std.err, "zeoraid proxy: config: proxy.listen: %v\n", err)

@@ -1,5 +1,7 @@
-// Package localcoord is the raidcore.Coordinator of a proxy that runs
-// without a cluster: the commit lease is a local FIFO lock, and the state
+// Package localcoord is a raidcore.Coordinator for one process, the
+// simplest that meets the contract (tests use it; zeoraid proxy runs a
+// one-voter cluster instead and takes over the state file an earlier
+// version's lone proxy left, through ReadState): the commit lease is a local FIFO lock, and the state
 // table and the tid and oid ceilings live in one JSON file in the proxy's
 // data directory, written atomically (temporary file, fsync, rename, fsync
 // of the directory) before any decision that depends on them takes
