@@ -5,6 +5,9 @@
 #   proxy      one proxy (alone) over three zeoraid backends
 #   cluster    a cluster of three proxies over three zeoraid backends, the
 #              clients spread over the three proxies
+# It also prints the CPU seconds per 1,000 operations of every process
+# (the proxies' and the backends'), so the proxy's cost shows even where
+# clients, proxies and backends share this machine's cores.
 # Each target has backends to itself (a proxy must be the only writer of
 # its backends), all fresh and empty, same settings (the backends with
 # --transaction-timeout 15s, as deploy/ sets them).
@@ -69,5 +72,8 @@ done
 for i in 1 2 3; do wait_banner "n$i"; done
 cluster=$(IFS=,; echo "${zeo[*]}")
 
-echo "zeoraid bench --target direct=$direct --target proxy=$proxy --target cluster=$cluster ${*:-}"
-"$work/zeoraid" bench --target "direct=$direct" --target "proxy=$proxy" --target "cluster=$cluster" "$@"
+# CPU per 1,000 operations of every process: the targets' own, and the
+# backends behind the proxies.
+cpu=(--cpu "proxy-backends=$pb1,$pb2,$pb3" --cpu "cluster-backends=$cb1,$cb2,$cb3")
+echo "zeoraid bench --target direct=$direct --target proxy=$proxy --target cluster=$cluster ${cpu[*]} ${*:-}"
+"$work/zeoraid" bench --target "direct=$direct" --target "proxy=$proxy" --target "cluster=$cluster" "${cpu[@]}" "$@"

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -29,6 +31,7 @@ func registerBenchFlags(s *settings) {
 	s.setKey("phases", []string{"commit", "load"}, []string{"commit", "load"}, "which phases: commit, load, or both (commit,load)")
 	s.boolKey("json", false, "print one JSON object per target instead of a table")
 	s.boolKey("msgpack", false, "answer M5 (msgpack) instead of echoing the server")
+	s.backendsKey("cpu", false, "name=host:port[,host:port] of more processes whose CPU time per 1,000 operations to report, found by the port they listen on (e.g. the backends behind a proxy; the targets' own processes are always watched; Linux)")
 }
 
 func runBench(std stdio, args []string) int {
@@ -59,6 +62,7 @@ func runBench(std stdio, args []string) int {
 			base.Load = true
 		}
 	}
+	base.CPU = watchProcesses(std, targets, s.entries("cpu"))
 	var results []zeobench.Result
 	for _, e := range targets {
 		tgt := e.val.(backendSpec)
@@ -99,4 +103,94 @@ func printBench(out io.Writer, rs []zeobench.Result, cfg zeobench.Config) {
 		}
 	}
 	w.Flush()
+	printCPU(out, rs)
+}
+
+// watchedProcess is a process whose CPU time the bench reports.
+type watchedProcess struct {
+	name string
+	pid  int
+}
+
+// watchProcesses finds the processes listening on the targets' addresses
+// (named after the target, numbered when it has several) and on the
+// --cpu entries' addresses, and returns a sampler of their CPU time (nil
+// when none is visible). A process it cannot find is reported, not fatal.
+func watchProcesses(std stdio, targets, extra []entry) func() map[string]time.Duration {
+	var procs []watchedProcess
+	seen := map[int]bool{}
+	for _, es := range [][]entry{targets, extra} {
+		for _, e := range es {
+			spec := e.val.(backendSpec)
+			for i, addr := range spec.addrs {
+				name := spec.name
+				if len(spec.addrs) > 1 {
+					name = fmt.Sprintf("%s/%d", spec.name, i+1)
+				}
+				pid, err := listeningPID(addr)
+				if err != nil {
+					fmt.Fprintf(std.err, "zeoraid bench: no CPU time for %s (%s): %v\n", name, addr, err)
+					continue
+				}
+				if !seen[pid] {
+					seen[pid] = true
+					procs = append(procs, watchedProcess{name: name, pid: pid})
+				}
+			}
+		}
+	}
+	if len(procs) == 0 {
+		return nil
+	}
+	return func() map[string]time.Duration {
+		out := map[string]time.Duration{}
+		for _, p := range procs {
+			if t, err := processCPU(p.pid); err == nil {
+				out[p.name] = t
+			}
+		}
+		return out
+	}
+}
+
+// printCPU prints each process's CPU seconds per 1,000 operations of each
+// target's phases (processes that used no CPU during a phase are left
+// out: another target's).
+func printCPU(out io.Writer, rs []zeobench.Result) {
+	per := func(cpu map[string]time.Duration, ops int) string {
+		if len(cpu) == 0 || ops == 0 {
+			return ""
+		}
+		names := make([]string, 0, len(cpu))
+		var total time.Duration
+		for n, t := range cpu {
+			if t >= 20*time.Millisecond {
+				names = append(names, n)
+				total += t
+			}
+		}
+		sort.Strings(names)
+		var parts []string
+		for _, n := range names {
+			parts = append(parts, fmt.Sprintf("%s %.2f", n, cpu[n].Seconds()*1000/float64(ops)))
+		}
+		return fmt.Sprintf("%s (total %.2f)", strings.Join(parts, ", "), total.Seconds()*1000/float64(ops))
+	}
+	header := false
+	for _, r := range rs {
+		c, l := per(r.CommitCPU, r.Commits), per(r.LoadCPU, r.Loads)
+		if c == "" && l == "" {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(out, "CPU seconds per 1,000 operations, by process:")
+			header = true
+		}
+		if c != "" {
+			fmt.Fprintf(out, "  %s commits: %s\n", r.Target, c)
+		}
+		if l != "" {
+			fmt.Fprintf(out, "  %s loads: %s\n", r.Target, l)
+		}
+	}
 }

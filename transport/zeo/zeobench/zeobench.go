@@ -32,6 +32,9 @@ type Config struct {
 	Objects int
 	// Phases: "commit", "load" or both.
 	Commit, Load bool
+	// CPU, when set, returns the CPU time each watched process has used
+	// so far, by name; it is called before and after each phase.
+	CPU func() map[string]time.Duration
 }
 
 // Result is what one measurement found.
@@ -44,6 +47,28 @@ type Result struct {
 	LoadsPerSec             float64
 	LoadP50, LoadP99        time.Duration
 	CommitErrors, LoadError int
+	// CommitCPU and LoadCPU are the CPU time each watched process used
+	// during the phase (Config.CPU).
+	CommitCPU, LoadCPU map[string]time.Duration `json:",omitempty"`
+}
+
+// cpuDuring returns the CPU time each watched process used while phase
+// ran.
+func cpuDuring(sample func() map[string]time.Duration, phase func()) map[string]time.Duration {
+	if sample == nil {
+		phase()
+		return nil
+	}
+	before := sample()
+	phase()
+	after := sample()
+	out := map[string]time.Duration{}
+	for name, t := range after {
+		if t0, ok := before[name]; ok {
+			out[name] = t - t0
+		}
+	}
+	return out
 }
 
 // Run measures the target.
@@ -78,25 +103,29 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		data[i] = byte(i)
 	}
 	if cfg.Commit {
-		lat, n, errs := runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
-			if st.oid == nil {
-				oids, err := c.NewOIDs(ctx, 1)
+		var lat []time.Duration
+		var n, errs int
+		res.CommitCPU = cpuDuring(cfg.CPU, func() {
+			lat, n, errs = runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+				if st.oid == nil {
+					oids, err := c.NewOIDs(ctx, 1)
+					if err != nil {
+						return err
+					}
+					st.oid = &oids[0]
+				}
+				txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("zeoraid bench")},
+					Ops: []zodb.Op{{Kind: zodb.OpStore, OID: *st.oid, Serial: st.serial, Data: data}}}
+				if _, err := c.Vote(ctx, txn); err != nil {
+					return err
+				}
+				tid, err := c.Finish(ctx, txn)
 				if err != nil {
 					return err
 				}
-				st.oid = &oids[0]
-			}
-			txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("zeoraid bench")},
-				Ops: []zodb.Op{{Kind: zodb.OpStore, OID: *st.oid, Serial: st.serial, Data: data}}}
-			if _, err := c.Vote(ctx, txn); err != nil {
-				return err
-			}
-			tid, err := c.Finish(ctx, txn)
-			if err != nil {
-				return err
-			}
-			st.serial = tid
-			return nil
+				st.serial = tid
+				return nil
+			})
 		})
 		res.Commits, res.CommitErrors = n, errs
 		res.CommitsPerSec = float64(n) / cfg.Duration.Seconds()
@@ -107,9 +136,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("populating %d objects: %w", cfg.Objects, err)
 		}
-		lat, n, errs := runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
-			_, err := c.LoadBefore(ctx, oids[st.rng.IntN(len(oids))], zodb.MaxTID)
-			return err
+		var lat []time.Duration
+		var n, errs int
+		res.LoadCPU = cpuDuring(cfg.CPU, func() {
+			lat, n, errs = runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+				_, err := c.LoadBefore(ctx, oids[st.rng.IntN(len(oids))], zodb.MaxTID)
+				return err
+			})
 		})
 		res.Loads, res.LoadError = n, errs
 		res.LoadsPerSec = float64(n) / cfg.Duration.Seconds()
