@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 )
 
 // version is set by the build (-ldflags "-X main.version=...").
@@ -101,6 +102,26 @@ func dispatch(std stdio, args []string) int {
 	return 2
 }
 
+// cpuProfileEnv names the environment variable that makes any zeoraid
+// process write a CPU profile (go tool pprof) of its whole run to that
+// file, for measuring where a proxy or a backend spends its time.
+const cpuProfileEnv = "ZEORAID_CPUPROFILE"
+
 func main() {
+	if path := os.Getenv(cpuProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "zeoraid: %s: %v\n", cpuProfileEnv, err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "zeoraid: %s: %v\n", cpuProfileEnv, err)
+			os.Exit(1)
+		}
+		code := dispatch(stdio{out: os.Stdout, err: os.Stderr}, os.Args[1:])
+		pprof.StopCPUProfile()
+		f.Close()
+		os.Exit(code)
+	}
 	os.Exit(dispatch(stdio{out: os.Stdout, err: os.Stderr}, os.Args[1:]))
 }
