@@ -60,6 +60,12 @@ type fanout struct {
 	invq      []invEntry // oldest first
 	invqSize  int
 	committer map[*zodb.Transaction]*conn
+	// held are the invalidations of later transactions for a connection
+	// whose own transaction's event went by before its tpc_finish reply
+	// was queued: they follow that reply (a ZODB client whose cache saw a
+	// later tid first refuses its own transaction's tid, and a Go client
+	// would drop its own commit's event as old).
+	held map[*conn][]wire.Message
 
 	// events are the commit events after the oldest pinned read mark,
 	// oldest first; pins are the marks of the reads in flight, in
@@ -80,6 +86,7 @@ func newFanout(last zodb.TID, invqSize int) *fanout {
 		invq:      []invEntry{{tid: last, all: true}},
 		invqSize:  invqSize,
 		committer: make(map[*zodb.Transaction]*conn),
+		held:      make(map[*conn][]wire.Message),
 	}
 }
 
@@ -95,6 +102,22 @@ func (f *fanout) unregister(c *conn) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.conns, c)
+	delete(f.held, c)
+}
+
+// finished sends c what was held back while its tpc_finish reply was on
+// its way (call it after queueing the reply).
+func (f *fanout) finished(c *conn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	held, ok := f.held[c]
+	if !ok {
+		return
+	}
+	delete(f.held, c)
+	for _, m := range held {
+		c.send(m)
+	}
 }
 
 func (f *fanout) lastTID() zodb.TID {
@@ -167,6 +190,14 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 	msg := wire.NewOneWay("invalidateTransaction", ev.TID, wire.OIDList(ev.OIDs))
 	for c := range f.conns {
 		if c == skip {
+			// Its reply comes first: hold what follows until it is queued.
+			if _, ok := f.held[c]; !ok {
+				f.held[c] = nil
+			}
+			continue
+		}
+		if held, ok := f.held[c]; ok {
+			f.held[c] = append(held, msg)
 			continue
 		}
 		c.send(msg)

@@ -457,6 +457,7 @@ func (c *conn) tpcFinish(m wire.Message) {
 		}
 	}
 	c.reply(m, tid, err)
+	ss.fan.finished(c)
 	c.mu.Lock()
 	t.voted = false
 	c.releaseLock(t)

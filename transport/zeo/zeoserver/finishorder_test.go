@@ -1,0 +1,84 @@
+package zeoserver_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoclient"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeotest"
+)
+
+// overtakenFinish announces, right after committing a transaction and
+// before the server can queue its tpc_finish reply, a later transaction
+// committed elsewhere (as a RAID array hears of another proxy's commit).
+type overtakenFinish struct {
+	*memstorage.Storage
+	later atomic.Pointer[zodb.TID]
+}
+
+func (s *overtakenFinish) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	tid, err := s.Storage.Finish(ctx, txn)
+	if err == nil {
+		later := tid.Next()
+		s.later.Store(&later)
+		s.Storage.Notify(zodb.CommitEvent{TID: later, OIDs: []zodb.OID{zodb.OIDFromUint64(999)}})
+		// Time for the later invalidation to be written first.
+		time.Sleep(100 * time.Millisecond)
+	}
+	return tid, err
+}
+
+// A connection gets its tpc_finish reply before the invalidation of any
+// later transaction: a client whose own commit T is overtaken by another
+// client's T' > T would otherwise see T' first (ZEO's client cache then
+// refuses T as its last tid; the Go client dropped its own commit's event).
+func TestFinishReplyPrecedesLaterInvalidations(t *testing.T) {
+	st := &overtakenFinish{Storage: memstorage.New("mem")}
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var mu sync.Mutex
+	var seen []zodb.TID
+	a.Subscribe(func(ev zodb.CommitEvent) {
+		mu.Lock()
+		seen = append(seen, ev.TID)
+		mu.Unlock()
+	})
+	oids, err := a.NewOIDs(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oids[0], Data: []byte("x")}}}
+	if _, err := a.Vote(ctx, txn); err != nil {
+		t.Fatal(err)
+	}
+	own, err := a.Finish(ctx, txn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := *st.later.Load()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := append([]zodb.TID(nil), seen...)
+		mu.Unlock()
+		if len(got) >= 2 || time.Now().After(deadline) {
+			if len(got) != 2 || got[0] != own || got[1] != later {
+				t.Fatalf("the client saw %v, want its own %s, then %s", got, own, later)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
