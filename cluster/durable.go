@@ -36,6 +36,9 @@ type Stores struct {
 	bolt     *raftboltdb.BoltStore
 }
 
+// raftDBPath is the raft log of the raft state OpenStores keeps in dir.
+func raftDBPath(dir string) string { return filepath.Join(dir, "raft", "raft.db") }
+
 // OpenStores opens (or creates) the raft state in dir.
 func OpenStores(dir string, logger hclog.Logger) (*Stores, error) {
 	if logger == nil {
@@ -45,7 +48,7 @@ func OpenStores(dir string, logger hclog.Logger) (*Stores, error) {
 	if err := os.MkdirAll(rdir, 0o700); err != nil {
 		return nil, fmt.Errorf("cluster: raft directory: %w", err)
 	}
-	path := filepath.Join(rdir, "raft.db")
+	path := raftDBPath(dir)
 	bolt, err := raftboltdb.New(raftboltdb.Options{Path: path, BoltOptions: &bbolt.Options{Timeout: boltOpenTimeout}})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {

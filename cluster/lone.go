@@ -48,7 +48,7 @@ func OpenLone(cfg LoneConfig) (*Lone, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	if _, err := os.Stat(filepath.Join(cfg.Dir, "raft", "raft.db")); err == nil {
+	if _, err := os.Stat(raftDBPath(cfg.Dir)); err == nil {
 		return nil, fmt.Errorf("cluster: %s holds a cluster member's raft state: start this proxy with its --node-id and --peer (or --join), not as a lone proxy", cfg.Dir)
 	}
 	l, err := openLone(cfg.Dir, cfg.LeaseTimeout, cfg.Logger)
@@ -98,7 +98,7 @@ func ReadLoneState(dir string, logger hclog.Logger) (map[string]Seed, bool, erro
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	if _, err := os.Stat(filepath.Join(LoneDir(dir), "raft", "raft.db")); err != nil {
+	if _, err := os.Stat(raftDBPath(LoneDir(dir))); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, false, nil
 		}
