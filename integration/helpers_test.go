@@ -398,15 +398,35 @@ func badLogLines(log string) string {
 	return strings.Join(out, "\n-----\n")
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// handedOut holds every port freePort returned in this test process: the
+// kernel may hand the same ephemeral port to two listeners opened one after
+// the other, and a cluster test that picks nine ports then starts a proxy
+// with two of them equal (CI saw "address … is also n2's").
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// freePort returns a loopback port that was free a moment ago and that no
+// earlier call in this process returned.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 1000 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("freePort: no loopback port that was not handed out before")
+	return 0
 }
 
 // startRunzeo starts a real Python ZEO server (runzeo) over a FileStorage
