@@ -764,13 +764,36 @@ func (a *Array) announcedSoFar() int64 {
 	return a.announcedCount
 }
 
+// countBase snapshots how the array's memory of its history ends:
+// forgotten is the newest tid it no longer remembers announcing (every
+// transaction at or below it can only be counted on a backend),
+// remembered how many announced transactions it remembers after that,
+// and sofar the announcement counter at this moment. A count of a
+// backend's transactions up to forgotten, plus remembered, plus what is
+// announced after sofar, is the whole history after the counted start.
+func (a *Array) countBase() (forgotten zodb.TID, remembered int, sofar int64) {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	if len(a.recent) == 0 {
+		return a.announced, 0, a.announcedCount
+	}
+	return a.recent[0].Prev(), len(a.recent), a.announcedCount
+}
+
 // behind counts the announced transactions after tid; exact is false when
 // tid is older than what is remembered (then it is a lower bound).
 func (a *Array) behind(tid zodb.TID) (n int, exact bool) {
 	a.evMu.Lock()
 	defer a.evMu.Unlock()
+	if len(a.recent) == 0 {
+		// Nothing announced since start-up: exact only for a tid at
+		// the array's position (before, a target behind it counted as
+		// exactly 0 behind, and a recovery in a quiet spell after a
+		// restart went straight to its last round under the lease).
+		return 0, !tid.Less(a.announced)
+	}
 	i := sort.Search(len(a.recent), func(i int) bool { return tid.Less(a.recent[i]) })
-	return len(a.recent) - i, i > 0 || len(a.recent) == 0 || !tid.Less(a.recent[0])
+	return len(a.recent) - i, i > 0
 }
 
 // Subscribe implements zodb.Watcher: transactions are announced once they

@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/coordtest"
@@ -84,6 +87,11 @@ func newFixtureOpts(t *testing.T, n int, o fixOpts) *fixture {
 		VoteTimeout: 300 * time.Millisecond, FinishTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
 		StartupWait: 200 * time.Millisecond, HealthInterval: 20 * time.Millisecond,
 		VerifyReads: o.verifyReads}
+	if os.Getenv("ZEORAID_TEST_LOG") != "" {
+		// ZEORAID_TEST_LOG=1 shows the array's debug log (recovery
+		// rounds and the like) on stderr.
+		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Debug})
+	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}

@@ -64,6 +64,8 @@ type recovery struct {
 	// claimed: the row says this proxy recovers the backend (set once
 	// the table change that starts the recovery is committed).
 	claimed bool
+	// gap counts what the target lacks beyond the array's memory.
+	gap *gapCount
 }
 
 // yieldRecoveries stops this proxy's recoveries whose backend the table
@@ -327,19 +329,31 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
 	copied := last
+	gap := a.countGap(ctx, source, target, last)
+	defer gap.stop()
+	r.mu.Lock()
+	r.gap = gap
+	r.mu.Unlock()
 	// report measures the gap two ways: in transactions (exact while the
 	// target is within the transactions the array remembers announcing;
 	// after a restart of the proxy it remembers few, and the count is a
 	// lower bound) and in time between the tids (always exact).
-	report := func() (count int, exact bool, lag time.Duration) {
-		count, exact = a.behind(copied)
+	// When the target is further behind than the array remembers, the
+	// count is a lower bound until the background count of what it
+	// forgot is in (counted: the whole gap, then; not exact enough to
+	// start the last round on, which needs what the array itself saw).
+	report := func() (count int, exact bool, counted int64, lag time.Duration) {
+		count, exact, counted = a.lagOf(gap, copied)
 		srcLast, _ := source.st.LastTransaction(ctx)
 		lag = max(0, srcLast.Time().Sub(copied.Time()))
 		r.update(func(p *Progress) {
 			p.LagTransactions, p.LagLowerBound = count, !exact
+			if counted >= 0 {
+				p.LagTransactions, p.LagLowerBound = int(counted), false
+			}
 			p.LagSeconds = lag.Seconds()
 		})
-		return count, exact, lag
+		return count, exact, counted, lag
 	}
 	stillSource := func() error {
 		if row, _ := a.row(source.name); row.State != Optimal {
@@ -348,8 +362,9 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		return nil
 	}
 	stalled := 0
+	pausing := false
 	var window time.Duration
-	prevWindowLeft := -1.0
+	prevWindowLeft, prevInSeconds, prevWindowAt := -1.0, false, time.Time{}
 	// copyRate: transactions per second the copy restores (in the last
 	// round, or the last window once it pauses commits).
 	var copyRate float64
@@ -377,7 +392,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if err := stillSource(); err != nil {
 			return err
 		}
-		count, exact, gap := report()
+		count, exact, counted, lag := report()
 		if exact && count <= opts.FinalGap {
 			break
 		}
@@ -393,7 +408,10 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		if len(rounds) > judgedRounds {
 			rounds = rounds[1:]
 		}
-		left := estimateLeft(count, exact, gap, rounds)
+		left := estimateLeft(count, exact, lag, rounds)
+		if counted >= 0 {
+			left = float64(counted)
+		}
 		ok, rate := converging(rounds, left)
 		if window == 0 && rate > 0 {
 			copyRate = rate
@@ -403,13 +421,19 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		} else {
 			stalled++
 		}
+		if ok && pausing {
+			pausing = false
+			r.update(func(p *Progress) { p.Phase = "copying" })
+		}
 		a.log.Debug("recovery round", "backend", target.name, "copied", n.count, "committed", committed,
-			"elapsed", elapsed, "behind", count, "exact", exact, "copy_rate", copyRate, "stalled", stalled, "window", window)
+			"elapsed", elapsed, "behind", count, "exact", exact, "left", int64(left), "copy_rate", copyRate, "stalled", stalled, "window", window)
 		if stalled >= 2 {
 			// Clients commit as fast as the copy goes or faster: copy in
 			// windows holding the commit lease, longer each time the gap
-			// does not shrink from one window to the next, up to
-			// maxLeaseWindow. The last round (which holds the lease until
+			// did not shrink from one window to the next fast enough to
+			// close within windowedConverge, up to maxLeaseWindow (a copy
+			// whose windows stayed short while the gap shrank by a few
+			// transactions per cycle took minutes). The last round (which holds the lease until
 			// it is done) starts only when the gap is known to be small:
 			// a copy that cannot gain even so goes on in the longest
 			// windows (clients commit a second between them) rather than
@@ -419,15 +443,23 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 			// (Shrinking is judged in transactions while the count is
 			// exact; after a restart, while it is only a lower bound that
 			// grows with every commit, in time between tids.)
-			behind := left
-			if !exact {
-				behind = gap.Seconds()
+			behind, inSeconds := left, false
+			if !exact && counted < 0 {
+				behind, inSeconds = lag.Seconds(), true
 			}
-			if window == 0 {
+			switch {
+			case window == 0:
 				window = leaseWindow
-			} else if behind >= prevWindowLeft {
-				window = min(2*window, maxLeaseWindow)
+			case inSeconds != prevInSeconds:
+				// The count came in: judge from the next window on.
+			default:
+				shrink := prevWindowLeft - behind
+				eta := time.Duration(behind / shrink * float64(time.Since(prevWindowAt)))
+				if shrink <= 0 || eta > windowedConverge {
+					window = min(2*window, maxLeaseWindow)
+				}
 			}
+			prevInSeconds, prevWindowAt = inSeconds, time.Now()
 			// The whole gap can be copied within the longest window at
 			// the copy's pace: the last round does it, holding the lease
 			// no longer than a window may.
@@ -435,30 +467,19 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 				break
 			}
 			prevWindowLeft = behind
+			pausing = true
 			r.update(func(p *Progress) { p.Phase = "copying (pausing commits briefly)" })
-			lease, err := a.acquireLease(ctx, zodb.ZeroTID)
-			if err != nil {
-				return err
+			n, held, err := a.copyWindow(ctx, source, target, copied, r, opts, window)
+			if n.count > 0 && held > 0 {
+				copyRate = float64(n.count) / held.Seconds()
 			}
-			a.setHolder(lease.TID, "recovery of "+target.name)
-			until := time.Now().Add(window)
-			if d := lease.Deadline(); d.Before(until) {
-				until = d
-			}
-			held := time.Now()
-			n, err := a.copyFrom(ctx, source, target, copied, r, opts, until)
-			if n.count > 0 {
-				copyRate = float64(n.count) / time.Since(held).Seconds()
-			}
-			a.clearHolder(lease.TID)
-			lease.Release()
 			if err != nil {
 				return err
 			}
 			if n.count > 0 {
 				copied = n.last
 			}
-			if count, exact, _ := report(); exact && count <= opts.FinalGap {
+			if count, exact, _, _ := report(); exact && count <= opts.FinalGap {
 				break
 			}
 			select {
@@ -654,7 +675,10 @@ const (
 	roundTime      = time.Second
 	// maxConverge: a copy that would take longer than this to close the
 	// gap at its current pace pauses commits in windows.
-	maxConverge = 5 * time.Minute
+	maxConverge = 2 * time.Minute
+	// windowedConverge: windows grow while the gap, at the pace it shrinks
+	// from one window to the next, would take longer than this to close.
+	windowedConverge = 30 * time.Second
 	// A copy that gains less than slowGain of its own pace on the clients
 	// (they commit at more than 3/4 of the rate it copies) pauses commits
 	// too, unless it will be done within worthPausing anyway: pausing then
@@ -723,6 +747,133 @@ func converging(rounds []copyRound, left float64) (ok bool, rate float64) {
 		return false, rate
 	}
 	return true, rate
+}
+
+// copyWindow copies from source into target for one window while client
+// commits pause (holding the commit lease), and returns how long it
+// copied.
+func (a *Array) copyWindow(ctx context.Context, source, target *member, after zodb.TID, r *recovery, opts RecoveryOptions, window time.Duration) (copyResult, time.Duration, error) {
+	lease, err := a.acquireLease(ctx, zodb.ZeroTID)
+	if err != nil {
+		return copyResult{}, 0, err
+	}
+	defer lease.Release()
+	a.setHolder(lease.TID, "recovery of "+target.name)
+	defer a.clearHolder(lease.TID)
+	held := time.Now()
+	until := held.Add(window)
+	if d := lease.Deadline(); d.Before(until) {
+		until = d
+	}
+	n, err := a.copyFrom(ctx, source, target, after, r, opts, until)
+	return n, time.Since(held), err
+}
+
+// gapCount counts, in the background, the source's transactions after a
+// target's last that the array no longer remembers announcing (after a
+// restart of the proxy it remembers only what it announced since).
+type gapCount struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	known  bool
+	base   int64 // transactions after the target's last, at sofar
+	sofar  int64
+	copied int64 // transactions restored since the target's last
+}
+
+// countGap starts counting what target lacks after last that the array
+// cannot count itself; nothing when it can.
+func (a *Array) countGap(ctx context.Context, source, target *member, last zodb.TID) *gapCount {
+	g := &gapCount{cancel: func() {}}
+	forgotten, remembered, sofar := a.countBase()
+	if !last.Less(forgotten) {
+		return g
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	g.cancel = cancel
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		began := time.Now()
+		n, err := countTransactions(cctx, source.st, last.Next(), forgotten)
+		if err != nil {
+			if cctx.Err() == nil {
+				a.log.Warn("recovery could not count the transactions the target lacks; estimating the gap instead", "backend", target.name, "source", source.name, "error", err)
+			}
+			return
+		}
+		g.mu.Lock()
+		g.known, g.base, g.sofar = true, int64(n)+int64(remembered), sofar
+		g.mu.Unlock()
+		a.log.Info("recovery counted the transactions the target lacks from before this proxy's memory", "backend", target.name, "source", source.name,
+			"counted", n, "remembered", remembered, "took", time.Since(began).Round(time.Millisecond))
+	}()
+	return g
+}
+
+// restored counts one transaction the recovery copied into the target.
+func (g *gapCount) restored() {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	g.copied++
+	g.mu.Unlock()
+}
+
+// left is how many transactions the target still lacks, given the
+// array's announcement counter now; ok is false until the count is in.
+func (g *gapCount) left(sofar int64) (int64, bool) {
+	if g == nil {
+		return 0, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.known {
+		return 0, false
+	}
+	return max(0, g.base+(sofar-g.sofar)-g.copied), true
+}
+
+func (g *gapCount) stop() {
+	g.cancel()
+	g.wg.Wait()
+}
+
+// lagOf is how many transactions a target at tid lacks: count, exact
+// when the array remembers that far back; otherwise count is a lower
+// bound and counted (-1 until known) the gap's background count.
+func (a *Array) lagOf(g *gapCount, tid zodb.TID) (count int, exact bool, counted int64) {
+	count, exact = a.behind(tid)
+	counted = -1
+	if !exact {
+		if n, ok := g.left(a.announcedSoFar()); ok {
+			counted = max(n, int64(count))
+		}
+	}
+	return count, exact, counted
+}
+
+// countTransactions counts the transactions with start <= tid <= stop,
+// without their records where the storage can.
+func countTransactions(ctx context.Context, st zodb.Storage, start, stop zodb.TID) (int, error) {
+	if c, ok := st.(zodb.TransactionCounter); ok {
+		return c.CountTransactions(ctx, start, stop)
+	}
+	it, err := st.Iterate(ctx, start, stop)
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	n := 0
+	for {
+		rec, err := it.Next(ctx)
+		if err != nil || rec == nil {
+			return n, err
+		}
+		n++
+	}
 }
 
 // copyFrom restores every source transaction after `after` into the
@@ -806,10 +957,17 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		}
 		out.count++
 		out.last = rec.TID
-		lag, _ := a.behind(rec.TID)
+		r.mu.Lock()
+		gap := r.gap
+		r.mu.Unlock()
+		gap.restored()
+		lag, exact, counted := a.lagOf(gap, rec.TID)
 		r.update(func(p *Progress) {
 			p.TID, p.Transactions, p.Bytes = rec.TID, p.Transactions+1, p.Bytes+size
-			p.LagTransactions = lag
+			p.LagTransactions, p.LagLowerBound = lag, !exact
+			if counted >= 0 {
+				p.LagTransactions, p.LagLowerBound = int(counted), false
+			}
 		})
 		if lim := opts.MaxBytesPerSecond; lim > 0 {
 			// Sleep until the copy rate is back under the limit.

@@ -134,6 +134,13 @@ type Iterator interface {
 	RecordIterNext(ctx context.Context, from OID) (rec CurrentRecord, next OID, more bool, err error)
 }
 
+// TransactionCounter is implemented by storages that can count the
+// transactions with start <= tid <= stop without reading their data
+// records (a recovery sizes a gap it cannot count from what it remembers).
+type TransactionCounter interface {
+	CountTransactions(ctx context.Context, start, stop TID) (int, error)
+}
+
 // TransactionIterator yields transactions in tid order.
 type TransactionIterator interface {
 	// Next returns the next transaction, or (nil, nil) at the end.

@@ -31,6 +31,33 @@ func (c *Client) Iterate(ctx context.Context, start, stop zodb.TID) (zodb.Transa
 	return &txnIterator{c: c, s: s, id: id}, nil
 }
 
+// CountTransactions implements zodb.TransactionCounter: it walks the
+// server's transaction iterator with iterator_next alone (one small round
+// trip per transaction; the data records are never asked for).
+func (c *Client) CountTransactions(ctx context.Context, start, stop zodb.TID) (int, error) {
+	itr, err := c.Iterate(ctx, start, stop)
+	if err != nil {
+		return 0, err
+	}
+	it := itr.(*txnIterator)
+	defer it.Close()
+	n := 0
+	for {
+		res, err := it.c.callOn(ctx, it.s, "iterator_next", it.id)
+		if err != nil {
+			return n, err
+		}
+		if res == nil {
+			it.done = true
+			return n, nil
+		}
+		if t, ok := wire.Seq(res); !ok || len(t) != 5 {
+			return n, zodb.NewProtocolError("iterator_next returned %s", wire.Repr(res))
+		}
+		n++
+	}
+}
+
 func (c *Client) callOn(ctx context.Context, s *session, method string, args ...any) (any, error) {
 	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
 	defer cancel()

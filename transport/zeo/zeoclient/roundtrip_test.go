@@ -397,6 +397,42 @@ func TestExplicitTIDRestoreAndIteration(t *testing.T) {
 	})
 }
 
+func TestCountTransactions(t *testing.T) {
+	forEachEncoding(t, func(t *testing.T, enc wire.Encoding) {
+		e := newEnv(t, enc, false)
+		c := e.open()
+		oids, _ := c.NewOIDs(e.ctx, 1)
+		var tids []zodb.TID
+		serial := zodb.ZeroTID
+		for i := range 7 {
+			tid, err := commit(e.ctx, c, store(oids[0], serial, fmt.Sprint("v", i)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tids, serial = append(tids, tid), tid
+		}
+		for _, tc := range []struct {
+			start, stop zodb.TID
+			want        int
+		}{
+			{zodb.ZeroTID, zodb.EndOfTime, 7},
+			{tids[2], zodb.EndOfTime, 5},
+			{tids[2], tids[4], 3},
+			{tids[3].Next(), tids[4], 1},
+			{tids[6].Next(), zodb.EndOfTime, 0},
+		} {
+			n, err := c.CountTransactions(e.ctx, tc.start, tc.stop)
+			if err != nil || n != tc.want {
+				t.Errorf("CountTransactions(%s, %s) = %d, %v; want %d", tc.start, tc.stop, n, err, tc.want)
+			}
+		}
+		// The iterators were let go: the connection still serves calls.
+		if _, err := c.LastTransaction(e.ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
 func TestUndo(t *testing.T) {
 	forEachEncoding(t, func(t *testing.T, enc wire.Encoding) {
 		e := newEnv(t, enc, false)
