@@ -9,9 +9,18 @@
 //	current  oid     -> tid of the newest revision
 //
 // A transaction is planned at vote (txnplan, under the storage's commit
-// lock, against a read snapshot) and written at finish in one bbolt write
-// transaction, which fsyncs before it returns: a crash leaves all of it or
-// none. Readers use bbolt's MVCC snapshots and never wait for writers.
+// lock, against a read snapshot overlaid with the finished transactions
+// not yet written) and written after finish by one committer goroutine,
+// which puts every transaction finished by then into one bbolt write
+// transaction (group commit: one pair of fsyncs for all of them). Finish
+// releases the commit lock as soon as its transaction is queued (so the
+// next one votes meanwhile: zodb.EarlyFinisher tells the ZEO server to
+// release its lock too) and returns once it is written; only then is it
+// announced and visible to loads and LastTransaction, so a crash loses
+// only transactions whose Finish had not returned, and leaves each
+// transaction all there or not at all. A failed write fails every queued
+// transaction and the store refuses writes until reopened (groupcommit.go
+// says why). Readers use bbolt's MVCC snapshots and never wait for writers.
 // New oids are reserved in blocks that are persisted before any oid of the
 // block is handed out, so a restart never hands one out twice. Pack prunes
 // revisions nobody can read at or after the pack time and, following

@@ -56,6 +56,8 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 		return err
 	}
 	defer s.commit.Release()
+	// Transactions finished before the lock was ours are written first.
+	s.drain()
 	if gc {
 		// Take in what was committed during the scan.
 		var err error

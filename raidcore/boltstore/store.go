@@ -52,6 +52,20 @@ type Store struct {
 
 	commit *txnplan.Lock // held from Vote to Finish/Abort, and by pack's final phase
 
+	// Group commit (groupcommit.go).
+	pmu      sync.Mutex    // guards the fields below
+	pending  []*pendingTxn // finished, not yet durable, in tid order
+	broken   error         // a write failed: every write fails
+	stopping bool          // Close has begun: Finish refuses
+	wake     chan struct{} // tells the committer there is work
+	stop     chan struct{} // closed by Close, after the queue drained
+	// committerDone is closed when the committer has returned.
+	committerDone chan struct{}
+	written       WriteStats // guarded by pmu
+	// beforeWrite, when set (tests), runs before each group write; an
+	// error it returns fails the write.
+	beforeWrite func() error
+
 	mu       sync.Mutex // guards the fields below
 	last     zodb.TID
 	oidNext  uint64 // next oid to hand out
@@ -99,11 +113,13 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock()}
+	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock(),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), committerDone: make(chan struct{})}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
 	}
+	go s.committer()
 	return s, nil
 }
 
@@ -197,6 +213,13 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	// Transactions already finished are written; none is queued after.
+	s.pmu.Lock()
+	s.stopping = true
+	s.pmu.Unlock()
+	s.drain()
+	close(s.stop)
+	<-s.committerDone
 	return s.db.Close()
 }
 

@@ -134,6 +134,16 @@ type Iterator interface {
 	RecordIterNext(ctx context.Context, from OID) (rec CurrentRecord, next OID, more bool, err error)
 }
 
+// EarlyFinisher is implemented by storages that let the next transaction
+// vote before a finishing one is durable (group commit): FinishEarly is
+// Finish, except that it calls released (unless nil) as soon as the next
+// transaction may vote, and returns, like Finish, once this one is
+// durable. A server that serialises votes with a lock of its own releases
+// it in released, so that finishing transactions share writes.
+type EarlyFinisher interface {
+	FinishEarly(ctx context.Context, txn *Transaction, released func()) (TID, error)
+}
+
 // TransactionCounter is implemented by storages that can count the
 // transactions with start <= tid <= stop without reading their data
 // records (a recovery sizes a gap it cannot count from what it remembers).

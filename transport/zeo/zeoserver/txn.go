@@ -406,8 +406,11 @@ func (c *conn) endTxn(t *zeoTxn) {
 }
 
 // tpcFinish commits the voted transaction. It runs on the reader and
-// replies itself, because the reply must be queued before the commit lock
-// is released: no invalidation of a later transaction may precede it.
+// replies itself: no invalidation of a later transaction may precede the
+// reply. A storage that finishes early (zodb.EarlyFinisher) lets the next
+// transaction vote before this one is durable, and announces several at
+// once; the fan-out holds the invalidations of later transactions for
+// this connection until finished is called after the reply is queued.
 func (c *conn) tpcFinish(m wire.Message) {
 	args := m.CallArgs()
 	if err := argc("tpc_finish", args, 1, 1); err != nil {
@@ -444,7 +447,18 @@ func (c *conn) tpcFinish(m wire.Message) {
 	// decided by the storage, not by the client's socket.
 	fctx := context.WithoutCancel(c.ctx)
 	ss.fan.setCommitter(t.zt, c)
-	tid, err := ss.st.Finish(fctx, t.zt)
+	var tid zodb.TID
+	if ef, ok := ss.st.(zodb.EarlyFinisher); ok {
+		// Group commit: the next transaction votes while this one is
+		// being made durable (the reply still waits for that).
+		tid, err = ef.FinishEarly(fctx, t.zt, func() {
+			c.mu.Lock()
+			c.releaseLock(t)
+			c.mu.Unlock()
+		})
+	} else {
+		tid, err = ss.st.Finish(fctx, t.zt)
+	}
 	ss.fan.setCommitter(t.zt, nil)
 	if err != nil {
 		c.logger().Error("tpc_finish failed after a successful vote", "error", err)
