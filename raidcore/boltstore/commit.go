@@ -14,26 +14,49 @@ func (s *Store) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 	if s.opts.ReadOnly {
 		return nil, zodb.NewReadOnlyError()
 	}
+	if out, ok, err := s.oidsInBlock(n); ok {
+		return out, err
+	}
+	// A new block: persisted before any of its oids is handed out.
+	// oidMu orders this write with the committer's, which also persists
+	// the limit, so that the limit on disk never goes down.
+	s.oidMu.Lock()
+	defer s.oidMu.Unlock()
+	if out, ok, err := s.oidsInBlock(n); ok {
+		return out, err
+	}
+	s.mu.Lock()
+	limit := s.oidNext + uint64(n) + s.opts.OIDBlock
+	s.mu.Unlock()
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyNextOID, b64(limit))
+	}); err != nil {
+		return nil, s.wrap(err)
+	}
+	s.mu.Lock()
+	s.oidLimit = max(s.oidLimit, limit)
+	s.mu.Unlock()
+	out, _, err := s.oidsInBlock(n)
+	return out, err
+}
+
+// oidsInBlock hands out n oids if the persisted block has them (ok false
+// when it has not).
+func (s *Store) oidsInBlock(n int) (out []zodb.OID, ok bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.checkOpen(); err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	if s.oidNext+uint64(n) > s.oidLimit {
-		limit := s.oidNext + uint64(n) + s.opts.OIDBlock
-		if err := s.db.Update(func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMeta).Put(keyNextOID, b64(limit))
-		}); err != nil {
-			return nil, s.wrap(err)
-		}
-		s.oidLimit = limit
+		return nil, false, nil
 	}
-	out := make([]zodb.OID, n)
+	out = make([]zodb.OID, n)
 	for i := range out {
 		out[i] = zodb.OIDFromUint64(s.oidNext)
 		s.oidNext++
 	}
-	return out, nil
+	return out, true, nil
 }
 
 // Vote implements zodb.Committer.

@@ -168,11 +168,13 @@ func (s *Store) writeBatch(batch []*pendingTxn) error {
 			return err
 		}
 	}
-	// s.mu is held across the write so that NewOIDs cannot persist a
-	// lower oid limit in between.
+	// oidMu (not s.mu: votes read last under it) is held across the
+	// write so that NewOIDs cannot persist a lower oid limit in between.
+	s.oidMu.Lock()
+	defer s.oidMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	limit := s.oidLimit
+	s.mu.Unlock()
 	for _, pt := range batch {
 		for _, r := range pt.plan.Records {
 			limit = max(limit, r.OID.Uint64()+1)
@@ -227,8 +229,10 @@ func (s *Store) writeBatch(batch []*pendingTxn) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.last = batch[len(batch)-1].plan.TID
-	s.oidLimit = limit
+	s.oidLimit = max(s.oidLimit, limit)
+	s.mu.Unlock()
 	return nil
 }
 

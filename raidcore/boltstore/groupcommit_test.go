@@ -212,3 +212,56 @@ func TestFailedWriteBreaksTheStore(t *testing.T) {
 		t.Fatal("a failed transaction's object loads")
 	}
 }
+
+// BenchmarkCommits commits one 200-byte object per transaction from 1 and
+// from 4 goroutines, on disk with fsync, and reports how many
+// transactions shared a write.
+func BenchmarkCommits(b *testing.B) {
+	for _, clients := range []int{1, 4} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			s, err := Open(filepath.Join(b.TempDir(), "1.db"), Options{Name: "bench"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			data := string(make([]byte, 200))
+			var next sync.Mutex
+			n := 0
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range clients {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for {
+						next.Lock()
+						if n >= b.N {
+							next.Unlock()
+							return
+						}
+						n++
+						next.Unlock()
+						oids, err := s.NewOIDs(ctx, 1)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						txn := &zodb.Transaction{Ops: []zodb.Op{storeOp(oids[0], zodb.ZeroTID, data)}}
+						if _, err := s.Vote(ctx, txn); err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := s.Finish(ctx, txn); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			w := s.Written()
+			b.ReportMetric(float64(w.Transactions)/float64(max(w.Writes, 1)), "txns/write")
+		})
+	}
+}

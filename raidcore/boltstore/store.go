@@ -66,6 +66,7 @@ type Store struct {
 	// error it returns fails the write.
 	beforeWrite func() error
 
+	oidMu    sync.Mutex // orders the writes that persist the oid limit
 	mu       sync.Mutex // guards the fields below
 	last     zodb.TID
 	oidNext  uint64 // next oid to hand out
