@@ -266,34 +266,15 @@ func TestRecoveryConvergesUnderFullLoad(t *testing.T) {
 // machine). The gap is counted on the source, and reported as counted.
 func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
 	g, stopWriter := behindAfterRestart(t, 3000, 10*time.Millisecond)
-	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- g.arr.WaitRecovery(g.ctx, "b1") }()
-	var longest time.Duration
 	knewGap, paused := false, false
-	for loop := true; loop; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			loop = false
-		case <-time.After(5 * time.Millisecond):
-			st := g.arr.Status()
-			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
-				longest = st.Lease.Held
-			}
-			p := g.arr.Recoveries()["b1"]
-			if !p.LagLowerBound && p.Transactions > 0 && p.Transactions < 3000 && p.LagTransactions+p.Transactions >= 3000 {
-				knewGap = true
-			}
-			if strings.Contains(p.Phase, "pausing commits") {
-				paused = true
-			}
+	longest := watchRecovery(t, g, g.ctx, "b1", func(p raidcore.Progress) {
+		if !p.LagLowerBound && p.Transactions > 0 && p.Transactions < 3000 && p.LagTransactions+p.Transactions >= 3000 {
+			knewGap = true
 		}
-	}
+		if strings.Contains(p.Phase, "pausing commits") {
+			paused = true
+		}
+	})
 	if err := stopWriter(); err != nil {
 		t.Fatal(err)
 	}
@@ -323,29 +304,10 @@ func TestRecoveryAfterARestartDoesNotHoldTheLeaseLong(t *testing.T) {
 // 10-minute chaos run).
 func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
 	g, stopWriter := behindAfterRestart(t, 8000, 3500*time.Microsecond)
-	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- g.arr.WaitRecovery(ctx, "b1") }()
-	var longest time.Duration
 	started := time.Now()
-	for loop := true; loop; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			loop = false
-		case <-time.After(5 * time.Millisecond):
-			st := g.arr.Status()
-			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
-				longest = st.Lease.Held
-			}
-		}
-	}
+	longest := watchRecovery(t, g, ctx, "b1", nil)
 	if err := stopWriter(); err != nil {
 		t.Fatal(err)
 	}
@@ -371,35 +333,16 @@ func TestRecoveryNeverHoldsTheLeaseForTheWholeCopy(t *testing.T) {
 func TestRecoveryAfterARestartCountsTheGap(t *testing.T) {
 	const backlog = 3000
 	g, _ := behindAfterRestart(t, backlog, 0)
-	if err := g.arr.Recover("b1", raidcore.RecoveryOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- g.arr.WaitRecovery(g.ctx, "b1") }()
-	var longest time.Duration
 	counted, wrong := 0, ""
-	for loop := true; loop; {
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Fatal(err)
-			}
-			loop = false
-		case <-time.After(5 * time.Millisecond):
-			st := g.arr.Status()
-			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
-				longest = st.Lease.Held
-			}
-			p := g.arr.Recoveries()["b1"]
-			if p.Phase != "copying" || p.LagLowerBound || p.Transactions == 0 {
-				continue
-			}
-			if p.LagTransactions+p.Transactions != backlog {
-				wrong = fmt.Sprintf("lag %d after copying %d", p.LagTransactions, p.Transactions)
-			}
-			counted++
+	longest := watchRecovery(t, g, g.ctx, "b1", func(p raidcore.Progress) {
+		if p.Phase != "copying" || p.LagLowerBound || p.Transactions == 0 {
+			return
 		}
-	}
+		if p.LagTransactions+p.Transactions != backlog {
+			wrong = fmt.Sprintf("lag %d after copying %d", p.LagTransactions, p.Transactions)
+		}
+		counted++
+	})
 	if counted == 0 {
 		t.Fatal("the lag was never reported as counted while copying")
 	}
@@ -451,6 +394,36 @@ func TestTwoRecoveriesPauseCommitsOneWindowAtATime(t *testing.T) {
 	}
 	g.identical(0, 1)
 	g.identical(0, 2)
+}
+
+// watchRecovery starts recovering backend and samples the array every
+// 5 ms until the recovery is done: each sample's progress goes to sample
+// (if not nil); it returns the longest a recovery held the commit lease.
+func watchRecovery(t *testing.T, g *fixture, ctx context.Context, backend string, sample func(raidcore.Progress)) time.Duration {
+	t.Helper()
+	if err := g.arr.Recover(backend, raidcore.RecoveryOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.arr.WaitRecovery(ctx, backend) }()
+	var longest time.Duration
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return longest
+		case <-time.After(5 * time.Millisecond):
+			st := g.arr.Status()
+			if st.Lease != nil && strings.HasPrefix(st.Lease.Holder, "recovery") && st.Lease.Held > longest {
+				longest = st.Lease.Held
+			}
+			if sample != nil {
+				sample(g.arr.Recoveries()[backend])
+			}
+		}
+	}
 }
 
 // behindAfterRestart commits backlog transactions while backend b1 is
