@@ -2,6 +2,7 @@ package zodb
 
 import (
 	"context"
+	"io"
 	"math"
 )
 
@@ -49,6 +50,10 @@ type DataRecord struct {
 	// DataTxn is a hint that identical data was stored by that earlier
 	// transaction, or ZeroTID.
 	DataTxn TID
+	// Blob, in a transaction plan (txnplan), is the blob file stored with
+	// the record; iterated records leave it nil (blobs are read with
+	// BlobStorage.OpenBlob).
+	Blob *Blob
 }
 
 // TransactionRecord is one transaction with its records, as iterated.
@@ -142,6 +147,20 @@ type Iterator interface {
 // it in released, so that finishing transactions share writes.
 type EarlyFinisher interface {
 	FinishEarly(ctx context.Context, txn *Transaction, released func()) (TID, error)
+}
+
+// BlobStorage is implemented by storages that can keep blobs (ZODB's
+// IBlobStorage): a store may carry a blob file (Op.Blob), and the blob of
+// a committed revision can be read back. A storage whose blob support
+// depends on something outside it (a ZEO server's advertisement, every
+// backend of an array) reports it with SupportsBlobs; servers advertise
+// IBlobStorage only when it is true.
+type BlobStorage interface {
+	SupportsBlobs() bool
+	// OpenBlob opens the blob of oid's revision serial and returns it with
+	// its size. A revision without a blob (or no such revision) is a
+	// *POSKeyError. The caller closes the reader.
+	OpenBlob(ctx context.Context, oid OID, serial TID) (io.ReadCloser, int64, error)
 }
 
 // TransactionCounter is implemented by storages that can count the

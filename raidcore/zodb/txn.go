@@ -68,6 +68,21 @@ type Op struct {
 	NoData  bool
 	PrevTxn TID
 	UndoID  []byte
+	// Blob is the blob file stored with this record (ZODB's storeBlob,
+	// or restoreBlob with OpRestore); nil for an ordinary record. Only
+	// storages that take blobs (BlobStorage) accept it.
+	Blob *Blob
+}
+
+// Blob is a blob file that travels with a transaction: its content is
+// the file at Path, Size bytes. The file belongs to whoever built the
+// transaction and stays in place until the transaction ends (finished or
+// aborted); a storage copies what it keeps before its vote returns and
+// never moves or removes the file. Several backends may read it at the
+// same time.
+type Blob struct {
+	Path string
+	Size int64
 }
 
 // Spilled locates an operation's data in a spool: Len bytes at Off of R.

@@ -39,6 +39,9 @@ type Storage struct {
 	last    zodb.TID
 	nextOID uint64
 	closed  bool
+	blobs   map[blobKey][]byte
+	// staged holds the blobs of voted transactions until they finish.
+	staged map[*zodb.Transaction]map[zodb.OID][]byte
 
 	zodb.Subscribers
 }
@@ -61,6 +64,8 @@ func New(name string, opts ...Option) *Storage {
 		now:     time.Now,
 		commit:  txnplan.NewLock(),
 		objects: make(map[zodb.OID][]revision),
+		blobs:   make(map[blobKey][]byte),
+		staged:  make(map[*zodb.Transaction]map[zodb.OID][]byte),
 	}
 	for _, o := range opts {
 		o(s)
@@ -176,7 +181,13 @@ func (s *Storage) plan(txn *zodb.Transaction) (*txnplan.Plan, zodb.VoteResult, e
 	if err := s.checkOpen(); err != nil {
 		return nil, zodb.VoteResult{}, err
 	}
-	return txnplan.Make(view{s}, txn, s.last, s.now())
+	p, res, err := txnplan.Make(view{s}, txn, s.last, s.now())
+	if p != nil {
+		if err := s.stageBlobs(p); err != nil {
+			return nil, zodb.VoteResult{}, err
+		}
+	}
+	return p, res, err
 }
 
 // view is the committed state for txnplan; s.mu is held.
@@ -223,6 +234,7 @@ func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, 
 			s.nextOID = n
 		}
 	}
+	s.commitBlobs(p)
 	s.txns = append(s.txns, rec)
 	s.last = p.TID
 	s.mu.Unlock()
@@ -235,6 +247,9 @@ func (s *Storage) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, 
 // Abort implements zodb.Committer.
 func (s *Storage) Abort(ctx context.Context, txn *zodb.Transaction) error {
 	s.commit.Abort(txn)
+	s.mu.Lock()
+	delete(s.staged, txn)
+	s.mu.Unlock()
 	return nil
 }
 
@@ -396,6 +411,7 @@ func (s *Storage) Pack(ctx context.Context, packTID zodb.TID) error {
 		}
 	}
 	s.txns = txns
+	s.packBlobs(keep)
 	return nil
 }
 

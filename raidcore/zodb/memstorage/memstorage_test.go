@@ -10,5 +10,5 @@ import (
 
 func TestContract(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) zodb.Storage { return memstorage.New("mem") },
-		storagetest.Caps{GC: false, CommitLock: true})
+		storagetest.Caps{GC: false, CommitLock: true, Blobs: true})
 }

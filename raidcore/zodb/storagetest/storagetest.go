@@ -29,6 +29,9 @@ type Caps struct {
 	// its record_iternext raises POSKeyError when it reaches a deleted
 	// object. The contract skips those two checks for it.
 	FileStorageQuirks bool
+	// Blobs: the storage keeps blobs (zodb.BlobStorage with SupportsBlobs
+	// true); the blob behaviours are checked too.
+	Blobs bool
 }
 
 // Factory opens a fresh, empty storage for one subtest; the test closes
@@ -65,6 +68,9 @@ func Run(t *testing.T, open Factory, caps Caps) {
 				break
 			}
 		}
+	}
+	if caps.Blobs {
+		tests = append(tests, blobTests(open, caps)...)
 	}
 	if caps.CommitLock {
 		tests = append(tests, struct {

@@ -87,7 +87,7 @@ func Make(view View, txn *zodb.Transaction, last zodb.TID, now time.Time) (*Plan
 				continue
 			}
 			conflicts = dropConflict(conflicts, op.OID)
-			p.put(zodb.DataRecord{OID: op.OID, Data: op.Data})
+			p.put(zodb.DataRecord{OID: op.OID, Data: op.Data, Blob: op.Blob})
 		case zodb.OpCheckCurrent:
 			cur, _, err := view.Current(op.OID)
 			if err != nil {
@@ -109,7 +109,7 @@ func Make(view View, txn *zodb.Transaction, last zodb.TID, now time.Time) (*Plan
 			}
 			p.put(zodb.DataRecord{OID: op.OID, NoData: true})
 		case zodb.OpRestore:
-			p.put(zodb.DataRecord{OID: op.OID, Data: op.Data, NoData: op.NoData, DataTxn: op.PrevTxn})
+			p.put(zodb.DataRecord{OID: op.OID, Data: op.Data, NoData: op.NoData, DataTxn: op.PrevTxn, Blob: op.Blob})
 		case zodb.OpUndo:
 			errs, err := p.undo(view, op.UndoID)
 			if err != nil {
