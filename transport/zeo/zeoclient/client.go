@@ -52,6 +52,9 @@ type Options struct {
 	// connection is given up. Transaction data does not count against it:
 	// Vote waits for the server instead.
 	MaxQueued int
+	// BlobTempDir is where blobs being downloaded are written (default
+	// os.TempDir()); each file is removed when its reader is closed.
+	BlobTempDir string
 	// TLS, when set, is used for every connection.
 	TLS    *tls.Config
 	Logger hclog.Logger
@@ -105,6 +108,12 @@ type Client struct {
 
 	subs zodb.Subscribers
 
+	// blobs: the server advertised IBlobStorage (c.mu).
+	blobs bool
+	// downloads are the blobs being received, by revision.
+	dlMu      sync.Mutex
+	downloads map[blobKey]*download
+
 	wg sync.WaitGroup
 }
 
@@ -128,7 +137,7 @@ func Open(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts: opts, log: opts.Logger, ready: make(chan struct{}), closeCh: make(chan struct{}),
-		txns: map[*zodb.Transaction]*remoteTxn{},
+		txns: map[*zodb.Transaction]*remoteTxn{}, downloads: map[blobKey]*download{},
 	}
 	first := make(chan error, 1)
 	c.wg.Add(1)
@@ -156,7 +165,7 @@ func OpenLazy(opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts: opts, log: opts.Logger, ready: make(chan struct{}), closeCh: make(chan struct{}),
-		txns: map[*zodb.Transaction]*remoteTxn{},
+		txns: map[*zodb.Transaction]*remoteTxn{}, downloads: map[blobKey]*download{},
 	}
 	c.wg.Add(1)
 	go c.connectLoop(nil)
@@ -336,6 +345,14 @@ func (c *Client) mergeInfo(d wire.Dict) {
 			c.info.Name, _ = it.Value.(string)
 		case "supportsUndo":
 			c.info.SupportsUndo = wire.Truth(it.Value)
+		case "interfaces":
+			c.blobs = false
+			list, _ := wire.Seq(it.Value)
+			for _, iface := range list {
+				if pair, _ := wire.Seq(iface); len(pair) == 2 && pair[0] == "ZODB.interfaces" && pair[1] == "IBlobStorage" {
+					c.blobs = true
+				}
+			}
 		}
 	}
 	c.info.ReadOnly = c.opts.ReadOnly

@@ -30,7 +30,7 @@ func TestContractThroughZEO(t *testing.T) {
 					t.Fatal(err)
 				}
 				return c
-			}, storagetest.Caps{GC: false})
+			}, storagetest.Caps{GC: false, Blobs: true})
 		})
 	}
 }

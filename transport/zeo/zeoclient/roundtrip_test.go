@@ -188,8 +188,13 @@ func TestCommitLoadAndHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 		ifaces, _ := gi.(wire.Dict).Get("interfaces")
-		if s, _ := wire.Seq(ifaces); len(s) != 7 || !wire.Equal(s[0], wire.Tuple{"ZODB.interfaces", "IStorageRestoreable"}) {
+		// The in-memory storage keeps blobs: IBlobStorage is advertised.
+		if s, _ := wire.Seq(ifaces); len(s) != 9 || !wire.Equal(s[0], wire.Tuple{"ZODB.interfaces", "IStorageRestoreable"}) ||
+			!wire.Equal(s[6], wire.Tuple{"ZODB.interfaces", "IBlobStorage"}) {
 			t.Errorf("interfaces: %s", wire.Repr(ifaces))
+		}
+		if !c.SupportsBlobs() {
+			t.Error("the client did not see IBlobStorage")
 		}
 		// record_iternext walks current records.
 		rec, _, more, err := c.RecordIterNext(e.ctx, zodb.OID{})

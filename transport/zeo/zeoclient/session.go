@@ -142,7 +142,7 @@ func (s *session) serverCall(m wire.Message) {
 		}
 		return
 	case "receiveBlobStart", "receiveBlobChunk", "receiveBlobStop":
-		s.c.log.Warn("server sent blob data, which this client does not support")
+		s.c.receiveBlob(m.Method, args)
 		return
 	}
 	s.c.log.Warn("ignoring unexpected server call", "method", m.Method)

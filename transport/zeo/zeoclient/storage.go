@@ -133,6 +133,12 @@ func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 		if op.Kind < zodb.OpStore || op.Kind > zodb.OpUndo {
 			return zodb.VoteResult{}, zodb.NewStorageTransactionError("unknown operation %d", op.Kind)
 		}
+		if op.Blob != nil && op.Kind != zodb.OpStore {
+			return zodb.VoteResult{}, zodb.NewUnsupported("ZEO has no message for a blob with %s", op.Kind)
+		}
+		if op.Blob != nil && !c.SupportsBlobs() {
+			return zodb.VoteResult{}, zodb.NewUnsupported("the server does not keep blobs (no IBlobStorage)")
+		}
 	}
 	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
 	defer cancel()
@@ -182,6 +188,9 @@ func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 			}
 			err = s.stream(ctx, "storea", op.OID, op.Serial, nonNil(data), rt.id)
 			rt.oids = append(rt.oids, op.OID)
+			if err == nil && op.Blob != nil {
+				err = c.sendBlobFile(ctx, s, op, data, rt.id)
+			}
 		case zodb.OpCheckCurrent:
 			err = s.stream(ctx, "checkCurrentSerialInTransaction", op.OID, op.Serial, rt.id)
 		case zodb.OpDelete:

@@ -46,6 +46,8 @@ type conn struct {
 
 	readSem chan struct{}
 	bg      sync.WaitGroup // reads, votes, packs
+
+	upload *blobUpload // a blob being received (reader goroutine only)
 }
 
 // zeoTxn is a client transaction buffered until vote.
@@ -59,6 +61,9 @@ type zeoTxn struct {
 	// SpoolThreshold data goes to spool.
 	inMemory int64
 	spool    *spool
+	// blobs are the uploaded blob files of the transaction's stores,
+	// removed when it ends.
+	blobs []string
 
 	zt         *zodb.Transaction // what the storage voted on
 	voting     chan struct{}     // closed when the vote goroutine ends
@@ -168,6 +173,7 @@ func (c *conn) cleanup() {
 		c.abortTxn(context.Background(), nil)
 	}
 	c.bg.Wait()
+	c.dropUpload()
 	c.mu.Lock()
 	for id, it := range c.iters {
 		it.close()

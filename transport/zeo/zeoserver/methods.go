@@ -60,11 +60,11 @@ func init() {
 		"iterator_record_start":           {kind: inline, fn: (*conn).iteratorRecordStart},
 		"iterator_record_next":            {kind: inline, fn: (*conn).iteratorRecordNext},
 		"iterator_gc":                     {kind: inline, fn: (*conn).iteratorGC},
-		"sendBlob":                        {kind: inline, fn: (*conn).noBlobs},
-		"storeBlobStart":                  {kind: inline, fn: (*conn).noBlobs},
-		"storeBlobChunk":                  {kind: inline, fn: (*conn).noBlobs},
-		"storeBlobEnd":                    {kind: inline, fn: (*conn).noBlobs},
-		"storeBlobShared":                 {kind: inline, fn: (*conn).noBlobs},
+		"sendBlob":                        {kind: read, fn: (*conn).sendBlob},
+		"storeBlobStart":                  {kind: inline, fn: (*conn).storeBlobStart},
+		"storeBlobChunk":                  {kind: inline, fn: (*conn).storeBlobChunk},
+		"storeBlobEnd":                    {kind: inline, fn: (*conn).storeBlobEnd},
+		"storeBlobShared":                 {kind: inline, fn: (*conn).storeBlobShared},
 	}
 }
 
@@ -141,6 +141,9 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 			continue
 		}
 		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", n})
+	}
+	if _, ok := c.blobStorage(); ok {
+		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", "IBlobStorage"}, wire.Tuple{"ZODB.interfaces", "IBlobStorageRestoreable"})
 	}
 	ifaces = append(ifaces, wire.Tuple{"zope.interface", "Interface"})
 	return wire.NewDict(
@@ -222,10 +225,6 @@ func (c *conn) newOIDs(ctx context.Context, args []any) (any, error) {
 
 func (c *conn) newOID(ctx context.Context, args []any) (any, error) {
 	return nil, &zodb.RemoteError{Class: "builtins.AttributeError", Raw: wire.Tuple{"'ZEOStorage' object has no attribute 'new_oid'"}}
-}
-
-func (c *conn) noBlobs(ctx context.Context, args []any) (any, error) {
-	return nil, zodb.NewUnsupported("this server does not support blobs")
 }
 
 // --- reads -------------------------------------------------------------

@@ -400,6 +400,7 @@ func (c *conn) transactionTimeout(t *zeoTxn, since time.Time) {
 func (c *conn) endTxn(t *zeoTxn) {
 	c.txn = nil
 	c.dropSpool(t)
+	c.dropBlobs(t)
 	c.ss.stats.mu.Lock()
 	c.ss.stats.activeTxns--
 	c.ss.stats.mu.Unlock()
