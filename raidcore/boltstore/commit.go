@@ -101,12 +101,34 @@ func (s *Store) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		s.commit.Release()
 		return res, s.wrap(err)
 	}
+	staged, err := s.stageBlobs(plan)
+	if err != nil {
+		s.commit.Release()
+		return zodb.VoteResult{}, err
+	}
+	if staged != nil {
+		s.pmu.Lock()
+		s.staged[txn] = staged
+		s.pmu.Unlock()
+	}
 	s.commit.Hold(plan)
 	return res, nil
 }
 
 // Abort implements zodb.Committer.
 func (s *Store) Abort(ctx context.Context, txn *zodb.Transaction) error {
-	s.commit.Abort(txn)
+	if p := s.commit.Take(txn); p != nil {
+		s.unstage(p.TID, s.takeStaged(txn))
+		s.commit.Release()
+	}
 	return nil
+}
+
+// takeStaged returns (and forgets) the blobs txn staged at vote.
+func (s *Store) takeStaged(txn *zodb.Transaction) []stagedBlob {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	staged := s.staged[txn]
+	delete(s.staged, txn)
+	return staged
 }

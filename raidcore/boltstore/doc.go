@@ -7,6 +7,16 @@
 //	records  oid|tid -> flags(1) | data_txn(8) | data     (every revision)
 //	txns     tid     -> status(1) | user | description | extension | oids  (length-prefixed)
 //	current  oid     -> tid of the newest revision
+//	blobs       oid|tid -> size            (revisions that have a blob file)
+//	blob_trash  oid|tid                    (blob files pack dropped, to remove)
+//
+// Blob files live beside the data file, in <path>.blobs/<oid>/<tid>.blob
+// (hex), staged and fsynced in <path>.blobs/.staging at vote and renamed
+// into place after the group write that records them; Open finishes or
+// removes what a crash left staged and empties pack's trash (blobs.go
+// says why no committed record can lose its blob and no file outlives its
+// record beyond a restart). Undo links the blob of the revision it goes
+// back to; pack removes the files of the revisions it drops.
 //
 // A transaction is planned at vote (txnplan, under the storage's commit
 // lock, against a read snapshot overlaid with the finished transactions

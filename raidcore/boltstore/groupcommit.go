@@ -29,8 +29,9 @@ import (
 
 // pendingTxn is a finished transaction waiting for its write.
 type pendingTxn struct {
-	plan *txnplan.Plan
-	txn  *zodb.Transaction
+	plan  *txnplan.Plan
+	txn   *zodb.Transaction
+	blobs []stagedBlob // staged at vote, placed after the write
 	done chan struct{}
 	err  error
 }
@@ -52,7 +53,7 @@ func (s *Store) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	if p == nil {
 		return zodb.ZeroTID, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote")
 	}
-	pt := &pendingTxn{plan: p, txn: txn, done: make(chan struct{})}
+	pt := &pendingTxn{plan: p, txn: txn, blobs: s.takeStaged(txn), done: make(chan struct{})}
 	s.pmu.Lock()
 	err := s.broken
 	if err == nil && s.stopping {
@@ -78,6 +79,7 @@ func (s *Store) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 		released()
 	}
 	if err != nil {
+		s.unstage(p.TID, pt.blobs)
 		return zodb.ZeroTID, err
 	}
 	select {
@@ -147,10 +149,14 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 		s.log.Error("commit failed; the transactions in it and every queued one are not committed, and the storage refuses writes until it is reopened",
 			"first_tid", batch[0].plan.TID, "transactions", len(failed), "error", err)
 		for _, pt := range failed {
+			s.unstage(pt.plan.TID, pt.blobs)
 			pt.err = zodb.NewStorageError("commit of %s failed: %v", pt.plan.TID, s.wrap(err))
 			close(pt.done)
 		}
 		return
+	}
+	for _, pt := range batch {
+		s.placeBlobs(pt.plan.TID, pt.blobs)
 	}
 	// In tid order, one committer: events go out in tid order.
 	for _, pt := range batch {
@@ -209,6 +215,9 @@ func (s *Store) writeBatch(batch []*pendingTxn) error {
 				if err := current.Put(append([]byte{}, r.OID[:]...), append([]byte{}, p.TID[:]...)); err != nil {
 					return err
 				}
+			}
+			if err := putBlobKeys(tx, p.TID, pt.blobs); err != nil {
+				return err
 			}
 			hdr := encodeTxn(txnHeader{status: status, meta: txn.Meta, oids: oids})
 			if err := tx.Bucket(bucketTxns).Put(append([]byte{}, p.TID[:]...), hdr); err != nil {

@@ -73,6 +73,10 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 	if err != nil {
 		return s.wrap(err)
 	}
+	// The dropped revisions' blob files go once their records are gone.
+	if _, err := s.emptyBlobTrash(); err != nil {
+		return zodb.NewStorageError("storage %s: pack removed records but not all of their blob files (the next pack or start removes them): %v", s.opts.Name, err)
+	}
 	s.log.Info("pack complete", "storage", s.opts.Name, "pack_tid", packTID, "revisions_removed", stats.revisions,
 		"objects_removed", stats.objects, "bytes_removed", stats.bytes, "gc", gc, "duration", time.Since(start))
 	return nil
@@ -213,6 +217,9 @@ func (s *Store) prune(packTID zodb.TID, reachable map[zodb.OID]bool) (pruneStats
 						st.bytes += int64(len(rv) - 9)
 					}
 					if err := records.Delete(rk); err != nil {
+						return err
+					}
+					if err := trashBlob(tx, rk); err != nil {
 						return err
 					}
 					_, tid := splitRecordKey(rk)

@@ -65,6 +65,11 @@ type Store struct {
 	// beforeWrite, when set (tests), runs before each group write; an
 	// error it returns fails the write.
 	beforeWrite func() error
+	// beforeTrashRemoval, when set (tests), runs before pack's dropped
+	// blob files are removed; an error stops there (a crash).
+	beforeTrashRemoval func() error
+	// staged are the blobs staged by voted transactions (guarded by pmu).
+	staged map[*zodb.Transaction][]stagedBlob
 
 	oidMu    sync.Mutex // orders the writes that persist the oid limit
 	mu       sync.Mutex // guards the fields below
@@ -115,10 +120,17 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock(),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), committerDone: make(chan struct{})}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), committerDone: make(chan struct{}),
+		staged: map[*zodb.Transaction][]stagedBlob{}}
 	if err := s.init(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if !opts.ReadOnly {
+		if err := s.recoverBlobs(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("boltstore: %s: recovering blobs in %s: %w", path, s.BlobDir(), err)
+		}
 	}
 	go s.committer()
 	return s, nil
@@ -180,6 +192,11 @@ func (s *Store) init() error {
 				if _, err := tx.CreateBucket(b); err != nil {
 					return err
 				}
+			}
+		}
+		for _, b := range [][]byte{bucketBlobs, bucketBlobTrash} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
 			}
 		}
 		return check(tx)

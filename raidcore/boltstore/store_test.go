@@ -18,5 +18,5 @@ func open(t *testing.T) zodb.Storage {
 }
 
 func TestContract(t *testing.T) {
-	storagetest.Run(t, open, storagetest.Caps{GC: true, CommitLock: true})
+	storagetest.Run(t, open, storagetest.Caps{GC: true, CommitLock: true, Blobs: true})
 }
