@@ -32,8 +32,8 @@ type pendingTxn struct {
 	plan  *txnplan.Plan
 	txn   *zodb.Transaction
 	blobs []stagedBlob // staged at vote, placed after the write
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
 }
 
 // EarlyFinisher is implemented by storages whose Finish lets the next
