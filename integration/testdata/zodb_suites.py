@@ -89,6 +89,13 @@ LOG_DIR = os.path.abspath(os.environ.get('ZEORAID_LOG_DIR') or
 # client call (a server bug) turns into an error instead of a hang.
 TEST_TIMEOUT = float(os.environ.get('ZEORAID_TEST_TIMEOUT', '180'))
 LEVEL = int(os.environ.get('ZEORAID_SUITE_LEVEL', '2'))
+# Which tests: "generic" (default; the storage and ClientStorage suites) or
+# "blobs" (ZEO's blob tests and ZODB's reusable blob storage suite with a
+# non-shared blob cache, as ZEO's test_suite composes them).
+SUITE_SET = os.environ.get('ZEORAID_SUITE_SET') or 'generic'
+if SUITE_SET not in ('generic', 'blobs'):
+    raise SystemExit('ZEORAID_SUITE_SET must be generic or blobs, not %r'
+                     % SUITE_SET)
 
 ADDR_RE = re.compile(rb' on (\d+\.\d+\.\d+\.\d+):(\d+),')
 
@@ -143,8 +150,12 @@ def _address(p, what, deadline):
     return (m.group(1).decode(), int(m.group(2)))
 
 
-def start_server(test_id):
-    """Start a zeoraid server; return ((host, port), stop)."""
+def start_server(test_id, keep_data_in=None):
+    """Start a zeoraid server; return ((host, port), stop).
+
+    keep_data_in: for a backend, the data directory to use and keep (a
+    blob doctest that opens the same storage name again expects its data,
+    as with a FileStorage file of that name)."""
     with _live_lock:
         _server_seq[0] += 1
         n = _server_seq[0]
@@ -153,10 +164,15 @@ def start_server(test_id):
     log_path = os.path.join(LOG_DIR, 'server-%04d.log' % n)
     data_dir = None
     if SERVER_KIND == 'backend':
-        data_dir = tempfile.mkdtemp(prefix='server-%04d-' % n,
-                                    dir=data_root())
-        argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
-                '--data', data_dir]
+        if keep_data_in:
+            os.makedirs(keep_data_in, exist_ok=True)
+            argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
+                    '--data', keep_data_in]
+        else:
+            data_dir = tempfile.mkdtemp(prefix='server-%04d-' % n,
+                                        dir=data_root())
+            argv = [BINARY, 'backend', '--listen', '127.0.0.1:0',
+                    '--data', data_dir]
     else:
         argv = [BINARY, 'demo', '--listen', '127.0.0.1:0']
     p = _spawn(argv + DEMO_ARGS, log_path, test_id, data_dir)
@@ -314,6 +330,40 @@ class GoRecoveryTests(StorageTestBase.StorageTestBase,
         return self._new_storage()
 
 
+class GoBlobTests(testZEO.GenericTestBase, testZEO.CommonBlobTests):
+    """ZEO's blob tests (testZEO.CommonBlobTests and
+    BlobAdaptedFileStorageTests.checkStoreAndLoadBlob) through a
+    non-shared blob cache, served by zeoraid."""
+
+    setUp = GoServerTests.setUp
+    checkStoreAndLoadBlob = \
+        testZEO.BlobAdaptedFileStorageTests.checkStoreAndLoadBlob
+
+
+class GoServerClientStorage(ClientStorage):
+    """ZEO's ServerManagingClientStorage with a zeoraid server: the factory
+    of ZODB's reusable blob storage suite (non-shared blobs)."""
+
+    def __init__(self, name, blob_dir):
+        addr, self._stop_server = start_server(
+            'blob-suite:' + name,
+            keep_data_in=os.path.abspath(name + '.zeoraid-data'))
+        ClientStorage.__init__(self, addr, blob_dir=blob_dir)
+
+    def close(self):
+        ClientStorage.close(self)
+        self._stop_server()
+
+
+def blob_suites():
+    """The blob tests ZEO's test_suite runs for a non-shared blob cache."""
+    import ZODB.tests.testblob
+    suite = load_tests([GoBlobTests])
+    suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
+        'ClientStorageNonSharedBlobs', GoServerClientStorage))
+    return suite
+
+
 def load_tests(classes):
     """Load `check*` and `test*` methods, as ZEO's test_suite does."""
     suite = unittest.TestSuite()
@@ -434,7 +484,10 @@ def main():
         sys.exit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
 
-    suite = load_tests([GoServerTests, GoRecoveryTests])
+    if SUITE_SET == 'blobs':
+        suite = blob_suites()
+    else:
+        suite = load_tests([GoServerTests, GoRecoveryTests])
     tests = list(flatten(suite))
     if patterns:
         tests = [t for t in tests if any(p in t.id() for p in patterns)]
@@ -464,7 +517,7 @@ def main():
     }
     slowest = sorted(result.times.items(), key=lambda kv: -kv[1])[:10]
     out = {
-        'server_kind': SERVER_KIND,
+        'server_kind': SERVER_KIND, 'suite_set': SUITE_SET,
         'demo_args': DEMO_ARGS, 'server_args': DEMO_ARGS, 'totals': totals,
         'outcomes': result.outcomes, 'details': result.details,
         'slowest': [[k, round(v, 2)] for k, v in slowest],
