@@ -49,3 +49,30 @@ func TestZODBBlobSuitesAgainstBackend(t *testing.T) {
 		knownOnlyIn: map[string]string{}, failOnNew: true,
 	})
 }
+
+// proxyBlobSuiteFloors: through `zeoraid proxy` over three `zeoraid
+// backend`s, measured 2026-12-07 like blobSuiteFloors: 23 of 26 in both
+// encodings (knownProxyBlobNonPasses).
+var proxyBlobSuiteFloors = map[string]int{"Z5/1": 23, "Z5/2": 23, "M5/1": 23, "M5/2": 23}
+
+// knownProxyBlobNonPasses: the backend's, plus two doctests that print
+// oid numbers: the proxy's oids start above each backend's own counter (it
+// takes one oid from each to learn where to start, so that no oid is ever
+// handed out twice), so the first new oid is 2, not the 1 they expect.
+func knownProxyBlobNonPasses() map[string]string {
+	known := knownBlobNonPasses()
+	known["tests.testblob.is_blob_record"] = "expected: the doctest assumes the first new oid is 1; through the proxy it is 2"
+	known["blob_transaction_txt"] = "expected: the doctest prints oid 0x01 in a ConflictError; through the proxy it is 0x02 (and, as root, the PermissionError check)"
+	return known
+}
+
+// TestZODBBlobSuitesThroughProxy runs the blob suites of
+// TestZODBBlobSuitesAgainstBackend through `zeoraid proxy` over three
+// fresh `zeoraid backend`s per storage.
+func TestZODBBlobSuitesThroughProxy(t *testing.T) {
+	runZODBSuites(t, suiteRun{
+		kind: "proxy", set: "blobs", tests: blobSuiteTests, floors: proxyBlobSuiteFloors,
+		levels: map[string]string{"Z5": "2", "M5": "2"}, known: knownProxyBlobNonPasses(),
+		knownOnlyIn: map[string]string{}, failOnNew: true,
+	})
+}

@@ -22,7 +22,7 @@ type pyAppSummary struct {
 var pyAppChecks = []string{
 	"protocol", "objects", "btree", "invalidation", "conflict",
 	"btree_conflict_small", "btree_conflict_bucket", "undo", "history",
-	"pack", "last_transaction",
+	"pack", "last_transaction", "blobs",
 }
 
 // TestPythonAppAgainstGoServer runs a small ZODB application (real

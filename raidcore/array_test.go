@@ -393,7 +393,7 @@ func TestContract(t *testing.T) {
 			t.Fatal(err)
 		}
 		return arr
-	}, storagetest.Caps{CommitLock: true})
+	}, storagetest.Caps{CommitLock: true, Blobs: true})
 }
 
 // TestReadsVerifiedAcrossBackends: with read verification on, a backend

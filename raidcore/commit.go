@@ -291,7 +291,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 
 // streamTime is how long txn's data takes at MinStreamRate.
 func (a *Array) streamTime(txn *zodb.Transaction) time.Duration {
-	var size int64
+	size := blobBytes(txn)
 	for i := range txn.Ops {
 		size += int64(txn.Ops[i].PayloadLen())
 	}

@@ -41,6 +41,11 @@ func (a *Array) candidates(ctx context.Context, need zodb.TID) ([]*member, error
 // it fails (degrading the failed one). Valid answers, errors like
 // POSKeyError included, are returned as they are.
 func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ctx context.Context, st zodb.Storage) error) error {
+	return a.readFor(ctx, what, need, a.cfg.ReadTimeout, fn)
+}
+
+// readFor is read with another bound for each backend's call.
+func (a *Array) readFor(ctx context.Context, what string, need zodb.TID, timeout time.Duration, fn func(ctx context.Context, st zodb.Storage) error) error {
 	if ok, why := a.Ready(); !ok {
 		return zodb.NewStorageError("storage %s is not ready: %s", a.cfg.Storage, why)
 	}
@@ -77,7 +82,7 @@ func (a *Array) read(ctx context.Context, what string, need zodb.TID, fn func(ct
 			return errNoBackend(what)
 		}
 		tried[m] = true
-		rctx, cancel := context.WithTimeout(ctx, a.cfg.ReadTimeout)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
 		err = fn(rctx, m.st)
 		cancel()
 		if !a.backendFailed(ctx, err) {

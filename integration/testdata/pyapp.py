@@ -24,8 +24,12 @@ Written for zeoraid's integration tests (integration/pyapp_test.go,
 integration/backend_test.go); it contains no ZODB/ZEO code.
 """
 
+import hashlib
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 
@@ -37,6 +41,7 @@ from persistent.list import PersistentList
 from persistent.mapping import PersistentMapping
 
 import ZODB
+import ZODB.blob
 import ZODB.POSException
 import ZODB.interfaces
 import ZODB.utils
@@ -70,7 +75,11 @@ class App:
     # -- helpers ---------------------------------------------------------
 
     def open_db(self, name):
-        cs = ClientStorage(self.addr, wait_timeout=30, name=name)
+        # Every client has its own (non-shared) blob cache.
+        if not getattr(self, 'blob_root', None):
+            self.blob_root = tempfile.mkdtemp(prefix='pyapp-blob-caches-')
+        cs = ClientStorage(self.addr, wait_timeout=30, name=name,
+                           blob_dir=os.path.join(self.blob_root, name))
         # Count client-side conflict resolutions: ClientStorage calls
         # tryToResolveConflict for every conflict dict a vote returns.
         orig = cs.tryToResolveConflict
@@ -136,10 +145,11 @@ class App:
         self.info['interfaces'] = [list(i) for i in
                                    st._info.get('interfaces', ())]
         assert st.supportsUndo(), 'server does not advertise undo'
-        # What a FileStorage behind runzeo advertises; every server a
-        # client may reach should advertise the same (interfaces are only
-        # ever added to a ClientStorage).
+        # What a FileStorage with a blob directory behind runzeo
+        # advertises; every server a client may reach should advertise the
+        # same (interfaces are only ever added to a ClientStorage).
         want = [['ZODB.interfaces', n] for n in (
+            'IBlobStorageRestoreable', 'IBlobStorage',
             'IStorageRestoreable', 'IStorageIteration', 'IStorageUndoable',
             'IStorageCurrentRecordIteration', 'IExternalGC', 'IStorage')]
         want.append(['zope.interface', 'Interface'])
@@ -335,6 +345,65 @@ class App:
         assert r['undo_me']['v'] == 1, r['undo_me']['v']
         conn2.close()
 
+    def check_blobs(self):
+        """Blobs (non-shared blob cache): a 3 MB and an empty blob, a
+        second revision, read back through fresh clients with empty
+        caches (the old revision too), and undo."""
+        cache = tempfile.mkdtemp(prefix='pyapp-blobs-', dir=self.blob_root)
+        cs = ClientStorage(self.addr, wait_timeout=30, name='blobs',
+                           blob_dir=os.path.join(cache, 'a'))
+        assert ZODB.interfaces.IBlobStorage.providedBy(cs), \
+            'the server does not advertise IBlobStorage'
+        db = ZODB.DB(cs)
+        self.dbs.append(db)
+        tm, conn = self.open(db)
+        root = conn.root()
+        big = os.urandom(3 * 1024 * 1024 + 17)
+        root['blob'] = ZODB.blob.Blob(big)
+        root['empty'] = ZODB.blob.Blob(b'')
+        tm.commit()
+        root['blob']._p_activate()  # a committed blob is a ghost
+        first = root['blob']._p_serial
+        assert first != ZODB.utils.z64
+        with root['blob'].open('w') as f:
+            f.write(b'second revision')
+        tm.get().note('blob edit')
+        tm.commit()
+        oid = root['blob']._p_oid
+        conn.close()
+
+        def fresh(name):
+            c = ClientStorage(self.addr, wait_timeout=30, name=name,
+                              blob_dir=os.path.join(cache, name))
+            d = ZODB.DB(c)
+            self.dbs.append(d)
+            return d
+        db2 = fresh('b')
+        tm2, conn2 = self.open(db2)
+        r = conn2.root()
+        with r['blob'].open() as f:
+            assert f.read() == b'second revision', 'current revision'
+        with r['empty'].open() as f:
+            assert f.read() == b'', 'empty blob'
+        with open(db2.storage.loadBlob(oid, first), 'rb') as f:
+            got = f.read()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(big).digest(), \
+            'old revision: %d bytes, want %d' % (len(got), len(big))
+        ent = [e for e in db2.undoLog(0, 20)
+               if self.text(e['description']) == 'blob edit']
+        assert len(ent) == 1, 'undo log'
+        db2.undo(ent[0]['id'], tm2.get())
+        tm2.commit()
+        conn2.close()
+        db3 = fresh('c')
+        tm3, conn3 = self.open(db3)
+        with conn3.root()['blob'].open() as f:
+            got = f.read()
+        assert got == big, 'after undo: %d bytes, want %d' % (len(got), len(big))
+        conn3.close()
+        self.info['blob_bytes'] = len(big)
+        self.info['blob_sha256'] = hashlib.sha256(big).hexdigest()
+
     def check_history(self):
         tm, conn = self.open(self.dbA)
         root = conn.root()
@@ -423,7 +492,7 @@ class App:
         return self.run_checks([
             'protocol', 'objects', 'btree', 'invalidation', 'conflict',
             'btree_conflict_small', 'btree_conflict_bucket', 'undo',
-            'history', 'pack', 'last_transaction',
+            'history', 'pack', 'blobs', 'last_transaction',
         ])
 
     def run_checks(self, checks):
@@ -444,6 +513,8 @@ class App:
                 name, results[name][:4], time.monotonic() - t0),
                 file=sys.stderr)
         self.close_all()
+        if getattr(self, 'blob_root', None):
+            shutil.rmtree(self.blob_root, ignore_errors=True)
         self.info['client_resolutions'] = self.resolved
         failed = sum(1 for v in results.values() if v != 'ok')
         return {
@@ -514,8 +585,13 @@ class RestartCheck(App):
     def check_objects(self):
         db, tm, conn, r = self.fresh_root()
         keys = {'map', 'list', 'thing', 'nested', 'tree', 'small_tree',
-                'undo_me', 'hist', 'last'}
+                'undo_me', 'hist', 'last', 'blob', 'empty'}
         assert set(r.keys()) == keys, sorted(r.keys())
+        # The blob as the undo left it, through a cache that never had it.
+        with r['blob'].open() as f:
+            got = f.read()
+        assert hashlib.sha256(got).hexdigest() == self.before['blob_sha256'], \
+            'blob after restart: %d bytes' % len(got)
         assert dict(r['map']) == {'a': 100, 'b': 'from A',
                                   'c': b'\x00\xff'}, dict(r['map'])
         assert list(r['list']) == [1, 2.5, 'three', None, (4, 5)], \

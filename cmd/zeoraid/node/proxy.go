@@ -231,6 +231,10 @@ func (p *Proxy) WaitReady(ctx context.Context) error {
 func (p *Proxy) dial(storage string, b BackendConfig) (zodb.Storage, error) {
 	opts := zeoclient.Options{Addrs: b.Addrs, Storage: storage, Encoding: p.cfg.Encoding, WaitTimeout: -1,
 		CallTimeout: max(p.cfg.VoteTimeout, p.cfg.FinishTimeout, p.cfg.ReadTimeout, 10*time.Second),
+		// Blobs read from a backend wait on disk, beside the spooled
+		// uploads, until the client has them; a backend that stops
+		// sending one fails the read after ReadTimeout of silence.
+		BlobTempDir: p.cfg.SpoolDir, BlobIdleTimeout: p.cfg.ReadTimeout,
 		Logger:      p.log.Named("backend").With("backend", b.Name)}
 	return zeoclient.OpenLazy(opts)
 }

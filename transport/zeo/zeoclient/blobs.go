@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
@@ -77,19 +78,20 @@ type download struct {
 	stopped bool
 	size    int64
 	err     error
+	active  time.Time // when the last message of the download arrived
 	done    chan struct{} // closed when the sendBlob call is over
 }
 
 // OpenBlob implements zodb.BlobStorage: sendBlob makes the server stream
 // the blob before it replies; the chunks go to a temporary file in
 // Options.BlobTempDir, which is unlinked once open (it goes when the
-// reader is closed). Downloads of the same revision take turns.
+// reader is closed). Downloads of the same revision take turns. There is
+// no overall time limit besides ctx's: a download fails when nothing
+// arrives for Options.BlobIdleTimeout.
 func (c *Client) OpenBlob(ctx context.Context, oid zodb.OID, serial zodb.TID) (io.ReadCloser, int64, error) {
 	if !c.SupportsBlobs() {
 		return nil, 0, zodb.NewUnsupported("the server does not keep blobs (no IBlobStorage)")
 	}
-	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
-	defer cancel()
 	key := blobKey{oid, serial}
 	f, err := os.CreateTemp(c.opts.BlobTempDir, "zeoraid-blob-download-*")
 	if err != nil {
@@ -130,12 +132,36 @@ func (c *Client) OpenBlob(ctx context.Context, oid zodb.OID, serial zodb.TID) (i
 	if err != nil {
 		return fail(err)
 	}
+	c.dlMu.Lock()
+	dl.active = time.Now()
+	c.dlMu.Unlock()
 	p, err := s.start("sendBlob", nil, oid, serial)
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := s.wait(ctx, "sendBlob", p); err != nil {
-		return fail(err)
+	// A large blob takes as long as it takes: the download fails when
+	// nothing arrives for BlobIdleTimeout (or ctx ends), not after a
+	// fixed time.
+	idle := time.NewTimer(c.opts.BlobIdleTimeout)
+	defer idle.Stop()
+	for waiting := true; waiting; {
+		select {
+		case <-p.done:
+			waiting = false
+		case <-ctx.Done():
+			return fail(fmt.Errorf("zeoclient: sendBlob of %s@%s: %w", oid, serial, ctx.Err()))
+		case <-idle.C:
+			c.dlMu.Lock()
+			quiet := time.Since(dl.active)
+			c.dlMu.Unlock()
+			if quiet >= c.opts.BlobIdleTimeout {
+				return fail(zodb.NewClientDisconnected("sendBlob of %s@%s: nothing received for %s", oid, serial, quiet.Round(time.Millisecond)))
+			}
+			idle.Reset(c.opts.BlobIdleTimeout - quiet)
+		}
+	}
+	if p.err != nil {
+		return fail(p.err)
 	}
 	c.dlMu.Lock()
 	delete(c.downloads, key) // late chunks (there must be none) find nothing
@@ -176,6 +202,7 @@ func (c *Client) receiveBlob(method string, args []any) {
 		c.log.Warn("blob data nobody asked for", "method", method, "oid", oid, "serial", tid)
 		return
 	}
+	dl.active = time.Now()
 	if dl.err != nil {
 		return
 	}

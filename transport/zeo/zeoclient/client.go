@@ -55,6 +55,9 @@ type Options struct {
 	// BlobTempDir is where blobs being downloaded are written (default
 	// os.TempDir()); each file is removed when its reader is closed.
 	BlobTempDir string
+	// BlobIdleTimeout fails a blob download when nothing arrives for that
+	// long (default CallTimeout).
+	BlobIdleTimeout time.Duration
 	// TLS, when set, is used for every connection.
 	TLS    *tls.Config
 	Logger hclog.Logger
@@ -76,6 +79,7 @@ func (o *Options) defaults() error {
 		}
 	}
 	def(&o.CallTimeout, 60*time.Second)
+	def(&o.BlobIdleTimeout, o.CallTimeout)
 	def(&o.DialTimeout, 10*time.Second)
 	def(&o.WaitTimeout, 30*time.Second)
 	def(&o.ReconnectMin, 100*time.Millisecond)

@@ -136,14 +136,15 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 		return nil, err
 	}
 	ifaces := wire.Tuple{}
+	if _, ok := c.blobStorage(); ok {
+		// First, as a FileStorage with a blob directory lists them.
+		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", "IBlobStorageRestoreable"}, wire.Tuple{"ZODB.interfaces", "IBlobStorage"})
+	}
 	for _, n := range fileStorageInterfaces {
 		if n == "IStorageUndoable" && !info.SupportsUndo {
 			continue
 		}
 		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", n})
-	}
-	if _, ok := c.blobStorage(); ok {
-		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", "IBlobStorage"}, wire.Tuple{"ZODB.interfaces", "IBlobStorageRestoreable"})
 	}
 	ifaces = append(ifaces, wire.Tuple{"zope.interface", "Interface"})
 	return wire.NewDict(
