@@ -235,7 +235,7 @@ func (p *Proxy) dial(storage string, b BackendConfig) (zodb.Storage, error) {
 		// uploads, until the client has them; a backend that stops
 		// sending one fails the read after ReadTimeout of silence.
 		BlobTempDir: p.cfg.SpoolDir, BlobIdleTimeout: p.cfg.ReadTimeout,
-		Logger:      p.log.Named("backend").With("backend", b.Name)}
+		Logger: p.log.Named("backend").With("backend", b.Name)}
 	return zeoclient.OpenLazy(opts)
 }
 

@@ -78,7 +78,7 @@ type download struct {
 	stopped bool
 	size    int64
 	err     error
-	active  time.Time // when the last message of the download arrived
+	active  time.Time     // when the last message of the download arrived
 	done    chan struct{} // closed when the sendBlob call is over
 }
 
