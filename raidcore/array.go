@@ -68,6 +68,9 @@ type Config struct {
 	// (three when they disagree) and degrades the one that answers
 	// differently. It costs a second read per load.
 	VerifyReads bool
+	// BlobTempDir is where a recovery keeps the blob it is copying
+	// (default os.TempDir()).
+	BlobTempDir string
 	Logger      hclog.Logger
 }
 

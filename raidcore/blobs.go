@@ -2,7 +2,11 @@ package raidcore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
@@ -68,4 +72,101 @@ func blobBytes(txn *zodb.Transaction) int64 {
 		}
 	}
 	return n
+}
+
+// copyBlobs turns the records of a source transaction that have blobs
+// into stores with their blob (ZEO has no message that restores a blob):
+// the blob goes to a file in BlobTempDir (removed by the returned
+// cleanup), and the store's serial is the target's current serial of the
+// object, which a recovery that copies in tid order knows holds the
+// revision before. Records without a blob stay restores. It returns the
+// blob bytes copied.
+func (a *Array) copyBlobs(ctx context.Context, source, target *member, rec *zodb.TransactionRecord, ops []zodb.Op) (blobBytes int64, cleanup func(), err error) {
+	var files []string
+	cleanup = func() {
+		for _, f := range files {
+			os.Remove(f)
+		}
+	}
+	sb, ok := source.st.(zodb.BlobStorage)
+	if !ok || !sb.SupportsBlobs() {
+		return 0, cleanup, nil
+	}
+	for i := range ops {
+		op := &ops[i]
+		if op.NoData || !zodb.MayHoldBlob(op.Data) {
+			continue
+		}
+		path, size, found, err := a.fetchBlob(ctx, sb, op.OID, rec.TID)
+		if err != nil {
+			return 0, cleanup, fmt.Errorf("source: the blob of %s@%s: %w", op.OID, rec.TID, err)
+		}
+		if !found {
+			continue // a record that mentions ZODB.blob without being one
+		}
+		files = append(files, path)
+		if tb, ok := target.st.(zodb.BlobStorage); !ok || !tb.SupportsBlobs() {
+			return 0, cleanup, fmt.Errorf("target: it does not keep blobs, and %s@%s has one", op.OID, rec.TID)
+		}
+		serial := zodb.ZeroTID
+		rev, err := target.st.LoadBefore(ctx, op.OID, rec.TID)
+		switch {
+		case err == nil && rev != nil:
+			serial = rev.TID
+		case err != nil && !zodb.IsPOSKeyError(err):
+			return 0, cleanup, fmt.Errorf("target: %w", err)
+		}
+		*op = zodb.Op{Kind: zodb.OpStore, OID: op.OID, Serial: serial, Data: op.Data, Blob: &zodb.Blob{Path: path, Size: size}}
+		blobBytes += size
+	}
+	return blobBytes, cleanup, nil
+}
+
+// fetchBlob copies the blob of oid@tid from st into a new file in
+// BlobTempDir; found is false when the revision has none.
+func (a *Array) fetchBlob(ctx context.Context, st zodb.BlobStorage, oid zodb.OID, tid zodb.TID) (path string, size int64, found bool, err error) {
+	r, _, err := st.OpenBlob(ctx, oid, tid)
+	if zodb.IsPOSKeyError(err) {
+		return "", 0, false, nil
+	}
+	if err != nil {
+		return "", 0, false, err
+	}
+	defer r.Close()
+	f, err := os.CreateTemp(a.cfg.BlobTempDir, "zeoraid-recovery-blob-*")
+	if err != nil {
+		return "", 0, false, err
+	}
+	n, err := io.Copy(f, r)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", 0, false, err
+	}
+	return f.Name(), n, true, nil
+}
+
+// blobHash hashes the blob of oid@tid on st ("" when the revision has
+// none), streaming.
+func blobHash(ctx context.Context, st zodb.Storage, oid zodb.OID, tid zodb.TID) (string, int64, error) {
+	bs, ok := st.(zodb.BlobStorage)
+	if !ok || !bs.SupportsBlobs() {
+		return "", 0, nil
+	}
+	r, _, err := bs.OpenBlob(ctx, oid, tid)
+	if zodb.IsPOSKeyError(err) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	defer r.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -3,6 +3,7 @@ package raidcore_test
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"time"
 
@@ -221,4 +222,21 @@ func (f *faulty) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) 
 		return nil, err
 	}
 	return f.Storage.LoadBefore(ctx, oid, before)
+}
+
+// SupportsBlobs passes the storage's answer through.
+func (f *faulty) SupportsBlobs() bool {
+	bs, ok := f.Storage.(zodb.BlobStorage)
+	return ok && bs.SupportsBlobs()
+}
+
+// OpenBlob misbehaves at step "blob".
+func (f *faulty) OpenBlob(ctx context.Context, oid zodb.OID, serial zodb.TID) (io.ReadCloser, int64, error) {
+	if f.isDown() {
+		return nil, 0, zodb.NewClientDisconnected("not connected")
+	}
+	if err := misbehave(ctx, f.get("blob")); err != nil {
+		return nil, 0, err
+	}
+	return f.Storage.(zodb.BlobStorage).OpenBlob(ctx, oid, serial)
 }

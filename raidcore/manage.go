@@ -345,20 +345,26 @@ type VerifyReport struct {
 	Storage      string   `json:"storage"`
 	Backends     []string `json:"backends"`
 	Transactions int      `json:"transactions"`
-	Identical    bool     `json:"identical"`
+	// Blobs and BlobBytes: the blob revisions compared (by SHA-256 of
+	// their content) and their size.
+	Blobs     int   `json:"blobs"`
+	BlobBytes int64 `json:"blob_bytes"`
+	Identical bool  `json:"identical"`
 	// FirstDifference describes where they first differ.
 	FirstDifference string `json:"first_difference,omitempty"`
 }
 
 // Verify compares the transaction sequences of the given backends (all
 // when names is empty): tids, status, metadata and a hash of every
-// record, in lockstep, and reports the first difference.
+// record, in lockstep, and the content of every blob (SHA-256, streamed),
+// and reports the first difference.
 func (a *Array) Verify(ctx context.Context, names ...string) (VerifyReport, error) {
 	if len(names) == 0 {
 		names = a.Backends()
 	}
 	rep := VerifyReport{Storage: a.cfg.Storage, Backends: names}
 	var its []zodb.TransactionIterator
+	var ms []*member
 	for _, n := range names {
 		a.mu.Lock()
 		m := a.backends[n]
@@ -366,6 +372,7 @@ func (a *Array) Verify(ctx context.Context, names ...string) (VerifyReport, erro
 		if m == nil {
 			return rep, fmt.Errorf("raidcore: storage %s has no backend %q", a.cfg.Storage, n)
 		}
+		ms = append(ms, m)
 		it, err := m.st.Iterate(ctx, zodb.ZeroTID, zodb.EndOfTime)
 		if err != nil {
 			return rep, fmt.Errorf("raidcore: iterating %s: %w", n, err)
@@ -393,8 +400,40 @@ func (a *Array) Verify(ctx context.Context, names ...string) (VerifyReport, erro
 			rep.Identical = true
 			return rep, nil
 		}
+		for _, d := range ref.Records {
+			if d.NoData || !zodb.MayHoldBlob(d.Data) {
+				continue
+			}
+			var first string
+			for i, m := range ms {
+				h, n, err := blobHash(ctx, m.st, d.OID, ref.TID)
+				if err != nil {
+					return rep, fmt.Errorf("raidcore: the blob of %s@%s on %s: %w", d.OID, ref.TID, names[i], err)
+				}
+				if i == 0 {
+					first = h
+					if h != "" {
+						rep.Blobs++
+						rep.BlobBytes += n
+					}
+					continue
+				}
+				if h != first {
+					rep.FirstDifference = fmt.Sprintf("%s vs %s: transaction %s: the blob of %s differs (%s against %s)",
+						names[0], names[i], ref.TID, d.OID, orNone(first), orNone(h))
+					return rep, nil
+				}
+			}
+		}
 		rep.Transactions++
 	}
+}
+
+func orNone(hash string) string {
+	if hash == "" {
+		return "none"
+	}
+	return "sha256 " + hash[:16] + "..."
 }
 
 // txnDifference describes how two transactions differ ("" if they do not).

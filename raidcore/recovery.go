@@ -31,7 +31,10 @@ type Progress struct {
 	LagLowerBound   bool    `json:"lag_transactions_lower_bound,omitempty"`
 	LagSeconds      float64 `json:"lag_seconds"`
 	Transactions    int     `json:"transactions_copied"`
-	Bytes           int64   `json:"bytes_copied"`
+	// Bytes counts records and blobs; Blobs and BlobBytes the blobs alone.
+	Bytes     int64 `json:"bytes_copied"`
+	Blobs     int   `json:"blobs_copied"`
+	BlobBytes int64 `json:"blob_bytes_copied"`
 	// Rate in bytes per second since the copy started.
 	Rate    float64   `json:"bytes_per_second"`
 	Started time.Time `json:"started"`
@@ -940,7 +943,13 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpRestore, OID: d.OID, Serial: d.TID, Data: d.Data, NoData: d.NoData, PrevTxn: d.DataTxn})
 			size += int64(len(d.Data))
 		}
-		vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.cfg.FinishTimeout)
+		blobs, dropBlobs, err := a.copyBlobs(ctx, source, target, rec, txn.Ops)
+		if err != nil {
+			dropBlobs()
+			return out, err
+		}
+		size += blobs
+		vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.cfg.FinishTimeout+a.streamTime(txn))
 		_, err = target.st.Vote(vctx, txn)
 		if err == nil {
 			var tid zodb.TID
@@ -952,6 +961,7 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 			target.st.Abort(vctx, txn)
 		}
 		cancel()
+		dropBlobs()
 		if err != nil {
 			return out, fmt.Errorf("target: restoring %s: %w", rec.TID, err)
 		}
@@ -962,8 +972,15 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		r.mu.Unlock()
 		gap.restored()
 		lag, exact, counted := a.lagOf(gap, rec.TID)
+		nblobs := 0
+		for i := range txn.Ops {
+			if txn.Ops[i].Blob != nil {
+				nblobs++
+			}
+		}
 		r.update(func(p *Progress) {
 			p.TID, p.Transactions, p.Bytes = rec.TID, p.Transactions+1, p.Bytes+size
+			p.Blobs, p.BlobBytes = p.Blobs+nblobs, p.BlobBytes+blobs
 			p.LagTransactions, p.LagLowerBound = lag, !exact
 			if counted >= 0 {
 				p.LagTransactions, p.LagLowerBound = int(counted), false

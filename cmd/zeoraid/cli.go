@@ -311,8 +311,8 @@ func reloadText(added, removed []string) string {
 // runVerify compares the backends of a storage.
 func runVerify(std stdio, args []string) int {
 	s := cliSettings("verify", `Compares every backend's transactions (tids, metadata, record hashes) and
-reports the first difference. Exit code: 0 identical, 2 different or
-unreachable.`, std)
+the content of every blob (SHA-256), and reports the first difference.
+Exit code: 0 identical, 2 different or unreachable.`, std)
 	if code, done := s.start(args); done {
 		return code
 	}
@@ -328,7 +328,11 @@ unreachable.`, std)
 	if s.boolean("json") {
 		std.out.Write(body)
 	} else if rep.Identical {
-		fmt.Fprintf(std.out, "OK: %d transactions identical on %s\n", rep.Transactions, strings.Join(rep.Backends, ", "))
+		blobs := ""
+		if rep.Blobs > 0 {
+			blobs = fmt.Sprintf(" (with %d blobs, %d bytes)", rep.Blobs, rep.BlobBytes)
+		}
+		fmt.Fprintf(std.out, "OK: %d transactions%s identical on %s\n", rep.Transactions, blobs, strings.Join(rep.Backends, ", "))
 	} else {
 		fmt.Fprintf(std.out, "CRITICAL: backends differ after %d identical transactions: %s\n", rep.Transactions, rep.FirstDifference)
 	}

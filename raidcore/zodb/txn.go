@@ -1,6 +1,7 @@
 package zodb
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 )
@@ -214,4 +215,15 @@ func indexByte(b []byte, c byte) int {
 		}
 	}
 	return -1
+}
+
+// blobModule is what every blob record mentions: ZODB.blob.Blob's module.
+var blobModule = []byte("ZODB.blob")
+
+// MayHoldBlob reports whether a record may be a blob revision. Like
+// ZODB's is_blob_record, which looks for the class only in records that
+// mention ZODB.blob, it never misses a blob record; whether the revision
+// really has a blob is the storage's to say (BlobStorage.OpenBlob).
+func MayHoldBlob(data []byte) bool {
+	return bytes.Contains(data, blobModule)
 }

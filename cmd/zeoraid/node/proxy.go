@@ -188,6 +188,7 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
 		VerifyReads: p.cfg.VerifyReads, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
+		BlobTempDir: p.cfg.SpoolDir,
 	}
 }
 
