@@ -343,6 +343,8 @@ func (s apiStatus) brief() string {
 type apiVerify struct {
 	Backends        []string `json:"backends"`
 	Transactions    int      `json:"transactions"`
+	Blobs           int      `json:"blobs"`
+	BlobBytes       int64    `json:"blob_bytes"`
 	Identical       bool     `json:"identical"`
 	FirstDifference string   `json:"first_difference"`
 }
