@@ -28,7 +28,8 @@ func registerBenchFlags(s *settings) {
 	s.durationKey("duration", 10*time.Second, positive, "length of each phase")
 	s.sizeKey("object-size", 200, 1, 64<<20, "record size in bytes")
 	s.intKey("objects", 2000, 1, 100_000_000, "objects to load from")
-	s.setKey("phases", []string{"commit", "load"}, []string{"commit", "load"}, "which phases: commit, load, or both (commit,load)")
+	s.setKey("phases", []string{"commit", "load"}, []string{"commit", "load", "blob"}, "which phases: commit, load, blob (blob commits and downloads), comma-separated")
+	s.sizeKey("blob-size", 16<<20, 1, 1<<40, "size of each blob of the blob phase")
 	s.boolKey("json", false, "print one JSON object per target instead of a table")
 	s.boolKey("msgpack", false, "answer M5 (msgpack) instead of echoing the server")
 	s.backendsKey("cpu", false, "name=host:port[,host:port] of more processes whose CPU time per 1,000 operations to report, found by the port they listen on (e.g. the backends behind a proxy; the targets' own processes are always watched; Linux)")
@@ -49,7 +50,7 @@ func runBench(std stdio, args []string) int {
 	}
 	base := zeobench.Config{
 		Storage: s.str("storage"), Clients: int(s.integer("clients")), Duration: s.dur("duration"),
-		ObjectSize: int(s.integer("object-size")), Objects: int(s.integer("objects")),
+		ObjectSize: int(s.integer("object-size")), Objects: int(s.integer("objects")), BlobSize: s.integer("blob-size"),
 	}
 	if s.boolean("msgpack") {
 		base.Encoding = wire.Msgpack
@@ -60,6 +61,8 @@ func runBench(std stdio, args []string) int {
 			base.Commit = true
 		case "load":
 			base.Load = true
+		case "blob":
+			base.Blob = true
 		}
 	}
 	base.CPU = watchProcesses(std, targets, s.entries("cpu"))
@@ -89,6 +92,17 @@ func runBench(std stdio, args []string) int {
 
 func printBench(out io.Writer, rs []zeobench.Result, cfg zeobench.Config) {
 	fmt.Fprintf(out, "%d clients, %v per phase, %d-byte objects\n", cfg.Clients, cfg.Duration, cfg.ObjectSize)
+	if cfg.Commit || cfg.Load {
+		printCommitsAndLoads(out, rs)
+	}
+	if cfg.Blob {
+		printBlobs(out, rs, cfg)
+	}
+	printCPU(out, rs)
+}
+
+// printCommitsAndLoads is the table of the commit and load phases.
+func printCommitsAndLoads(out io.Writer, rs []zeobench.Result) {
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "target\tcommits/s\tcommit p50\tcommit p99\tloads/s\tload p50\tload p99\tvs first (commits, load p50)")
 	for _, r := range rs {
@@ -103,7 +117,24 @@ func printBench(out io.Writer, rs []zeobench.Result, cfg zeobench.Config) {
 		}
 	}
 	w.Flush()
-	printCPU(out, rs)
+}
+
+// printBlobs is the table of the blob phase.
+func printBlobs(out io.Writer, rs []zeobench.Result, cfg zeobench.Config) {
+	fmt.Fprintf(out, "blobs of %d bytes, one per transaction:\n", cfg.BlobSize)
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "target\tcommitted\tupload MiB/s\tdownloaded\tdownload MiB/s\tvs first (up, down)")
+	for _, r := range rs {
+		ratio := ""
+		if len(rs) > 1 && rs[0].BlobUploadMiBps > 0 && rs[0].BlobDownloadMiBps > 0 {
+			ratio = fmt.Sprintf("%.2fx, %.2fx", r.BlobUploadMiBps/rs[0].BlobUploadMiBps, r.BlobDownloadMiBps/rs[0].BlobDownloadMiBps)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%.0f\t%d\t%.0f\t%s\n", r.Target, r.BlobUploads, r.BlobUploadMiBps, r.BlobDownloads, r.BlobDownloadMiBps, ratio)
+		if r.BlobErrors > 0 {
+			fmt.Fprintf(w, "  (%d blob errors)\n", r.BlobErrors)
+		}
+	}
+	w.Flush()
 }
 
 // watchedProcess is a process whose CPU time the bench reports.

@@ -130,7 +130,7 @@ func (s *Store) stageBlobs(p *txnplan.Plan) ([]stagedBlob, error) {
 			if err := os.MkdirAll(filepath.Join(s.BlobDir(), stagingDir), 0o700); err != nil {
 				return fail(err)
 			}
-			n, err := copyFile(r.Blob.Path, s.stagedPath(r.OID, p.TID))
+			n, err := stageFile(r.Blob, s.stagedPath(r.OID, p.TID), !s.opts.NoSync)
 			if err != nil {
 				return fail(err)
 			}
@@ -324,6 +324,32 @@ func (s *Store) emptyBlobTrash() (int, error) {
 		}
 		total += len(keys)
 	}
+}
+
+// stageFile puts a transaction's blob file at dst, durably when sync: a
+// hard link when the file is immutable and on the same file system (a ZEO
+// server's upload in the data directory's spool: no copy), else a copy.
+func stageFile(b *zodb.Blob, dst string, sync bool) (int64, error) {
+	if b.Immutable {
+		if err := os.Link(b.Path, dst); err == nil {
+			f, err := os.Open(dst)
+			if err != nil {
+				os.Remove(dst)
+				return 0, err
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err == nil && sync {
+				err = f.Sync()
+			}
+			if err != nil {
+				os.Remove(dst)
+				return 0, err
+			}
+			return fi.Size(), nil
+		}
+	}
+	return copyFile(b.Path, dst)
 }
 
 // copyFile copies src to a new file dst and fsyncs it; it returns the

@@ -162,3 +162,32 @@ func TestPackRemovesBlobFiles(t *testing.T) {
 		t.Fatalf("the directory of a collected object: %v", err)
 	}
 }
+
+// TestImmutableBlobIsLinked: a blob the caller promises never to change
+// (a ZEO server's upload) is linked into place, not copied; removing the
+// caller's file afterwards leaves the committed blob whole.
+func TestImmutableBlobIsLinked(t *testing.T) {
+	ctx := context.Background()
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "1.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// In the store's own directory, as a backend's spool is.
+	src := filepath.Join(filepath.Dir(s.Path()), "upload")
+	content := storagetest.BlobContent(4, 10_000)
+	if err := os.WriteFile(src, content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	oids, _ := s.NewOIDs(ctx, 1)
+	tid := commit(t, s, storagetest.StoreBlob(oids[0], zodb.ZeroTID, storagetest.Record("b"), &zodb.Blob{Path: src, Size: int64(len(content)), Immutable: true}))
+	a, err1 := os.Stat(src)
+	b, err2 := os.Stat(filepath.Join(s.BlobDir(), oids[0].String(), tid.String()+".blob"))
+	if err1 != nil || err2 != nil || !os.SameFile(a, b) {
+		t.Fatalf("an immutable blob was not linked: %v %v", err1, err2)
+	}
+	os.Remove(src)
+	if got, err := readBlob(t, s, oids[0], tid); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("the linked blob after the upload went: %v", err)
+	}
+}

@@ -84,6 +84,11 @@ type Op struct {
 type Blob struct {
 	Path string
 	Size int64
+	// Immutable promises that the file's content never changes, not even
+	// after the transaction ends (a server's upload file, which is only
+	// ever removed): a storage on the same file system may then keep a
+	// hard link to it instead of a copy.
+	Immutable bool
 }
 
 // Spilled locates an operation's data in a spool: Len bytes at Off of R.

@@ -7,7 +7,9 @@ package zeobench
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"os"
 	"sort"
 	"sync"
 	"time"
@@ -30,8 +32,12 @@ type Config struct {
 	ObjectSize int
 	// Objects is how many objects the load phase reads from.
 	Objects int
-	// Phases: "commit", "load" or both.
-	Commit, Load bool
+	// Phases: "commit", "load", "blob" in any combination.
+	Commit, Load, Blob bool
+	// BlobSize is the size of each blob of the blob phase (default 16
+	// MiB): each client commits one blob per transaction for Duration,
+	// then downloads the blobs committed for Duration.
+	BlobSize int64
 	// CPU, when set, returns the CPU time each watched process has used
 	// so far, by name; it is called before and after each phase.
 	CPU func() map[string]time.Duration
@@ -50,6 +56,10 @@ type Result struct {
 	// CommitCPU and LoadCPU are the CPU time each watched process used
 	// during the phase (Config.CPU).
 	CommitCPU, LoadCPU map[string]time.Duration `json:",omitempty"`
+	// The blob phase: blobs committed and downloaded, and the rates in
+	// MiB/s (all clients together).
+	BlobUploads, BlobDownloads, BlobErrors int
+	BlobUploadMiBps, BlobDownloadMiBps     float64
 }
 
 // cpuDuring returns the CPU time each watched process used while phase
@@ -148,7 +158,98 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.LoadsPerSec = float64(n) / cfg.Duration.Seconds()
 		res.LoadP50, res.LoadP99 = percentile(lat, 0.5), percentile(lat, 0.99)
 	}
+	if cfg.Blob {
+		if err := runBlobPhase(ctx, cfg, clients, &res); err != nil {
+			return res, err
+		}
+	}
 	return res, nil
+}
+
+// runBlobPhase commits one blob of cfg.BlobSize per transaction from
+// every client for cfg.Duration, then downloads them for cfg.Duration.
+func runBlobPhase(ctx context.Context, cfg Config, clients []*zeoclient.Client, res *Result) error {
+	if cfg.BlobSize <= 0 {
+		cfg.BlobSize = 16 << 20
+	}
+	if !clients[0].SupportsBlobs() {
+		return fmt.Errorf("the target does not keep blobs (no IBlobStorage)")
+	}
+	f, err := os.CreateTemp("", "zeoraid-bench-blob-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	rng := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 1<<20)
+	for left := cfg.BlobSize; left > 0; left -= int64(len(buf)) {
+		for i := 0; i+8 <= len(buf); i += 8 {
+			v := rng.Uint64()
+			for j := 0; j < 8; j++ {
+				buf[i+j] = byte(v >> (8 * j))
+			}
+		}
+		if _, err := f.Write(buf[:min(left, int64(len(buf)))]); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// A blob record as ZODB writes one (class ZODB.blob.Blob).
+	record := []byte("\x80\x03cZODB.blob\nBlob\nq\x00.\x80\x03N.")
+	type rev struct {
+		oid zodb.OID
+		tid zodb.TID
+	}
+	var mu sync.Mutex
+	var committed []rev
+	start := time.Now()
+	_, n, errs := runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+		oids, err := c.NewOIDs(ctx, 1)
+		if err != nil {
+			return err
+		}
+		txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("zeoraid bench blob")},
+			Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oids[0], Data: record, Blob: &zodb.Blob{Path: f.Name(), Size: cfg.BlobSize}}}}
+		if _, err := c.Vote(ctx, txn); err != nil {
+			c.Abort(ctx, txn)
+			return err
+		}
+		tid, err := c.Finish(ctx, txn)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		committed = append(committed, rev{oids[0], tid})
+		mu.Unlock()
+		return nil
+	})
+	up := time.Since(start)
+	res.BlobUploads, res.BlobErrors = n, errs
+	res.BlobUploadMiBps = float64(int64(n)*cfg.BlobSize) / float64(1<<20) / up.Seconds()
+	if len(committed) == 0 {
+		return nil
+	}
+	start = time.Now()
+	_, n, errs = runPhase(ctx, clients, cfg.Duration, func(c *zeoclient.Client, st *clientState) error {
+		r := committed[st.rng.IntN(len(committed))]
+		rd, size, err := c.OpenBlob(ctx, r.oid, r.tid)
+		if err != nil {
+			return err
+		}
+		defer rd.Close()
+		got, err := io.Copy(io.Discard, rd)
+		if err == nil && got != size {
+			err = fmt.Errorf("blob of %s: %d bytes, announced %d", r.oid, got, size)
+		}
+		return err
+	})
+	down := time.Since(start)
+	res.BlobDownloads, res.BlobErrors = n, res.BlobErrors+errs
+	res.BlobDownloadMiBps = float64(int64(n)*cfg.BlobSize) / float64(1<<20) / down.Seconds()
+	return nil
 }
 
 type clientState struct {

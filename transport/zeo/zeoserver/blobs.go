@@ -151,7 +151,9 @@ func (c *conn) attachBlob(method string, args []any, name string, size int64) er
 		if op.Blob != nil {
 			c.removeBlobFile(op.Blob.Path)
 		}
-		stored := zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial, Blob: &zodb.Blob{Path: name, Size: size}}
+		// Nothing writes to an upload after storeBlobEnd: a storage may
+		// link it.
+		stored := zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial, Blob: &zodb.Blob{Path: name, Size: size, Immutable: true}}
 		c.spoolData(t, &stored, data)
 		*op = stored
 		t.blobs = append(t.blobs, name)
