@@ -440,10 +440,20 @@ func startRunzeo(t testing.TB, py string, msgpack, ccr bool) *server {
 // startRunzeoGC is startRunzeo with the FileStorage's pack-gc setting.
 func startRunzeoGC(t testing.TB, py string, msgpack, ccr, packGC bool) *server {
 	t.Helper()
+	return startRunzeoWith(t, py, msgpack, ccr, packGC, false)
+}
+
+// startRunzeoWith is startRunzeoGC, with a blob directory when blobs.
+func startRunzeoWith(t testing.TB, py string, msgpack, ccr, packGC, blobs bool) *server {
+	t.Helper()
 	dir := t.TempDir()
 	want := "Z5"
 	if msgpack {
 		want = "M5"
+	}
+	blobDir := ""
+	if blobs {
+		blobDir = "  blob-dir " + filepath.Join(dir, "blobs") + "\n"
 	}
 	for attempt := 1; ; attempt++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -458,8 +468,8 @@ func startRunzeoGC(t testing.TB, py string, msgpack, ccr, packGC bool) *server {
 <filestorage 1>
   path %s
   pack-gc %t
-</filestorage>
-`, addr, msgpack, ccr, filepath.Join(dir, "Data.fs"), packGC)
+%s</filestorage>
+`, addr, msgpack, ccr, filepath.Join(dir, "Data.fs"), packGC, blobDir)
 		confPath := filepath.Join(dir, "zeo.conf")
 		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
@@ -478,6 +488,31 @@ func startRunzeoGC(t testing.TB, py string, msgpack, ccr, packGC bool) *server {
 			continue // lost the port race; try another one
 		}
 		t.Fatalf("runzeo on %s: %v; log:\n%s", addr, err, tail(s.Log(), 40))
+	}
+}
+
+// restartRunzeo starts runzeo again with the configuration, data and
+// address of rz (which has exited), retrying while the address is still
+// taken.
+func restartRunzeo(t testing.TB, py string, rz *server, want string) *server {
+	t.Helper()
+	dir, addr := filepath.Dir(rz.LogPath), rz.Addr
+	for attempt := 1; ; attempt++ {
+		cmd := exec.Command(py, "-m", "ZEO.runzeo", "-C", filepath.Join(dir, "zeo.conf"))
+		cmd.Dir = dir
+		cmd.Env = pythonEnviron()
+		rz = startProcess(t, cmd, filepath.Join(dir, fmt.Sprintf("runzeo-restart-%d.log", attempt)))
+		rz.Addr = addr
+		err := waitGreeting(rz, want, 30*time.Second)
+		if err == nil {
+			return rz
+		}
+		rz.stop(t)
+		if attempt < 50 && strings.Contains(rz.Log(), "in use") {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		t.Fatalf("restarting runzeo on %s: %v; log:\n%s", addr, err, tail(rz.Log(), 40))
 	}
 }
 

@@ -3,8 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -191,24 +189,7 @@ func TestProxyOverMixedBackends(t *testing.T) {
 
 	// runzeo again, on the same FileStorage and address.
 	restartAt := time.Now()
-	dir := filepath.Dir(rz.LogPath)
-	for attempt := 1; ; attempt++ {
-		cmd := exec.Command(py, "-m", "ZEO.runzeo", "-C", filepath.Join(dir, "zeo.conf"))
-		cmd.Dir = dir
-		cmd.Env = pythonEnviron()
-		rz = startProcess(t, cmd, filepath.Join(dir, fmt.Sprintf("runzeo-restart-%d.log", attempt)))
-		rz.Addr = bs[2].Addr
-		err := waitGreeting(rz, "Z5", 30*time.Second)
-		if err == nil {
-			break
-		}
-		rz.stop(t)
-		if attempt < 50 && strings.Contains(rz.Log(), "in use") {
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		t.Fatalf("restarting runzeo on %s: %v; log:\n%s", rz.Addr, err, tail(rz.Log(), 40))
-	}
+	rz = restartRunzeo(t, py, rz, "Z5")
 	t.Logf("runzeo restarted in %v", time.Since(restartAt).Round(time.Millisecond))
 	var last apiStatus
 	st, ok = px.waitStatus(60*time.Second, func(s apiStatus) bool {

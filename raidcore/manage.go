@@ -400,7 +400,7 @@ func (a *Array) Verify(ctx context.Context, names ...string) (VerifyReport, erro
 			rep.Identical = true
 			return rep, nil
 		}
-		for _, d := range ref.Records {
+		for _, d := range zodb.LastRecords(ref.Records) {
 			if d.NoData || !zodb.MayHoldBlob(d.Data) {
 				continue
 			}
@@ -460,7 +460,7 @@ func txnDifference(a, b *zodb.TransactionRecord) string {
 }
 
 func recordsHash(t *zodb.TransactionRecord) [32]byte {
-	recs := append([]zodb.DataRecord(nil), t.Records...)
+	recs := append([]zodb.DataRecord(nil), zodb.LastRecords(t.Records)...)
 	sort.Slice(recs, func(i, j int) bool { return recs[i].OID.Uint64() < recs[j].OID.Uint64() })
 	h := sha256.New()
 	for _, r := range recs {

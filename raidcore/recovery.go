@@ -651,9 +651,9 @@ func packedDifference(s, t *zodb.TransactionRecord) string {
 	}
 	have := map[zodb.OID]zodb.DataRecord{}
 	for _, d := range t.Records {
-		have[d.OID] = d
+		have[d.OID] = d // the last record of an oid wins
 	}
-	for _, d := range s.Records {
+	for _, d := range zodb.LastRecords(s.Records) {
 		o, ok := have[d.OID]
 		if !ok || o.NoData != d.NoData || !bytes.Equal(o.Data, d.Data) {
 			return fmt.Sprintf("transaction %s: record of %s differs", s.TID, d.OID)
@@ -939,7 +939,7 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		}
 		txn := &zodb.Transaction{Meta: rec.Meta, TID: rec.TID, Status: status}
 		var size int64
-		for _, d := range rec.Records {
+		for _, d := range zodb.LastRecords(rec.Records) {
 			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpRestore, OID: d.OID, Serial: d.TID, Data: d.Data, NoData: d.NoData, PrevTxn: d.DataTxn})
 			size += int64(len(d.Data))
 		}

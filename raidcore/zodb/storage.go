@@ -56,6 +56,31 @@ type DataRecord struct {
 	Blob *Blob
 }
 
+// LastRecords returns recs without the records that a later record of the
+// same oid in the same transaction supersedes (FileStorage keeps both
+// when a transaction stores an object twice, as ZEO's server does for
+// every blob: storea, then storeBlob; loads see the last). Order is kept.
+// recs is returned as is when no oid repeats.
+func LastRecords(recs []DataRecord) []DataRecord {
+	if len(recs) < 2 {
+		return recs
+	}
+	last := make(map[OID]int, len(recs))
+	for i, r := range recs {
+		last[r.OID] = i
+	}
+	if len(last) == len(recs) {
+		return recs
+	}
+	out := make([]DataRecord, 0, len(last))
+	for i, r := range recs {
+		if last[r.OID] == i {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // TransactionRecord is one transaction with its records, as iterated.
 type TransactionRecord struct {
 	TID     TID

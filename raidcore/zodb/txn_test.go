@@ -43,3 +43,15 @@ func TestOpPayload(t *testing.T) {
 		t.Fatal("short spool read accepted")
 	}
 }
+
+func TestLastRecords(t *testing.T) {
+	a, b := OIDFromUint64(1), OIDFromUint64(2)
+	recs := []DataRecord{{OID: a, Data: []byte("storea")}, {OID: b, Data: []byte("b")}, {OID: a, Data: []byte("storeBlob")}}
+	got := LastRecords(recs)
+	if len(got) != 2 || got[0].OID != b || got[1].OID != a || string(got[1].Data) != "storeBlob" {
+		t.Fatalf("LastRecords: %+v", got)
+	}
+	if plain := recs[:2]; &LastRecords(plain)[0] != &plain[0] {
+		t.Fatal("records without repeats were copied")
+	}
+}
