@@ -7,8 +7,10 @@
 // storage, invalidations to every other connection in strictly increasing
 // tid order (also for commits the storage reports from elsewhere), no
 // stale current revision after an invalidation, ping as a barrier,
-// client-side conflict resolution mode, iterators, undo, pack and extension
-// methods. Malformed input costs only the offending connection.
+// client-side conflict resolution mode, iterators, undo, pack, blobs (for
+// storages that keep them: uploads into a spool file, sendBlob streamed;
+// not shared blob directories) and extension methods. Malformed input
+// costs only the offending connection.
 //
 // Resources a client can hold are bounded: a message must be completed
 // within Config.FrameTimeout once it has begun (a client may idle between
