@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +37,12 @@ import (
 //     last of them;
 //   - the storage is usable: a new commit works and gets a higher tid, and
 //     new oids lie above every oid handed out before the kill (oids are
-//     never reissued).
+//     never reissued);
+//   - blobs: about one store in four carries a blob (1 byte to 64 KiB);
+//     every acknowledged revision's blob reads back exactly, a revision
+//     without one has none (an undo gets the blob of the revision it goes
+//     back to), no blob is left staged after the restart, and every blob
+//     file in the data directory belongs to a stored revision that has one.
 //
 // The data accumulate across kills (the directory is never wiped), so every
 // check covers the transactions of all earlier cycles too. The backend's
@@ -94,6 +101,7 @@ func TestBackendCrash(t *testing.T) {
 	began := time.Now()
 	r := newCrashRun(t, seed)
 	dataDir, logDir := t.TempDir(), t.TempDir()
+	r.blobDir, r.dataDir = t.TempDir(), dataDir
 	rng := rand.New(rand.NewPCG(seed, 0))
 	ctx := context.Background()
 
@@ -140,9 +148,12 @@ func TestBackendCrash(t *testing.T) {
 		}
 	}
 	t.Logf("done: seed %d, %d iterations in %v: %d transactions acknowledged (%d by the checker, %d undos; %d records, %d of them updates), "+
-		"%d with unknown outcome (%d committed, %d absent), %d failed, %d oids handed out (highest %#x)",
+		"%d with unknown outcome (%d committed, %d absent), %d failed, %d oids handed out (highest %#x), %d blob files",
 		seed, iterations, time.Since(began).Round(time.Millisecond), r.total.acked, r.total.checker, undos, records, updates,
-		r.total.unknown, r.total.unknownCommitted, r.total.unknownAbsent, r.total.failed, len(r.oids), r.maxOID)
+		r.total.unknown, r.total.unknownCommitted, r.total.unknownAbsent, r.total.failed, len(r.oids), r.maxOID, r.blobFiles)
+	if r.blobFiles == 0 {
+		t.Errorf("no blob was stored: the blob checks checked nothing")
+	}
 }
 
 const (
@@ -178,6 +189,9 @@ type crashRec struct {
 	data   []byte
 	noData bool   // an undone creation
 	prev   []byte // the object's data before the transaction; nil if it created it
+	// blob is the revision's blob (nil: none), prevBlob the object's
+	// blob before the transaction.
+	blob, prevBlob []byte
 }
 
 // crashTxn is one transaction a client sent (or tried to).
@@ -211,6 +225,7 @@ func (x *crashTxn) String() string {
 type crashObj struct {
 	serial zodb.TID
 	data   []byte
+	blob   []byte
 }
 
 // crashClient models what one client owns: only it writes its objects,
@@ -256,7 +271,7 @@ func (lc *crashClient) apply(x *crashTxn) {
 			lc.gone[rec.oid] = true
 			continue
 		}
-		lc.objs[rec.oid] = &crashObj{serial: x.tid, data: rec.data}
+		lc.objs[rec.oid] = &crashObj{serial: x.tid, data: rec.data, blob: rec.blob}
 	}
 	if x.undoOf != nil {
 		x.undoOf.undone = true
@@ -289,6 +304,12 @@ type crashRun struct {
 	reports int
 
 	logs []*server // every backend incarnation, for failure reports
+
+	blobDir string // the clients' blob files while they commit
+	dataDir string // the backend's data directory
+	// blobFiles is how many blob files the last check found (one per
+	// stored revision with a blob).
+	blobFiles int
 }
 
 func newCrashRun(t testing.TB, seed uint64) *crashRun {
@@ -401,6 +422,18 @@ func crashDataHead(b []byte) string {
 	return fmt.Sprintf("%d foreign bytes %q", len(b), b[:min(len(b), 40)])
 }
 
+// crashBlob is a blob of 1 byte to 64 KiB that begins with the record's
+// data (so that a blob in the wrong place says whose it is).
+func crashBlob(rng *rand.Rand, data []byte) []byte {
+	n := 1 + rng.IntN(64<<10)
+	b := make([]byte, n)
+	copy(b, data)
+	for i := min(len(data), n); i < n; i++ {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
 // commitOne builds one transaction for client lc, commits it through c and
 // records the outcome. It returns the transaction (nil if nothing was
 // sent) and the error that ended it.
@@ -416,7 +449,7 @@ func (r *crashRun) commitOne(ctx context.Context, c *zeoclient.Client, lc *crash
 			if rec.prev == nil {
 				x.recs = append(x.recs, crashRec{oid: rec.oid, noData: true})
 			} else {
-				x.recs = append(x.recs, crashRec{oid: rec.oid, data: rec.prev, prev: rec.data})
+				x.recs = append(x.recs, crashRec{oid: rec.oid, data: rec.prev, prev: rec.data, blob: rec.prevBlob, prevBlob: rec.blob})
 			}
 		}
 		lc.last = nil // one try
@@ -445,14 +478,25 @@ func (r *crashRun) commitOne(ctx context.Context, c *zeoclient.Client, lc *crash
 		r.noteOIDs(who, fresh)
 		for idx := range n {
 			data := crashData(lc.rng, iter, lc.id, lc.seq, idx)
+			var blob []byte
+			var bf *zodb.Blob
+			if lc.rng.IntN(4) == 0 {
+				blob = crashBlob(lc.rng, data)
+				path := filepath.Join(r.blobDir, fmt.Sprintf("c%d-s%d-o%d", lc.id, lc.seq, idx))
+				if err := os.WriteFile(path, blob, 0o600); err != nil {
+					return nil, err
+				}
+				defer os.Remove(path)
+				bf = &zodb.Blob{Path: path, Size: int64(len(blob))}
+			}
 			if idx < nUpd {
 				o := lc.objs[owned[idx]]
-				ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: owned[idx], Serial: o.serial, Data: data})
-				x.recs = append(x.recs, crashRec{oid: owned[idx], data: data, prev: o.data})
+				ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: owned[idx], Serial: o.serial, Data: data, Blob: bf})
+				x.recs = append(x.recs, crashRec{oid: owned[idx], data: data, prev: o.data, blob: blob, prevBlob: o.blob})
 			} else {
 				oid := fresh[idx-nUpd]
-				ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: zodb.ZeroTID, Data: data})
-				x.recs = append(x.recs, crashRec{oid: oid, data: data})
+				ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: zodb.ZeroTID, Data: data, Blob: bf})
+				x.recs = append(x.recs, crashRec{oid: oid, data: data, blob: blob})
 			}
 		}
 		// Updates and new objects in random order.
@@ -774,7 +818,24 @@ func (r *crashRun) check(ctx context.Context, srv *server, iter int) crashCheckS
 			r.errorf("iteration %d: LoadSerial(%s, %s) of acknowledged %v returned %s, want %s",
 				iter, l.rec.oid, l.x.tid, l.x, crashDataHead(data), crashDataHead(l.rec.data))
 		}
+		if l.rec.noData {
+			return
+		}
+		got, err := crashReadBlob(ctx, pool[w%crashCheckConns], l.rec.oid, l.x.tid)
+		if noteLost(err) {
+			return
+		}
+		switch {
+		case l.rec.blob == nil && !zodb.IsPOSKeyError(err):
+			r.errorf("iteration %d: the blob of %s@%s in %v, which has none: %d bytes, %v; want POSKeyError", iter, l.rec.oid, l.x.tid, l.x, len(got), err)
+		case l.rec.blob != nil && err != nil:
+			r.errorf("iteration %d: LOST blob of %s@%s in acknowledged %v: %v", iter, l.rec.oid, l.x.tid, l.x, err)
+		case l.rec.blob != nil && !bytes.Equal(got, l.rec.blob):
+			r.errorf("iteration %d: the blob of %s@%s in %v: %d bytes (%s), want %d (%s)", iter, l.rec.oid, l.x.tid, l.x,
+				len(got), crashDataHead(got), len(l.rec.blob), crashDataHead(l.rec.blob))
+		}
 	})
+	r.checkBlobFiles(iter, found)
 
 	gone("LoadSerial")
 	mark = cs.phase("loadSerial", mark)
@@ -1005,4 +1066,51 @@ func crashNotableLog(t testing.TB, what, log string) {
 	if len(notable) > 0 {
 		t.Logf("%s logged %d warnings/errors:\n%s", what, len(notable), tail(strings.Join(notable, "\n"), 10))
 	}
+}
+
+// crashReadBlob reads a revision's blob whole.
+func crashReadBlob(ctx context.Context, c *zeoclient.Client, oid zodb.OID, tid zodb.TID) ([]byte, error) {
+	rd, _, err := c.OpenBlob(ctx, oid, tid)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	return io.ReadAll(rd)
+}
+
+// checkBlobFiles checks the backend's blob directory after a restart:
+// nothing staged, and every blob file belongs to a stored revision that
+// has a blob (found: the stored transactions, by what the clients sent).
+func (r *crashRun) checkBlobFiles(iter int, found map[*crashTxn]*zodb.TransactionRecord) {
+	dir := filepath.Join(r.dataDir, "1.zeoraid.blobs")
+	if staged, _ := os.ReadDir(filepath.Join(dir, ".staging")); len(staged) > 0 {
+		r.errorf("iteration %d: %d blob files still staged after the restart, e.g. %s", iter, len(staged), staged[0].Name())
+	}
+	want := map[string]bool{}
+	r.mu.Lock()
+	for x, tr := range found {
+		for _, rec := range x.recs {
+			if rec.blob != nil {
+				want[filepath.Join(rec.oid.String(), tr.TID.String()+".blob")] = true
+			}
+		}
+	}
+	r.mu.Unlock()
+	files, _ := filepath.Glob(filepath.Join(dir, "*", "*.blob"))
+	have := map[string]bool{}
+	for _, f := range files {
+		rel, _ := filepath.Rel(dir, f)
+		have[rel] = true
+		if !want[rel] && !strings.HasPrefix(rel, ".staging") {
+			r.errorf("iteration %d: ORPHAN blob file %s: no stored revision has it", iter, rel)
+		}
+	}
+	for rel := range want {
+		if !have[rel] {
+			r.errorf("iteration %d: blob file %s missing from %s", iter, rel, dir)
+		}
+	}
+	r.mu.Lock()
+	r.blobFiles = len(want)
+	r.mu.Unlock()
 }

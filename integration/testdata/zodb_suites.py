@@ -287,6 +287,14 @@ class GoServerTests(testZEO.FileStorageTests,
     """testZEO.FullGenericTests (via FileStorageTests, for its
     interface check) + History + Persistent, served by zeoraid."""
 
+    # A zeoraid server keeps blobs, so it advertises what a FileStorage
+    # opened with a blob_dir does (runzeo with blob-dir): the blob pair,
+    # directly provided, first; then FileStorage's own interfaces.
+    _expected_interfaces = (
+        ('ZODB.interfaces', 'IBlobStorageRestoreable'),
+        ('ZODB.interfaces', 'IBlobStorage'),
+    ) + testZEO.FileStorageTests._expected_interfaces
+
     def setUp(self):
         # What GenericTestBase.setUp does, with forker.start_zeo_server
         # replaced by the Go server.
