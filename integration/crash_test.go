@@ -1091,20 +1091,26 @@ func (r *crashRun) checkBlobFiles(iter int, found map[*crashTxn]*zodb.Transactio
 	for x, tr := range found {
 		for _, rec := range x.recs {
 			if rec.blob != nil {
-				want[filepath.Join(rec.oid.String(), tr.TID.String()+".blob")] = true
+				want[filepath.Join(zodb.BlobOIDPath(rec.oid), zodb.BlobFileName(tr.TID))] = true
 			}
 		}
 	}
 	r.mu.Unlock()
-	files, _ := filepath.Glob(filepath.Join(dir, "*", "*.blob"))
 	have := map[string]bool{}
-	for _, f := range files {
-		rel, _ := filepath.Rel(dir, f)
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || !strings.HasSuffix(p, ".blob") {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if strings.HasPrefix(rel, ".staging") {
+			return nil
+		}
 		have[rel] = true
-		if !want[rel] && !strings.HasPrefix(rel, ".staging") {
+		if !want[rel] {
 			r.errorf("iteration %d: ORPHAN blob file %s: no stored revision has it", iter, rel)
 		}
-	}
+		return nil
+	})
 	for rel := range want {
 		if !have[rel] {
 			r.errorf("iteration %d: blob file %s missing from %s", iter, rel, dir)

@@ -16,17 +16,26 @@ import (
 
 // Blobs.
 //
-// A revision's blob is a file beside the data file, in <path>.blobs:
+// A revision's blob is a file beside the data file, in <path>.blobs, laid
+// out as ZODB's blob directories are (the "bushy" layout, named in the
+// .layout file), so that a ClientStorage on the same host can use the
+// directory as a shared blob directory:
 //
-//	<oid>/<tid>.blob              committed blobs (16 hex digits each, read-only)
-//	.staging/<tid>-<oid>.blob     blobs of voted transactions, fsynced at vote
+//	.layout                          "bushy"
+//	0x00/.../0x2a/0x03ecb3a6b1e2a2bb.blob
+//	                                 committed blobs: one directory level per
+//	                                 oid byte, the file named by the tid
+//	                                 (zodb.BlobOIDPath, zodb.BlobFileName);
+//	                                 read-only
+//	.staging/<tid>-<oid>.blob        blobs of voted transactions, fsynced at
+//	                                 vote (16 hex digits each)
 //
 // and the bbolt bucket "blobs" (oid|tid -> size) says which revisions have
-// one. The vote copies each blob the transaction brings into .staging and
-// fsyncs the file and the directory; the group write records the blob
-// keys with the records (one bbolt transaction), and only after that
-// durable write renames the staged files into place. A crash before the
-// write leaves staged files of uncommitted transactions, which Open
+// one. The vote copies (or links) each blob the transaction brings into
+// .staging and fsyncs the file and the directory; the group write records
+// the blob keys with the records (one bbolt transaction), and only after
+// that durable write renames the staged files into place. A crash before
+// the write leaves staged files of uncommitted transactions, which Open
 // removes; a crash after it leaves committed blobs still in .staging,
 // which Open moves into place (a revision is never committed without its
 // blob: the staged file was durable before the write). Loads look in
@@ -63,8 +72,51 @@ func (s *Store) SupportsBlobs() bool { return true }
 // BlobDir is the directory holding the store's blobs.
 func (s *Store) BlobDir() string { return s.path + ".blobs" }
 
+var _ zodb.SharedBlobStorage = (*Store)(nil)
+
+// SharedBlobDir implements zodb.SharedBlobStorage: the blob directory is
+// in ZODB's bushy layout and holds every committed blob.
+func (s *Store) SharedBlobDir() string { return s.BlobDir() }
+
 func (s *Store) blobPath(oid zodb.OID, tid zodb.TID) string {
-	return filepath.Join(s.BlobDir(), oid.String(), tid.String()+".blob")
+	return filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oid), zodb.BlobFileName(tid))
+}
+
+// initBlobDir creates the blob directory with its layout marker, or checks
+// the marker of an existing one.
+func (s *Store) initBlobDir() error {
+	dir := s.BlobDir()
+	marker := filepath.Join(dir, zodb.BlobLayoutMarker)
+	b, err := os.ReadFile(marker)
+	switch {
+	case err == nil:
+		if layout := strings.TrimSpace(string(b)); layout != zodb.BushyLayout {
+			return fmt.Errorf("blob directory %s: layout %q (in %s), want %q", dir, layout, zodb.BlobLayoutMarker, zodb.BushyLayout)
+		}
+		return nil
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("blob directory %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("blob directory: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("blob directory: %w", err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") {
+			return fmt.Errorf("blob directory %s has files but no %s marker: not laid out by this version; move it away", dir, zodb.BlobLayoutMarker)
+		}
+	}
+	tmp := marker + ".new"
+	if err := os.WriteFile(tmp, []byte(zodb.BushyLayout), 0o600); err != nil {
+		return fmt.Errorf("blob directory: %w", err)
+	}
+	if err := os.Rename(tmp, marker); err != nil {
+		return fmt.Errorf("blob directory: %w", err)
+	}
+	return syncDir(dir)
 }
 
 func (s *Store) stagedPath(oid zodb.OID, tid zodb.TID) string {
@@ -218,18 +270,29 @@ func (s *Store) placeBlobs(tid zodb.TID, staged []stagedBlob) {
 
 func (s *Store) place(oid zodb.OID, tid zodb.TID) error {
 	final := s.blobPath(oid, tid)
-	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
-		return err
-	}
 	if err := os.Chmod(s.stagedPath(oid, tid), 0o400); err != nil {
 		return err
 	}
-	return os.Rename(s.stagedPath(oid, tid), final)
+	var err error
+	// A pack may remove the oid's directory, empty, between MkdirAll and
+	// Rename: try again.
+	for range 3 {
+		if err = os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
+			return err
+		}
+		if err = os.Rename(s.stagedPath(oid, tid), final); !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return err
 }
 
 // recoverBlobs runs at Open: staged blobs of committed transactions go
 // into place, the others are removed, and pack's trash is emptied.
 func (s *Store) recoverBlobs() error {
+	if err := s.initBlobDir(); err != nil {
+		return err
+	}
 	dir := filepath.Join(s.BlobDir(), stagingDir)
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {

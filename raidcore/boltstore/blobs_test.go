@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,7 +63,7 @@ func TestBlobFilesInEveryEnding(t *testing.T) {
 	if got, err := readBlob(t, s, oids[0], tid); err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("committed blob: %d bytes, %v", len(got), err)
 	}
-	fi, err := os.Stat(filepath.Join(s.BlobDir(), oids[0].String(), tid.String()+".blob"))
+	fi, err := os.Stat(filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oids[0]), zodb.BlobFileName(tid)))
 	if err != nil || fi.Mode().Perm()&0o222 != 0 {
 		t.Fatalf("committed blob file: %v %v", fi, err)
 	}
@@ -108,7 +110,7 @@ func TestCommittedBlobLeftInStaging(t *testing.T) {
 	oids, _ := s.NewOIDs(ctx, 1)
 	content := storagetest.BlobContent(2, 5000)
 	tid := commit(t, s, storagetest.StoreBlob(oids[0], zodb.ZeroTID, storagetest.Record("b"), storagetest.BlobFile(t, content)))
-	final := filepath.Join(s.BlobDir(), oids[0].String(), tid.String()+".blob")
+	final := filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oids[0]), zodb.BlobFileName(tid))
 	staged := filepath.Join(s.BlobDir(), ".staging", tid.String()+"-"+oids[0].String()+".blob")
 	if err := os.Rename(final, staged); err != nil {
 		t.Fatal(err)
@@ -154,11 +156,11 @@ func TestPackRemovesBlobFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	files := storagetest.DirFiles(t, s.BlobDir())
-	want := filepath.Join(s.BlobDir(), oids[0].String(), t2.String()+".blob")
-	if len(files) != 1 || files[0] != want {
-		t.Fatalf("blob files after pack: %v, want only %s", files, want)
+	want := []string{filepath.Join(s.BlobDir(), ".layout"), filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oids[0]), zodb.BlobFileName(t2))}
+	if !slices.Equal(files, want) {
+		t.Fatalf("blob files after pack: %v, want only %v", files, want)
 	}
-	if _, err := os.Stat(filepath.Join(s.BlobDir(), oids[1].String())); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oids[1]))); !os.IsNotExist(err) {
 		t.Fatalf("the directory of a collected object: %v", err)
 	}
 }
@@ -182,12 +184,53 @@ func TestImmutableBlobIsLinked(t *testing.T) {
 	oids, _ := s.NewOIDs(ctx, 1)
 	tid := commit(t, s, storagetest.StoreBlob(oids[0], zodb.ZeroTID, storagetest.Record("b"), &zodb.Blob{Path: src, Size: int64(len(content)), Immutable: true}))
 	a, err1 := os.Stat(src)
-	b, err2 := os.Stat(filepath.Join(s.BlobDir(), oids[0].String(), tid.String()+".blob"))
+	b, err2 := os.Stat(filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oids[0]), zodb.BlobFileName(tid)))
 	if err1 != nil || err2 != nil || !os.SameFile(a, b) {
 		t.Fatalf("an immutable blob was not linked: %v %v", err1, err2)
 	}
 	os.Remove(src)
 	if got, err := readBlob(t, s, oids[0], tid); err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("the linked blob after the upload went: %v", err)
+	}
+}
+
+// The blob directory is ZODB's bushy layout and says so in .layout, as a
+// ClientStorage with a shared blob directory expects; a directory laid
+// out otherwise is refused, not mixed.
+func TestBlobDirLayoutMarker(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "1.db")
+	s, err := boltstore.Open(path, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.SharedBlobDir() != s.BlobDir() {
+		t.Fatalf("SharedBlobDir %s, BlobDir %s", s.SharedBlobDir(), s.BlobDir())
+	}
+	s.Close()
+	b, err := os.ReadFile(filepath.Join(path+".blobs", ".layout"))
+	if err != nil || string(b) != "bushy" {
+		t.Fatalf(".layout: %q, %v; want bushy", b, err)
+	}
+	// Reopening keeps it.
+	s, err = boltstore.Open(path, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	if err := os.WriteFile(filepath.Join(path+".blobs", ".layout"), []byte("lawn\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := boltstore.Open(path, boltstore.Options{}); err == nil || !strings.Contains(err.Error(), `layout "lawn"`) {
+		t.Fatalf("opening over a lawn blob directory: %v, want a layout error", err)
+	}
+
+	// Files without a marker: not ours to guess about.
+	other := filepath.Join(t.TempDir(), "2.db")
+	if err := os.MkdirAll(filepath.Join(other+".blobs", "0x01"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := boltstore.Open(other, boltstore.Options{}); err == nil || !strings.Contains(err.Error(), "no .layout marker") {
+		t.Fatalf("opening over an unmarked blob directory: %v, want an error", err)
 	}
 }

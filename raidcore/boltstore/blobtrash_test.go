@@ -41,7 +41,7 @@ func TestPackInterruptedBeforeBlobRemoval(t *testing.T) {
 	}
 	t1 := do(zodb.Op{Kind: zodb.OpStore, OID: oid, Data: []byte("x"), Blob: blob("one")})
 	t2 := do(zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: t1, Data: []byte("x"), Blob: blob("two")})
-	old := filepath.Join(s.BlobDir(), oid.String(), t1.String()+".blob")
+	old := filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oid), zodb.BlobFileName(t1))
 	s.opts.NoPackGC = true // the records are not pickles
 	s.beforeTrashRemoval = func() error { return errors.New("crash") }
 	time.Sleep(2 * time.Millisecond)

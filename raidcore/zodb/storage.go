@@ -188,6 +188,17 @@ type BlobStorage interface {
 	OpenBlob(ctx context.Context, oid OID, serial TID) (io.ReadCloser, int64, error)
 }
 
+// SharedBlobStorage is implemented by blob storages whose committed blobs
+// are files in ZODB's bushy layout (BlobOIDPath, BlobFileName) under
+// SharedBlobDir, complete and current: a ClientStorage on the same host
+// with shared_blob_dir may read them there and hand over new blobs as
+// files in that directory (ZEO's storeBlobShared). A storage that is not
+// its blobs' sole keeper (a proxy's array) does not implement it.
+type SharedBlobStorage interface {
+	BlobStorage
+	SharedBlobDir() string
+}
+
 // TransactionCounter is implemented by storages that can count the
 // transactions with start <= tid <= stop without reading their data
 // records (a recovery sizes a gap it cannot count from what it remembers).

@@ -3,9 +3,10 @@ package zeoserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
-	"strings"
+	"path/filepath"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
@@ -162,18 +163,59 @@ func (c *conn) attachBlob(method string, args []any, name string, size int64) er
 	return zodb.NewStorageTransactionError("%s for %s, which the transaction did not store", method, oid)
 }
 
-// storeBlobShared is refused: a client that shares a blob directory with
-// its server writes the blob there itself and sends only the file name,
-// and nothing here shares a directory with its clients.
+// storeBlobShared takes a blob that a client sharing the storage's blob
+// directory (ClientStorage with shared_blob_dir) wrote there itself: args
+// are (oid, serial, data, file name, txn id), the file name one that
+// ZODB's blob_mkstemp made in the oid's directory. Only a storage whose
+// blob directory is complete and in ZODB's layout (zodb.SharedBlobStorage,
+// the built-in backend) accepts it; a proxy refuses, as nothing there
+// shares a directory with its clients. The transaction owns the file from
+// here, as an upload (the storage links or copies it at vote; it is
+// removed when the transaction ends).
 func (c *conn) storeBlobShared(ctx context.Context, args []any) (any, error) {
 	if err := argc("storeBlobShared", args, 5, 5); err != nil {
 		return nil, err
 	}
-	if name, ok := args[3].(string); ok && (strings.ContainsAny(name, `/\`) || !(strings.HasSuffix(name, ".tmp") || len(name) > 4 && strings.HasSuffix(name[:len(name)-1], ".tmp"))) {
-		c.logger().Error("bad file name in storeBlobShared", "name", name)
+	name, ok := args[3].(string)
+	if !ok {
+		return nil, typeErr("storeBlobShared", fmt.Errorf("the file name is %T, want str", args[3]))
+	}
+	if !zodb.IsSharedBlobTempName(name) {
+		// ZEO logs this as an attack: a name that could reach outside
+		// the oid's directory, or a file that is not a blob upload.
+		c.logger().Error("bad file name in storeBlobShared: refused", "name", name)
 		return nil, zodb.NewValueError("bad blob file name %q", name)
 	}
-	return nil, zodb.NewUnsupported("this server does not share a blob directory with its clients: configure ClientStorage without shared_blob_dir")
+	if c.readOnly {
+		return nil, zodb.NewReadOnlyError()
+	}
+	bs, ok := c.blobStorage()
+	if !ok {
+		return nil, noBlobSupport()
+	}
+	shared, ok := bs.(zodb.SharedBlobStorage)
+	if !ok {
+		return nil, zodb.NewUnsupported("this server does not share a blob directory with its clients: configure ClientStorage without shared_blob_dir")
+	}
+	oid, _, err := oidSerial("storeBlobShared", args[0], args[1])
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(shared.SharedBlobDir(), zodb.BlobOIDPath(oid), name)
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, zodb.NewStorageError("storeBlobShared: the blob file: %v (client and server must share the blob directory %s)", err, shared.SharedBlobDir())
+	}
+	if !fi.Mode().IsRegular() {
+		c.logger().Error("storeBlobShared names something that is not a regular file: refused", "path", path, "mode", fi.Mode().String())
+		return nil, zodb.NewValueError("the blob file %s is not a regular file", name)
+	}
+	if err := c.attachBlob("storeBlobShared", []any{args[0], args[1], args[2], args[4]}, path, fi.Size()); err != nil {
+		// The client left the file to the server: nothing else removes it.
+		c.removeBlobFile(path)
+		return nil, err
+	}
+	return nil, nil
 }
 
 // dropBlobs removes the blob files of a transaction that has ended (the

@@ -3,6 +3,9 @@ package zeoserver_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -153,7 +156,7 @@ func TestBadBlobInput(t *testing.T) {
 			r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, []byte("d"), int64(1)))
 			r.send(wire.NewOneWay("storeBlobShared", oid, zodb.ZeroTID, []byte("d"), "../../etc/passwd.tmp", int64(1)))
 		}},
-		{"shared blobs", func(r *raw) {
+		{"shared blobs on a storage that shares no directory", func(r *raw) {
 			r.tpcBegin(1)
 			r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, []byte("d"), int64(1)))
 			r.send(wire.NewOneWay("storeBlobShared", oid, zodb.ZeroTID, []byte("d"), "0x01.tmp", int64(1)))
@@ -203,4 +206,125 @@ func TestNoBlobsWithoutBlobStorage(t *testing.T) {
 	r.tpcBegin(1)
 	r.send(wire.NewOneWay("storeBlobStart"))
 	r.expectClosed("storeBlobStart without blobs")
+}
+
+// sharedBlobStorage is the in-memory storage with a shared blob
+// directory: enough for storeBlobShared, which only reads the file.
+type sharedBlobStorage struct {
+	*memstorage.Storage
+	dir string
+}
+
+func (s sharedBlobStorage) SharedBlobDir() string { return s.dir }
+
+// sharedBlobFile writes content where a ClientStorage with shared_blob_dir
+// puts a blob for oid (blob_mkstemp in the oid's directory, renamed to
+// "-") and returns the name it sends.
+func sharedBlobFile(t *testing.T, dir string, oid zodb.OID, content []byte) string {
+	t.Helper()
+	od := filepath.Join(dir, zodb.BlobOIDPath(oid))
+	if err := os.MkdirAll(od, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	name := "0x00k3j4_x9.tmp-"
+	if err := os.WriteFile(filepath.Join(od, name), content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+// TestStoreBlobShared: a storage that shares its blob directory takes a
+// blob a client wrote there (storeBlobShared), stores it at vote and
+// removes the client's file when the transaction ends; the committed
+// blob reads back. Bad shared input closes the connection and stores
+// nothing: a missing file, a symlink, a name with a path, a blob for an
+// oid the transaction did not store (its file is removed).
+func TestStoreBlobShared(t *testing.T) {
+	dir := t.TempDir()
+	st := sharedBlobStorage{memstorage.New("1"), dir}
+	f := setup(t, zeoserver.Config{Storages: zeotest.Storages(st), SpoolDir: t.TempDir()})
+	oid := zodb.OIDFromUint64(0x2a)
+	content := bytes.Repeat([]byte("shared "), 20000)
+
+	r := dialRaw(t, f.addr)
+	r.register()
+	r.tpcBegin(1)
+	name := sharedBlobFile(t, dir, oid, content)
+	r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, []byte("blob record"), int64(1)))
+	r.send(wire.NewOneWay("storeBlobShared", oid, zodb.ZeroTID, []byte("blob record"), name, int64(1)))
+	r.mustCall("vote", 3, "vote", int64(1))
+	m := r.mustCall("finish", 4, "tpc_finish", int64(1))
+	tid, err := wire.AsTID(m.Args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, zodb.BlobOIDPath(oid), name)); !os.IsNotExist(err) {
+		t.Fatalf("the client's shared file after the transaction: %v, want it gone", err)
+	}
+	rd, _, err := st.OpenBlob(context.Background(), oid, tid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rd)
+	rd.Close()
+	if !bytes.Equal(got, content) {
+		t.Fatalf("the committed blob: %d bytes, want %d", len(got), len(content))
+	}
+	last, _ := st.LastTransaction(context.Background())
+
+	bad := []struct {
+		name string
+		send func(r *raw)
+		// kept: the file the case must leave alone (not the server's to
+		// remove); gone: the file it must remove.
+		kept, gone string
+	}{
+		{"missing file", func(r *raw) {
+			r.send(wire.NewOneWay("storeBlobShared", oid, tid, []byte("d"), "0x00nothere.tmp-", int64(1)))
+		}, "", ""},
+		{"name with a path", func(r *raw) {
+			sharedBlobFile(t, dir, oid, []byte("x"))
+			r.send(wire.NewOneWay("storeBlobShared", oid, tid, []byte("d"), "../"+zodb.BlobOIDPath(oid)+"/0x00k3j4_x9.tmp-", int64(1)))
+		}, filepath.Join(dir, zodb.BlobOIDPath(oid), "0x00k3j4_x9.tmp-"), ""},
+		{"not a temp name", func(r *raw) {
+			r.send(wire.NewOneWay("storeBlobShared", oid, tid, []byte("d"), zodb.BlobFileName(tid), int64(1)))
+		}, "", ""},
+		{"symlink", func(r *raw) {
+			od := filepath.Join(dir, zodb.BlobOIDPath(oid))
+			os.Remove(filepath.Join(od, "0x00link.tmp-"))
+			if err := os.Symlink("/etc/hostname", filepath.Join(od, "0x00link.tmp-")); err != nil {
+				t.Fatal(err)
+			}
+			r.send(wire.NewOneWay("storeBlobShared", oid, tid, []byte("d"), "0x00link.tmp-", int64(1)))
+		}, filepath.Join(dir, zodb.BlobOIDPath(oid), "0x00link.tmp-"), ""},
+		{"oid not stored", func(r *raw) {
+			other := zodb.OIDFromUint64(0x2b)
+			name := sharedBlobFile(t, dir, other, []byte("x"))
+			r.send(wire.NewOneWay("storeBlobShared", other, zodb.ZeroTID, []byte("d"), name, int64(1)))
+		}, "", filepath.Join(dir, zodb.BlobOIDPath(zodb.OIDFromUint64(0x2b)), "0x00k3j4_x9.tmp-")},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			r := dialRaw(t, f.addr)
+			r.register()
+			r.tpcBegin(1)
+			r.send(wire.NewOneWay("storea", oid, tid, []byte("d"), int64(1)))
+			tc.send(r)
+			r.expectClosed(tc.name)
+			if now, _ := st.LastTransaction(context.Background()); now != last {
+				t.Fatalf("something was committed: %s", now)
+			}
+			if tc.kept != "" {
+				if _, err := os.Lstat(tc.kept); err != nil {
+					t.Fatalf("%s: removed %s, which was not the server's: %v", tc.name, tc.kept, err)
+				}
+			}
+			if tc.gone != "" {
+				if _, err := os.Lstat(tc.gone); !os.IsNotExist(err) {
+					t.Fatalf("%s: %s left behind: %v", tc.name, tc.gone, err)
+				}
+			}
+			f.witnessOK(t)
+		})
+	}
 }
