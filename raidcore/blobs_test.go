@@ -47,6 +47,11 @@ func TestBlobReadsMoveOn(t *testing.T) {
 	if !f.arr.SupportsBlobs() {
 		t.Fatal("an array of blob storages does not keep blobs")
 	}
+	// No single directory holds the array's blobs: a client must not be
+	// told it may share one (the server refuses storeBlobShared).
+	if _, ok := any(f.arr).(zodb.SharedBlobStorage); ok {
+		t.Fatal("the array claims a shared blob directory")
+	}
 	oid := zodb.OIDFromUint64(1)
 	content := storagetest.BlobContent(1, 100_000)
 	tid, err := f.commit(storagetest.StoreBlob(oid, zodb.ZeroTID, blobRecord, storagetest.BlobFile(t, content)))

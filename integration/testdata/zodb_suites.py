@@ -24,6 +24,13 @@ with two servers per test, RecoveryStorage -- the same composition the
 reference measurement in docs/zeo-protocol.md section 17.3 used. Only the
 server start-up differs: ZEO's forker is replaced by the Go binary.
 
+ZEORAID_SUITE_SET chooses the tests: "generic" (the default, above);
+"blobs", ZEO's blob tests (testZEO.CommonBlobTests and
+checkStoreAndLoadBlob) and ZODB's reusable blob storage suite with a
+non-shared blob cache; "sharedblobs", the same with the client sharing the
+backend's blob directory (shared_blob_dir, as testZEO's
+BlobWritableCacheTests and ClientStorageSharedBlobs), backend only.
+
 Optional arguments are substrings; only tests whose id contains one of them
 run. ZEORAID_SUITE_LEVEL (default 2) works like zope.testrunner's
 --at-level: tests ZODB marks as long (level 2, e.g. the 64-client
@@ -93,9 +100,9 @@ LEVEL = int(os.environ.get('ZEORAID_SUITE_LEVEL', '2'))
 # "blobs" (ZEO's blob tests and ZODB's reusable blob storage suite with a
 # non-shared blob cache, as ZEO's test_suite composes them).
 SUITE_SET = os.environ.get('ZEORAID_SUITE_SET') or 'generic'
-if SUITE_SET not in ('generic', 'blobs'):
-    raise SystemExit('ZEORAID_SUITE_SET must be generic or blobs, not %r'
-                     % SUITE_SET)
+if SUITE_SET not in ('generic', 'blobs', 'sharedblobs'):
+    raise SystemExit('ZEORAID_SUITE_SET must be generic, blobs or '
+                     'sharedblobs, not %r' % SUITE_SET)
 
 ADDR_RE = re.compile(rb' on (\d+\.\d+\.\d+\.\d+):(\d+),')
 
@@ -184,6 +191,9 @@ def start_server(test_id, keep_data_in=None):
 
     def stop():
         _stop(p)
+    # The backend's data directory (a blob test looks for the server's
+    # blob files there); none for the demo's in-memory storage.
+    stop.data_dirs = [keep_data_in or data_dir] if SERVER_KIND == 'backend' else []
     return addr, stop
 
 
@@ -218,6 +228,7 @@ def _start_proxy(test_id, n):
 
     def stop():
         _stop_all(procs)
+    stop.data_dirs = [p.data_dir for _, p in backends]
     return addr, stop
 
 
@@ -343,9 +354,17 @@ class GoBlobTests(testZEO.GenericTestBase, testZEO.CommonBlobTests):
     BlobAdaptedFileStorageTests.checkStoreAndLoadBlob) through a
     non-shared blob cache, served by zeoraid."""
 
-    setUp = GoServerTests.setUp
     checkStoreAndLoadBlob = \
         testZEO.BlobAdaptedFileStorageTests.checkStoreAndLoadBlob
+
+    def setUp(self):
+        GoServerTests.setUp(self)
+        # checkStoreAndLoadBlob looks for the committed file in the
+        # server's blob directory (BushyLayout): a backend's, or the first
+        # backend's behind a proxy (each has every blob).
+        dirs = self._servers[0].data_dirs
+        if dirs:
+            self.blobdir = backend_blob_dir(dirs[0])
 
 
 class GoServerClientStorage(ClientStorage):
@@ -361,6 +380,69 @@ class GoServerClientStorage(ClientStorage):
     def close(self):
         ClientStorage.close(self)
         self._stop_server()
+
+
+def backend_blob_dir(data_dir):
+    """The blob directory of storage '1' of a zeoraid backend."""
+    return os.path.join(data_dir, '1.zeoraid.blobs')
+
+
+class GoSharedBlobTests(testZEO.GenericTestBase, testZEO.CommonBlobTests):
+    """ZEO's blob tests with a blob directory shared with the server (as
+    testZEO.BlobWritableCacheTests): the client uses the backend's own
+    blob directory."""
+
+    shared_blob_dir = True
+
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        data = tempfile.mkdtemp(prefix='shared-', dir=data_root())
+        addr, stop = start_server(self.id(), keep_data_in=data)
+        self._servers = [stop]
+        self.blob_cache_dir = self.blobdir = backend_blob_dir(data)
+        self._storage = self._wrap_client(new_client(
+            addr, blob_dir=self.blob_cache_dir, shared_blob_dir=True,
+            **self._client_options()))
+        self._storage.registerDB(testZEO.DummyDB())
+
+
+class GoSharedServerClientStorage(ClientStorage):
+    """ZEO's ServerManagingClientStorage(shared=True) with a zeoraid
+    backend: the client's blob directory is the backend's. The suite names
+    the directory (its doctests look into it and remove it): the
+    backend's blob directory is a symbolic link to it. The backend's data
+    directory lies outside the test's directory (whose clean-up does not
+    take symbolic links), one per blob directory, kept while the test
+    reopens the storage."""
+
+    _data_dirs = {}
+
+    def __init__(self, name, blob_dir):
+        key = os.path.abspath(blob_dir)
+        data = self._data_dirs.get(key)
+        if data is None or not os.path.isdir(key):
+            data = tempfile.mkdtemp(prefix='shared-', dir=data_root())
+            self._data_dirs[key] = data
+        os.makedirs(blob_dir, exist_ok=True)
+        if not os.path.lexists(backend_blob_dir(data)):
+            os.symlink(os.path.abspath(blob_dir), backend_blob_dir(data))
+        addr, self._stop_server = start_server(
+            'shared-blob-suite:' + name, keep_data_in=data)
+        ClientStorage.__init__(self, addr, blob_dir=blob_dir,
+                               shared_blob_dir=True)
+
+    def close(self):
+        ClientStorage.close(self)
+        self._stop_server()
+
+
+def shared_blob_suites():
+    """The blob tests ZEO's test_suite runs with a shared blob directory."""
+    import ZODB.tests.testblob
+    suite = load_tests([GoSharedBlobTests])
+    suite.addTest(ZODB.tests.testblob.storage_reusable_suite(
+        'ClientStorageSharedBlobs', GoSharedServerClientStorage))
+    return suite
 
 
 def blob_suites():
@@ -492,8 +574,16 @@ def main():
         sys.exit(128 + signum)
     signal.signal(signal.SIGTERM, on_signal)
 
+    # Before any test: ZODB's test set-up points tempfile at each test's
+    # own directory, which the test removes.
+    data_root()
     if SUITE_SET == 'blobs':
         suite = blob_suites()
+    elif SUITE_SET == 'sharedblobs':
+        if SERVER_KIND != 'backend':
+            raise SystemExit('ZEORAID_SUITE_SET=sharedblobs needs a backend '
+                             '(a proxy shares no blob directory)')
+        suite = shared_blob_suites()
     else:
         suite = load_tests([GoServerTests, GoRecoveryTests])
     tests = list(flatten(suite))

@@ -22,6 +22,7 @@ import (
 // directory as a shared blob directory:
 //
 //	.layout                          "bushy"
+//	tmp/                             for clients sharing the directory
 //	0x00/.../0x2a/0x03ecb3a6b1e2a2bb.blob
 //	                                 committed blobs: one directory level per
 //	                                 oid byte, the file named by the tid
@@ -93,7 +94,7 @@ func (s *Store) initBlobDir() error {
 		if layout := strings.TrimSpace(string(b)); layout != zodb.BushyLayout {
 			return fmt.Errorf("blob directory %s: layout %q (in %s), want %q", dir, layout, zodb.BlobLayoutMarker, zodb.BushyLayout)
 		}
-		return nil
+		return os.MkdirAll(filepath.Join(dir, "tmp"), 0o700)
 	case !errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("blob directory %s: %w", dir, err)
 	}
@@ -108,6 +109,12 @@ func (s *Store) initBlobDir() error {
 		if !strings.HasPrefix(e.Name(), ".") {
 			return fmt.Errorf("blob directory %s has files but no %s marker: not laid out by this version; move it away", dir, zodb.BlobLayoutMarker)
 		}
+	}
+	// ZODB's blob directories have a tmp directory, where a client
+	// sharing the directory makes its uncommitted blob files
+	// (ClientStorage.temporaryDirectory).
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		return fmt.Errorf("blob directory: %w", err)
 	}
 	tmp := marker + ".new"
 	if err := os.WriteFile(tmp, []byte(zodb.BushyLayout), 0o600); err != nil {
@@ -269,10 +276,7 @@ func (s *Store) placeBlobs(tid zodb.TID, staged []stagedBlob) {
 }
 
 func (s *Store) place(oid zodb.OID, tid zodb.TID) error {
-	final := s.blobPath(oid, tid)
-	if err := os.Chmod(s.stagedPath(oid, tid), 0o400); err != nil {
-		return err
-	}
+	final, staged := s.blobPath(oid, tid), s.stagedPath(oid, tid)
 	var err error
 	// A pack may remove the oid's directory, empty, between MkdirAll and
 	// Rename: try again.
@@ -280,11 +284,29 @@ func (s *Store) place(oid zodb.OID, tid zodb.TID) error {
 		if err = os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 			return err
 		}
-		if err = os.Rename(s.stagedPath(oid, tid), final); !errors.Is(err, os.ErrNotExist) {
+		if err = setNotWritable(staged, filepath.Dir(final)); err != nil {
+			return err
+		}
+		if err = os.Rename(staged, final); !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
 	return err
+}
+
+// setNotWritable makes a blob file read-only with the readability of the
+// directory it goes to, as ZODB's set_not_writable does for committed
+// blobs (a client sharing the directory sees the modes it expects).
+func setNotWritable(path, dir string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	di, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	return os.Chmod(path, fi.Mode().Perm()&^0o222|di.Mode().Perm()&0o444)
 }
 
 // recoverBlobs runs at Open: staged blobs of committed transactions go

@@ -54,11 +54,13 @@ func IDRepr(id [8]byte) string {
 
 // IsSharedBlobTempName reports whether name is what a ClientStorage with a
 // shared blob directory may pass to storeBlobShared: a plain file name
-// (no directory) made by ZODB's blob_mkstemp, ending in ".tmp" or ".tmp"
-// and one more character (ZEO's own check, which ClientStorage's
-// rename-to-"-" satisfies).
+// (no "/", the only separator on the POSIX systems zeoraid runs on; a
+// backslash is an ordinary character, and ZODB makes names with them
+// from a str serial's repr) made by ZODB's blob_mkstemp, ending in ".tmp"
+// or ".tmp" and one more character (ZEO's own check, which
+// ClientStorage's rename-to-"-" satisfies).
 func IsSharedBlobTempName(name string) bool {
-	if name == "" || strings.ContainsAny(name, `/\`+"\x00") {
+	if name == "" || strings.ContainsAny(name, "/\x00") {
 		return false
 	}
 	return strings.HasSuffix(name, ".tmp") || len(name) > 4 && strings.HasSuffix(name[:len(name)-1], ".tmp")

@@ -38,7 +38,7 @@ func TestIsSharedBlobTempName(t *testing.T) {
 		"0x03ecb3a6b1e2a2bb.blob":        false,
 		"../x.tmp":                       false,
 		"a/b.tmp-":                       false,
-		`a\b.tmp`:                        false,
+		`'\x00\x00'k3_x.tmp-`:            true, // tid_repr of a str serial
 		"x.tmp--":                        false,
 		"x.tm":                           false,
 		"x.tmp\x00":                      false,
