@@ -281,6 +281,8 @@ def cleanup_data():
             p.kill()
         p.wait()
         _remove_data(p)
+    for d in _shared_data:
+        shutil.rmtree(d, ignore_errors=True)
     if _made_data_root and DATA_ROOT:
         shutil.rmtree(DATA_ROOT, ignore_errors=True)
 
@@ -382,6 +384,11 @@ class GoServerClientStorage(ClientStorage):
         self._stop_server()
 
 
+# The data directories the shared-blob tests keep (outside the tests' own
+# directories); removed at exit.
+_shared_data = []
+
+
 def backend_blob_dir(data_dir):
     """The blob directory of storage '1' of a zeoraid backend."""
     return os.path.join(data_dir, '1.zeoraid.blobs')
@@ -397,6 +404,7 @@ class GoSharedBlobTests(testZEO.GenericTestBase, testZEO.CommonBlobTests):
     def setUp(self):
         StorageTestBase.StorageTestBase.setUp(self)
         data = tempfile.mkdtemp(prefix='shared-', dir=data_root())
+        _shared_data.append(data)
         addr, stop = start_server(self.id(), keep_data_in=data)
         self._servers = [stop]
         self.blob_cache_dir = self.blobdir = backend_blob_dir(data)
@@ -422,6 +430,7 @@ class GoSharedServerClientStorage(ClientStorage):
         data = self._data_dirs.get(key)
         if data is None or not os.path.isdir(key):
             data = tempfile.mkdtemp(prefix='shared-', dir=data_root())
+            _shared_data.append(data)
             self._data_dirs[key] = data
         os.makedirs(blob_dir, exist_ok=True)
         if not os.path.lexists(backend_blob_dir(data)):

@@ -10,8 +10,10 @@
 //	blobs       oid|tid -> size            (revisions that have a blob file)
 //	blob_trash  oid|tid                    (blob files pack dropped, to remove)
 //
-// Blob files live beside the data file, in <path>.blobs/<oid>/<tid>.blob
-// (hex), staged and fsynced in <path>.blobs/.staging at vote and renamed
+// Blob files live beside the data file, in <path>.blobs, in ZODB's bushy
+// layout (one directory per oid byte, the file named by the tid's repr:
+// a ClientStorage on the same host may share the directory), staged and
+// fsynced in <path>.blobs/.staging at vote and renamed
 // into place after the group write that records them; Open finishes or
 // removes what a crash left staged and empties pack's trash (blobs.go
 // says why no committed record can lose its blob and no file outlives its

@@ -131,9 +131,9 @@ func (c *conn) attachBlob(method string, args []any, name string, size int64) er
 	if err != nil {
 		return err
 	}
-	data, err := wire.AsBytes(args[2])
+	data, err := c.storeData(method, args[2], args[3], oid)
 	if err != nil {
-		return typeErr(method, err)
+		return err
 	}
 	t, _, err := c.checkTxn(args[3], true)
 	if err != nil {

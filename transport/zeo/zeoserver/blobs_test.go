@@ -328,3 +328,39 @@ func TestStoreBlobShared(t *testing.T) {
 		})
 	}
 }
+
+// TestTextDataFailsTheVote: a store whose data is text (Python str where
+// bytes belong) is taken, as a Python server queues it, and fails the
+// vote with a clear error; aborted before the vote (ZEO's
+// checkTransactionBufferCleanup) it costs nothing. The connection stays
+// up either way, with or without a blob.
+func TestTextDataFailsTheVote(t *testing.T) {
+	dir := t.TempDir()
+	st := sharedBlobStorage{memstorage.New("1"), dir}
+	f := setup(t, zeoserver.Config{Storages: zeotest.Storages(st), SpoolDir: t.TempDir()})
+	oid := zodb.OIDFromUint64(3)
+	r := dialRaw(t, f.addr)
+	r.register()
+
+	r.tpcBegin(1)
+	r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, "foo", int64(1)))
+	r.send(wire.NewCall(2, "vote", int64(1)))
+	if m := r.expectReply("vote", 2); m.Flags != wire.FlagError || !strings.Contains(wire.Repr(m.Args), "is text") {
+		t.Fatalf("vote of text data: %s", wire.Repr(m.Args))
+	}
+	r.mustCall("abort after the failed vote", 3, "tpc_abort", int64(1))
+
+	r.tpcBegin(4)
+	name := sharedBlobFile(t, dir, oid, []byte("I am a happy blob."))
+	r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, "foo", int64(4)))
+	r.send(wire.NewOneWay("storeBlobShared", oid, zodb.ZeroTID, "foo", name, int64(4)))
+	r.mustCall("abort", 5, "tpc_abort", int64(4))
+	if _, err := os.Stat(filepath.Join(dir, zodb.BlobOIDPath(oid), name)); !os.IsNotExist(err) {
+		t.Fatalf("the shared file after the abort: %v, want it gone", err)
+	}
+	r.mustCall("ping", 6, "ping")
+	if last, _ := st.LastTransaction(context.Background()); !last.IsZero() {
+		t.Fatalf("something was committed: %s", last)
+	}
+	f.witnessOK(t)
+}

@@ -64,6 +64,9 @@ type zeoTxn struct {
 	// blobs are the uploaded blob files of the transaction's stores,
 	// removed when it ends.
 	blobs []string
+	// badData, when set, fails the vote: a store brought text where
+	// bytes belong (storeData).
+	badData error
 
 	zt         *zodb.Transaction // what the storage voted on
 	voting     chan struct{}     // closed when the vote goroutine ends
