@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/zeoraid/zeoraid/raidcore/revcache"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
@@ -71,7 +72,10 @@ type Config struct {
 	// BlobTempDir is where a recovery keeps the blob it is copying
 	// (default os.TempDir()).
 	BlobTempDir string
-	Logger      hclog.Logger
+	// CacheSize bounds the revision cache shared by the array's clients,
+	// in bytes (revcache); 0: no cache. Reads with VerifyReads bypass it.
+	CacheSize int64
+	Logger    hclog.Logger
 }
 
 // Array is a RAID-1 array of backends that is itself a zodb.Storage.
@@ -117,6 +121,9 @@ type Array struct {
 	recent []zodb.TID
 	// announcedCount counts the transactions announced since start-up.
 	announcedCount int64
+	// cache is the revision cache (nil: off). Every change of announced
+	// goes through it first (emitReady: Announce; elsewhere: Reset).
+	cache *revcache.Cache
 
 	stop    chan struct{}
 	bg      sync.WaitGroup
@@ -155,6 +162,9 @@ type inflight struct {
 	lease        *Lease
 	participants []*member
 	finishing    chan struct{} // closed when Finish or Abort takes over
+	// changed: oids whose stored data differs from what the client sent
+	// (the vote's answer); not put in the cache as written.
+	changed []zodb.OID
 }
 
 // leaseHolder describes the transaction holding the commit lease, for
@@ -213,7 +223,7 @@ func Open(cfg Config) (*Array, error) {
 		cfg: cfg, log: cfg.Logger.With("storage", cfg.Storage),
 		backends: map[string]*member{}, inflight: map[*zodb.Transaction]*inflight{},
 		pending: map[zodb.TID]*pendingEvent{}, own: map[*zodb.Transaction]*zodb.Transaction{},
-		stop: make(chan struct{}),
+		stop: make(chan struct{}), cache: revcache.New(cfg.CacheSize, zodb.ZeroTID),
 	}
 	a.evCond = sync.NewCond(&a.evMu)
 	for _, b := range cfg.Backends {
@@ -315,6 +325,7 @@ func (a *Array) started(table Table, probes []BackendProbe) {
 			a.positioned = true
 			if a.announced.Less(m.reported) {
 				a.announced = m.reported
+				a.cache.Reset(a.announced)
 			}
 		}
 	}
@@ -572,12 +583,14 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 		verdict = fmt.Sprintf("holds transactions the array did not acknowledge: answers at %s, the array is at %s", last, pos)
 	case !a.positioned:
 		a.announced, a.positioned = last, true
+		a.cache.Reset(last)
 		return usable()
 	case last.Less(pos):
 		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s, but the array served up to %s", last, pos), true, pos
 	default:
 		a.log.Warn("the last optimal backend holds transactions the array did not acknowledge; its history becomes the array's", "backend", m.name, "tid", last, "array", pos)
 		a.announced = last
+		a.cache.Reset(last)
 		for tid := range a.pending {
 			if !last.Less(tid) {
 				delete(a.pending, tid)
@@ -740,6 +753,7 @@ func (a *Array) emitReady() {
 		}
 	}
 	sort.Slice(tids, func(i, j int) bool { return tids[i].Less(tids[j]) })
+	var events []revcache.Event
 	for _, tid := range tids {
 		p := a.pending[tid]
 		delete(a.pending, tid)
@@ -749,10 +763,16 @@ func (a *Array) emitReady() {
 		a.subs.Notify(zodb.CommitEvent{TID: tid, OIDs: p.oids, Txn: p.txn})
 		a.recent = append(a.recent, tid)
 		a.announcedCount++
+		if a.cache != nil {
+			events = append(events, revcache.Event{TID: tid, OIDs: p.oids})
+		}
 	}
 	if len(a.recent) > recentTIDs {
 		a.recent = append(a.recent[:0], a.recent[len(a.recent)-recentTIDs/2:]...)
 	}
+	// The cache first: a reader that sees the new position finds it
+	// applied (revcache's exactness argument).
+	a.cache.Announce(a.announced, water, events)
 	a.announced = water
 	a.evCond.Broadcast()
 }
@@ -927,6 +947,7 @@ func (a *Array) reassemble(ctx context.Context) {
 	}
 	a.evMu.Lock()
 	a.announced, a.positioned = answers[plan.Source], true
+	a.cache.Reset(a.announced)
 	// Clients cannot be told what changed while the array was down.
 	a.subs.Notify(zodb.CommitEvent{TID: a.announced, Reset: true})
 	a.evCond.Broadcast()

@@ -86,7 +86,7 @@ func newFixtureOpts(t *testing.T, n int, o fixOpts) *fixture {
 	cfg := raidcore.Config{Storage: "1", Backends: bs, Coord: f.fc,
 		VoteTimeout: 300 * time.Millisecond, FinishTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
 		StartupWait: 200 * time.Millisecond, HealthInterval: 20 * time.Millisecond,
-		VerifyReads: o.verifyReads}
+		VerifyReads: o.verifyReads, CacheSize: fixtureCacheSize}
 	if os.Getenv("ZEORAID_TEST_LOG") != "" {
 		// ZEORAID_TEST_LOG=1 shows the array's debug log (recovery
 		// rounds and the like) on stderr.
@@ -265,7 +265,8 @@ func TestFaultsDuringCommit(t *testing.T) {
 func TestFaultsDuringRead(t *testing.T) {
 	for _, ft := range []fault{fail, hang, disconnect} {
 		t.Run(ft.String(), func(t *testing.T) {
-			f := newFixture(t, 3)
+			// Without the cache: the loads must reach the backends.
+			f := newFixtureOpts(t, 3, fixOpts{cfg: noCache})
 			oids, _ := f.arr.NewOIDs(f.ctx, 1)
 			t1, _ := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
 			f.faults[1].set("load", ft)
@@ -387,6 +388,33 @@ func TestContract(t *testing.T) {
 			t.Fatal(err)
 		}
 		arr, err := raidcore.New(context.Background(), raidcore.Config{Storage: "1", Coord: coord, Backends: []raidcore.Backend{
+			{Name: "a", Storage: memstorage.New("a")}, {Name: "b", Storage: memstorage.New("b")}, {Name: "c", Storage: memstorage.New("c")},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return arr
+	}, storagetest.Caps{CommitLock: true, Blobs: true})
+}
+
+// noCache turns the fixture's revision cache off, for tests of what
+// backend reads do.
+func noCache(c *raidcore.Config) { c.CacheSize = 0 }
+
+// fixtureCacheSize: the fixtures run with the revision cache on, as the
+// proxy does, small enough to evict.
+const fixtureCacheSize = 256 << 10
+
+// TestContractWithCache: the array with a revision cache (small enough
+// that the contract's larger tests evict from it) is a storage like any
+// other.
+func TestContractWithCache(t *testing.T) {
+	storagetest.Run(t, func(t *testing.T) zodb.Storage {
+		coord, err := localcoord.New(localcoord.Options{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		arr, err := raidcore.New(context.Background(), raidcore.Config{Storage: "1", Coord: coord, CacheSize: 64 << 10, Backends: []raidcore.Backend{
 			{Name: "a", Storage: memstorage.New("a")}, {Name: "b", Storage: memstorage.New("b")}, {Name: "c", Storage: memstorage.New("c")},
 		}})
 		if err != nil {

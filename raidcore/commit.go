@@ -273,7 +273,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if a.cfg.Failpoint != nil {
 		a.cfg.Failpoint("after-vote")
 	}
-	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{})}
+	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{}), changed: winnerOut.res.Changed}
 	a.mu.Lock()
 	a.inflight[txn] = inf
 	a.mu.Unlock()
@@ -499,6 +499,9 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 		}
 	}
 	done := !a.announced.Less(bt.TID)
+	if done {
+		a.cacheWritten(inf)
+	}
 	var silent []*member
 	if !done {
 		for _, m := range committed {
@@ -521,6 +524,9 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	a.evMu.Lock()
 	a.emitReady()
 	done = !a.announced.Less(bt.TID)
+	if done {
+		a.cacheWritten(inf)
+	}
 	a.evMu.Unlock()
 	if done {
 		return bt.TID, nil
@@ -679,4 +685,30 @@ func (a *Array) clearHolder(tid zodb.TID) {
 		a.holder = nil
 	}
 	a.mu.Unlock()
+}
+
+// cacheWritten puts what a committed, announced transaction stored into
+// the revision cache: records whose data is in memory and is what the
+// backends stored (not in the vote's Changed). a.evMu is held, so no
+// later transaction is announced meanwhile.
+func (a *Array) cacheWritten(inf *inflight) {
+	if a.cache == nil {
+		return
+	}
+	changed := map[zodb.OID]bool{}
+	for _, oid := range inf.changed {
+		changed[oid] = true
+	}
+	// The last store of an oid is what the transaction stored.
+	for i := len(inf.bt.Ops) - 1; i >= 0; i-- {
+		op := &inf.bt.Ops[i]
+		if op.Kind == zodb.OpCheckCurrent || changed[op.OID] {
+			continue
+		}
+		changed[op.OID] = true
+		if op.Kind != zodb.OpStore || op.Spilled != nil || op.NoData || op.Data == nil {
+			continue
+		}
+		a.cache.Written(inf.bt.TID, op.OID, append([]byte(nil), op.Data...))
+	}
 }

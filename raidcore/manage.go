@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zeoraid/zeoraid/raidcore/revcache"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
@@ -59,6 +60,8 @@ type Status struct {
 	Backends []BackendStatus `json:"backends"`
 	// Lease describes who holds the commit lease, if anybody.
 	Lease *LeaseStatus `json:"lease,omitempty"`
+	// Cache is the revision cache's state, when it is on.
+	Cache *revcache.Stats `json:"cache,omitempty"`
 }
 
 // LeaseStatus is the holder of the commit lease.
@@ -107,6 +110,10 @@ func (a *Array) Status() Status {
 	}
 	a.evMu.Unlock()
 	s := Status{Storage: a.cfg.Storage, LastTID: last, Waiting: waiting}
+	if a.cache != nil {
+		cs := a.cache.Stats()
+		s.Cache = &cs
+	}
 	var optimal, usable, degraded, recovering int
 	for _, n := range order {
 		st, ok := table[n]
@@ -527,6 +534,9 @@ type Counters struct {
 	// a commit lease ended without being released (Lease.Unsettled).
 	Settles int64 `json:"settles"`
 }
+
+// CacheStats returns the revision cache's counters (zero when it is off).
+func (a *Array) CacheStats() revcache.Stats { return a.cache.Stats() }
 
 // Counters returns the array's counters.
 func (a *Array) Counters() Counters {

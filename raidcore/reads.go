@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zeoraid/zeoraid/raidcore/revcache"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
@@ -132,11 +133,47 @@ func (a *Array) need(before zodb.TID) zodb.TID {
 	return before.Prev()
 }
 
+// useCache tells whether a read at snapshot need may be answered from
+// the revision cache: it is on, reads are not verified across backends,
+// the array is ready, and some optimal backend that holds need is
+// connected and in step (an array that could not serve the read from a
+// backend does not serve it from memory either).
+func (a *Array) useCache(need zodb.TID) bool {
+	if a.cache == nil || a.cfg.VerifyReads {
+		return false
+	}
+	if ok, _ := a.Ready(); !ok {
+		return false
+	}
+	opt := a.optimal()
+	var ready []*member
+	a.evMu.Lock()
+	for _, m := range opt {
+		if m.known && !m.suspect && !m.reported.Less(need) {
+			ready = append(ready, m)
+		}
+	}
+	a.evMu.Unlock()
+	for _, m := range ready {
+		if connected(m) {
+			return true
+		}
+	}
+	return false
+}
+
 // LoadBefore implements zodb.Loader. The read goes to an optimal backend
 // known to hold every transaction the answer depends on (architecture
 // invariant 5).
 func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
 	need := a.need(before)
+	var tok revcache.Token
+	if a.useCache(need) {
+		var hit *zodb.Revision
+		if hit, tok = a.cache.LoadBefore(oid, before, need); hit != nil {
+			return hit, nil
+		}
+	}
 	if before == zodb.MaxTID {
 		// A current load is current as of what the array announced: a
 		// transaction some backends hold but the array has not announced
@@ -144,6 +181,9 @@ func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (
 		// middle of it) is not committed for the clients yet, and they
 		// have had no invalidation for it.
 		rev, err := a.loadBefore(ctx, oid, need.Next(), need)
+		if err == nil {
+			a.cache.Fill(tok, oid, rev, true)
+		}
 		if rev != nil && !rev.End.IsZero() && need.Less(rev.End) {
 			cur := *rev
 			cur.End = zodb.ZeroTID
@@ -151,7 +191,11 @@ func (a *Array) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (
 		}
 		return rev, err
 	}
-	return a.loadBefore(ctx, oid, before, need)
+	rev, err := a.loadBefore(ctx, oid, before, need)
+	if err == nil {
+		a.cache.Fill(tok, oid, rev, false)
+	}
+	return rev, err
 }
 
 func (a *Array) loadBefore(ctx context.Context, oid zodb.OID, before, need zodb.TID) (*zodb.Revision, error) {
@@ -259,6 +303,11 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 
 // LoadSerial implements zodb.Loader.
 func (a *Array) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) ([]byte, error) {
+	if a.useCache(a.need(serial.Next())) {
+		if data, ok := a.cache.LoadSerial(oid, serial); ok {
+			return data, nil
+		}
+	}
 	var data []byte
 	err := a.read(ctx, "loadSerial", a.need(serial.Next()), func(ctx context.Context, st zodb.Storage) error {
 		var err error
@@ -377,6 +426,10 @@ func (a *Array) Pack(ctx context.Context, packTID zodb.TID) error {
 		}()
 	}
 	wg.Wait()
+	// A pack removes revisions, and with GC whole objects, that the
+	// cache may hold (a load that started during the pack cannot fill
+	// it any more: Clear starts a new epoch).
+	a.cache.Clear()
 	var first error
 	for i, m := range members {
 		err := errs[i]

@@ -18,6 +18,7 @@ import (
 
 	"github.com/zeoraid/zeoraid/cluster"
 	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/revcache"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 )
 
@@ -303,6 +304,26 @@ func writeArrayMetrics(w http.ResponseWriter, arrays map[string]*raidcore.Array)
 		metric(w, c.name, "counter", c.help)
 		for _, n := range names {
 			fmt.Fprintf(w, "%s{storage=%q} %d\n", c.name, n, c.get(arrays[n].Counters()))
+		}
+	}
+	cache := []struct {
+		name, kind, help string
+		get              func(s revcache.Stats) int64
+	}{
+		{"zeoraid_cache_hits_total", "counter", "Loads answered from the revision cache.", func(s revcache.Stats) int64 { return s.Hits }},
+		{"zeoraid_cache_misses_total", "counter", "Loads the revision cache could not answer.", func(s revcache.Stats) int64 { return s.Misses }},
+		{"zeoraid_cache_fills_total", "counter", "Revisions put in the cache (loaded or written).", func(s revcache.Stats) int64 { return s.Fills }},
+		{"zeoraid_cache_dropped_total", "counter", "Answers not kept: too old to prove current.", func(s revcache.Stats) int64 { return s.Dropped }},
+		{"zeoraid_cache_evictions_total", "counter", "Revisions evicted for room.", func(s revcache.Stats) int64 { return s.Evictions }},
+		{"zeoraid_cache_resets_total", "counter", "Times the whole cache was dropped (history jumped, pack).", func(s revcache.Stats) int64 { return s.Resets }},
+		{"zeoraid_cache_entries", "gauge", "Revisions in the cache.", func(s revcache.Stats) int64 { return s.Entries }},
+		{"zeoraid_cache_bytes", "gauge", "Bytes the cache holds (data and overhead).", func(s revcache.Stats) int64 { return s.Bytes }},
+		{"zeoraid_cache_max_bytes", "gauge", "The cache's bound (0: off).", func(s revcache.Stats) int64 { return s.MaxBytes }},
+	}
+	for _, c := range cache {
+		metric(w, c.name, c.kind, c.help)
+		for _, n := range names {
+			fmt.Fprintf(w, "%s{storage=%q} %d\n", c.name, n, c.get(arrays[n].CacheStats()))
 		}
 	}
 }

@@ -99,7 +99,8 @@ func TestStatusActionsAndProbes(t *testing.T) {
 	if code, _ := do(t, "GET", srv.URL+"/readyz", ""); code != 200 {
 		t.Fatalf("readyz with one optimal backend: %d", code)
 	}
-	if code, body := do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `zeoraid_backend_state{storage="1",backend="b",state="disabled"} 1`) {
+	if code, body := do(t, "GET", srv.URL+"/metrics", ""); code != 200 || !strings.Contains(body, `zeoraid_backend_state{storage="1",backend="b",state="disabled"} 1`) ||
+		!strings.Contains(body, `zeoraid_cache_hits_total{storage="1"} `) || !strings.Contains(body, "# TYPE zeoraid_cache_bytes gauge") {
 		t.Fatalf("metrics: %d %s", code, body)
 	}
 	if code, body := do(t, "GET", srv.URL+"/", ""); code != 200 || !strings.Contains(body, "degraded") {

@@ -55,9 +55,13 @@ func registerProxyFlags(s *settings) {
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
-	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost)")
+	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost; bypasses the cache)")
+	s.sizeKey("cache-size", defaultCacheSize, 0, math.MaxInt64, "revision cache shared by the proxy's clients, per storage, in bytes, e.g. 512MiB (0: none); kept exact by the commit stream")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
 }
+
+// defaultCacheSize is the revision cache's default size per storage.
+const defaultCacheSize = 128 << 20
 
 // clusterLeaseTimeout is a cluster member's default lease-timeout.
 const clusterLeaseTimeout = 2 * time.Second
@@ -74,7 +78,7 @@ type proxyCfg struct {
 	encoding                  wire.Encoding
 	ccr, autoRecover, verify  bool
 	vote, finish, read        time.Duration
-	rate                      int64
+	rate, cacheSize           int64
 	maxFrame                  int
 }
 
@@ -85,7 +89,7 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		listen: s.str("listen"), http: s.str("http"), data: s.str("data"), token: s.str("admin-token"),
 		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"),
 		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
-		rate: s.integer("recovery-rate"), maxFrame: int(s.integer("max-frame")),
+		rate: s.integer("recovery-rate"), cacheSize: s.integer("cache-size"), maxFrame: int(s.integer("max-frame")),
 		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
 		spoolDir: s.str("spool-dir"), nodeID: s.str("node-id"),
 	}
@@ -307,7 +311,7 @@ func runProxy(std stdio, args []string) int {
 	p, err = node.Start(ctx, node.Config{Writable: writable, Failpoint: failpoint,
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
-		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, Reload: reload, Logger: log,
+		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, CacheSize: cfg.cacheSize, Reload: reload, Logger: log,
 		TransactionTimeout: cfg.txnTimeout, StartupWait: cfg.wait, SpoolDir: cfg.spoolDir,
 	})
 	cancel()

@@ -60,6 +60,8 @@ type Config struct {
 	RecoveryRate int64
 	// VerifyReads compares every load across two backends.
 	VerifyReads bool
+	// CacheSize bounds each storage's revision cache, in bytes (0: none).
+	CacheSize int64
 	// Failpoint: see raidcore.Config (failure tests only).
 	Failpoint func(point string)
 	// Writable, when set, tells whether this proxy may take writes now
@@ -187,7 +189,7 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		Storage: name, Backends: backends, Coord: p.cfg.Coord, ProxyID: p.cfg.ProxyID,
 		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
-		VerifyReads: p.cfg.VerifyReads, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
+		VerifyReads: p.cfg.VerifyReads, CacheSize: p.cfg.CacheSize, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
 		BlobTempDir: p.cfg.SpoolDir,
 	}
 }
