@@ -3,6 +3,8 @@
 #   direct   a zeoraid backend, no proxy
 #   proxy-1  a proxy over one zeoraid backend (its own)
 #   proxy-3  a proxy over three zeoraid backends (its own)
+#   proxy-3-nocache  the same with its revision cache off (--cache-size 0):
+#            every load a miss that crosses to a backend
 # Each target has backends to itself (a proxy must be the only writer of
 # its backends), all fresh and empty, same settings.
 #   scripts/bench-proxy.sh [extra zeoraid bench flags, e.g. --duration 20s --clients 8]
@@ -44,5 +46,10 @@ backend p3-b2;   p3b2=$addr
 backend p3-b3;   p3b3=$addr
 start_server proxy-3 proxy --http "" --data "$work/proxy-3" --backend "b1=$p3b1" --backend "b2=$p3b2" --backend "b3=$p3b3" "${enc[@]}"; proxy3=$addr
 
-echo "zeoraid bench --target direct=$direct --target proxy-1=$proxy1 --target proxy-3=$proxy3 ${*:-}"
-"$work/zeoraid" bench --target "direct=$direct" --target "proxy-1=$proxy1" --target "proxy-3=$proxy3" "${enc[@]}" "$@"
+backend p3n-b1;  p3nb1=$addr
+backend p3n-b2;  p3nb2=$addr
+backend p3n-b3;  p3nb3=$addr
+start_server proxy-3-nocache proxy --http "" --data "$work/proxy-3-nocache" --cache-size 0 --backend "b1=$p3nb1" --backend "b2=$p3nb2" --backend "b3=$p3nb3" "${enc[@]}"; proxy3n=$addr
+
+echo "zeoraid bench --target direct=$direct --target proxy-1=$proxy1 --target proxy-3=$proxy3 --target proxy-3-nocache=$proxy3n ${*:-}"
+"$work/zeoraid" bench --target "direct=$direct" --target "proxy-1=$proxy1" --target "proxy-3=$proxy3" --target "proxy-3-nocache=$proxy3n" "${enc[@]}" "$@"

@@ -105,7 +105,7 @@ type backend struct {
 	srv  *zeoserver.Server
 }
 
-func startBackends(t *testing.T, n int) []*backend {
+func startBackends(t testing.TB, n int) []*backend {
 	var out []*backend
 	for i := 0; i < n; i++ {
 		mem := memstorage.New(fmt.Sprintf("b%d", i+1))
@@ -124,7 +124,7 @@ func configFor(addrs ...string) map[string][]node.BackendConfig {
 }
 
 // startProxy starts a proxy and serves it on a loopback port once ready.
-func startProxy(t *testing.T, cfg node.Config) (*node.Proxy, *localcoord.Coordinator, string) {
+func startProxy(t testing.TB, cfg node.Config) (*node.Proxy, *localcoord.Coordinator, string) {
 	t.Helper()
 	coord, err := localcoord.New(localcoord.Options{Dir: t.TempDir(), LeaseTimeout: 2 * time.Second})
 	if err != nil {
@@ -147,7 +147,7 @@ func startProxy(t *testing.T, cfg node.Config) (*node.Proxy, *localcoord.Coordin
 	return p, coord, l.Addr().String()
 }
 
-func client(t *testing.T, addr string) *zeoclient.Client {
+func client(t testing.TB, addr string) *zeoclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -159,7 +159,7 @@ func client(t *testing.T, addr string) *zeoclient.Client {
 	return c
 }
 
-func commit(t *testing.T, st zodb.Storage, ops ...zodb.Op) (zodb.TID, error) {
+func commit(t testing.TB, st zodb.Storage, ops ...zodb.Op) (zodb.TID, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

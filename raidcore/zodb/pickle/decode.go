@@ -31,6 +31,7 @@ var errPickleEOF = errors.New("pickle: pickle ends before STOP")
 // values); it refuses persistent ids, extension codes and sets.
 func Decode(data []byte) (any, error) {
 	d := pickleDecoder{data: data, budget: minNodeBudget + 4*len(data)}
+	d.stack, d.marks = d.stackBuf[:0], d.marksBuf[:0]
 	v, err := d.run()
 	if err != nil {
 		return nil, fmt.Errorf("pickle: bad pickle at byte %d: %w", d.pos, err)
@@ -59,6 +60,10 @@ type pickleDecoder struct {
 	pos    int
 	stack  []any
 	marks  []int
+	// stackBuf and marksBuf are the first room of stack and marks: a
+	// message needs no more, so decoding it does not grow them.
+	stackBuf [16]any
+	marksBuf [8]int
 	memo   map[uint32]any
 	budget int
 	// persistent, when set, receives every persistent id (PERSID,
@@ -287,6 +292,10 @@ func (d *pickleDecoder) run() (any, error) {
 			b, err := d.sized(op)
 			if err != nil {
 				return nil, err
+			}
+			if v, ok := internedText[string(b)]; ok {
+				d.push(v)
+				continue
 			}
 			if !utf8.Valid(b) {
 				return nil, errors.New("text is not valid UTF-8")
@@ -741,13 +750,16 @@ func (d *pickleDecoder) finish(v any, depth int) (any, error) {
 		}
 		return out, nil
 	case Tuple:
-		out := make(Tuple, len(x))
+		// Every Tuple here was made by this decoder (TUPLE, TUPLE1-3):
+		// finished in place, and the interface value v is returned as
+		// it is, without a copy or a new boxing. A tuple the memo shares
+		// is finished once more, to the same values.
 		for i, e := range x {
-			if out[i], err = d.finish(e, depth+1); err != nil {
+			if x[i], err = d.finish(e, depth+1); err != nil {
 				return nil, err
 			}
 		}
-		return out, nil
+		return v, nil
 	case *pGlobal:
 		g := Global{Module: x.g.Module, Name: x.g.Name}
 		if x.g.Args != nil {
@@ -766,7 +778,7 @@ func (d *pickleDecoder) finish(v any, depth int) (any, error) {
 		return g, nil
 	case []byte:
 		d.budget -= len(x) / 64
-		return x, nil
+		return v, nil
 	}
 	return v, nil
 }
@@ -819,3 +831,23 @@ func normInt(n *big.Int) any {
 	}
 	return n
 }
+
+// internedText holds, already boxed, the texts that nearly every ZEO
+// message carries (method names, ZODB interface names): decoding one of
+// them allocates nothing. Read-only after init.
+var internedText = func() map[string]any {
+	m := map[string]any{}
+	for _, s := range []string{
+		"loadBefore", "loadSerial", "load", "ping", "lastTransaction", "new_oids", "tpc_begin", "storea",
+		"vote", "tpc_finish", "tpc_abort", "invalidateTransaction", "checkCurrentSerialInTransaction",
+		"deleteObject", "restorea", "undoa", "sendBlob", "storeBlobStart", "storeBlobChunk", "storeBlobEnd",
+		"storeBlobShared", "receiveBlobStart", "receiveBlobChunk", "receiveBlobStop", "history", "undoLog",
+		"undoInfo", "iterator_start", "iterator_next", "iterator_record_start", "iterator_record_next",
+		"iterator_gc", "record_iternext", "get_info", "register", "info", ".reply", "serialnos",
+		"zeoVerify", "endZeoVerify", "getInvalidations", "pack", "supportsUndo", "get_size",
+		"", " ", "1", "ZODB.interfaces",
+	} {
+		m[s] = s
+	}
+	return m
+}()
