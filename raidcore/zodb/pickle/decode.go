@@ -56,16 +56,16 @@ type pGlobal struct {
 }
 
 type pickleDecoder struct {
-	data   []byte
-	pos    int
-	stack  []any
-	marks  []int
+	data  []byte
+	pos   int
+	stack []any
+	marks []int
 	// stackBuf and marksBuf are the first room of stack and marks: a
 	// message needs no more, so decoding it does not grow them.
 	stackBuf [16]any
 	marksBuf [8]int
-	memo   map[uint32]any
-	budget int
+	memo     map[uint32]any
+	budget   int
 	// persistent, when set, receives every persistent id (PERSID,
 	// BINPERSID); otherwise they are refused. Its result replaces the id.
 	persistent func(pid any) (any, error)
