@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/memstorage"
@@ -258,9 +259,8 @@ func TestStoreBlobShared(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, zodb.BlobOIDPath(oid), name)); !os.IsNotExist(err) {
-		t.Fatalf("the client's shared file after the transaction: %v, want it gone", err)
-	}
+	// The transaction ends (and drops its files) just after its reply.
+	waitGone(t, filepath.Join(dir, zodb.BlobOIDPath(oid), name), "the client's shared file after the transaction")
 	rd, _, err := st.OpenBlob(context.Background(), oid, tid)
 	if err != nil {
 		t.Fatal(err)
@@ -355,12 +355,26 @@ func TestTextDataFailsTheVote(t *testing.T) {
 	r.send(wire.NewOneWay("storea", oid, zodb.ZeroTID, "foo", int64(4)))
 	r.send(wire.NewOneWay("storeBlobShared", oid, zodb.ZeroTID, "foo", name, int64(4)))
 	r.mustCall("abort", 5, "tpc_abort", int64(4))
-	if _, err := os.Stat(filepath.Join(dir, zodb.BlobOIDPath(oid), name)); !os.IsNotExist(err) {
-		t.Fatalf("the shared file after the abort: %v, want it gone", err)
-	}
+	waitGone(t, filepath.Join(dir, zodb.BlobOIDPath(oid), name), "the shared file after the abort")
 	r.mustCall("ping", 6, "ping")
 	if last, _ := st.LastTransaction(context.Background()); !last.IsZero() {
 		t.Fatalf("something was committed: %s", last)
 	}
 	f.witnessOK(t)
+}
+
+// waitGone waits (10 s at most) until path no longer exists.
+func waitGone(t *testing.T, path, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := os.Lstat(path)
+		if os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still there after 10 s (%v)", what, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
