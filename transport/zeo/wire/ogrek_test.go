@@ -86,6 +86,14 @@ func checkAgainstOgRek(t *testing.T, data []byte) {
 	if bytes.IndexByte(data, '1') >= 0 {
 		return
 	}
+	// og-rek's DUP copies a list as a Go slice, so an APPEND to one copy
+	// does not show in the other; Python's DUP pushes the same list again
+	// (pickle.loads of 285d324308303030303030303061742e is
+	// ([b'00000000'], [b'00000000']), as we decode it; og-rek gives
+	// ([], [b'00000000'])). No pickle that may use DUP is compared.
+	if bytes.IndexByte(data, '2') >= 0 {
+		return
+	}
 	ours, err := DecodePickle(data)
 	theirs, ok := decodeOgRek(data)
 	if !ok {
@@ -141,5 +149,18 @@ func TestZopeUndoPrefixDecodes(t *testing.T) {
 		State: NewDict("length", int64(2), "path", List{"", " admin"})})
 	if !Equal(v, want) {
 		t.Fatalf("decoded %s", Repr(v))
+	}
+}
+
+// DUP pushes the same list again: an APPEND shows through both references,
+// as in Python (see checkAgainstOgRek).
+func TestPickleDupSharesTheList(t *testing.T) {
+	v, err := DecodePickle([]byte("(]2C\x0800000000at."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Tuple{List{[]byte("00000000")}, List{[]byte("00000000")}}
+	if !Equal(v, want) {
+		t.Fatalf("got %s, want %s", Repr(v), Repr(want))
 	}
 }
