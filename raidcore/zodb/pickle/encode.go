@@ -53,8 +53,48 @@ func Append(buf []byte, v any) ([]byte, error) {
 }
 
 func appendPickleValue(buf []byte, v any, depth int) ([]byte, error) {
+	// The values of nearly every message, with a small stack frame: this
+	// recursion runs on goroutines that start small, and a large frame
+	// (the rest of the cases, below) made them grow their stacks on
+	// every message.
 	if depth > MaxNesting {
-		return nil, fmt.Errorf("pickle: value nested deeper than %d levels", MaxNesting)
+		return nil, errNesting()
+	}
+	switch x := v.(type) {
+	case nil:
+		return append(buf, opNone), nil
+	case int64:
+		return appendPickleInt(buf, x), nil
+	case string:
+		buf = append(buf, opBinUnicode)
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(len(x)))
+		return append(buf, x...), nil
+	case []byte:
+		return appendPickleBytes(buf, x), nil
+	case zodb.OID:
+		return appendPickleBytes(buf, x[:]), nil
+	case zodb.TID:
+		return appendPickleBytes(buf, x[:]), nil
+	case Tuple:
+		return appendPickleTuple(buf, x, depth)
+	case []any:
+		return appendPickleTuple(buf, x, depth)
+	}
+	return appendPickleOther(buf, v, depth)
+}
+
+//go:noinline
+func errNesting() error {
+	return fmt.Errorf("pickle: value nested deeper than %d levels", MaxNesting)
+}
+
+// appendPickleOther encodes the values appendPickleValue leaves to it
+// (and, as before, every other kind too).
+//
+//go:noinline
+func appendPickleOther(buf []byte, v any, depth int) ([]byte, error) {
+	if depth > MaxNesting {
+		return nil, errNesting()
 	}
 	switch x := v.(type) {
 	case nil:
