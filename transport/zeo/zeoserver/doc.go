@@ -9,7 +9,8 @@
 // stale current revision after an invalidation, ping as a barrier,
 // client-side conflict resolution mode, iterators, undo, pack, blobs (for
 // storages that keep them: uploads into a spool file, sendBlob streamed;
-// not shared blob directories) and extension methods. Malformed input
+// storeBlobShared only for a zodb.SharedBlobStorage, whose blob directory
+// a client on the same host may share) and extension methods. Malformed input
 // costs only the offending connection.
 //
 // Resources a client can hold are bounded: a message must be completed
