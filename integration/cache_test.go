@@ -64,14 +64,7 @@ func TestNoStaleReadsThroughTheClusterCache(t *testing.T) {
 	defer cancel()
 	bs := startRaidBackends(t, 3)
 	pxs := startClusterProxies(t, bs, 3)
-	open := func(addr string) *zeoclient.Client {
-		c, err := openGoClientAddrs(ctx, []string{addr}, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	open := func(addr string) *zeoclient.Client { return mustOpenGoClient(t, ctx, addr) }
 	const objects = 12
 	setup := open(pxs[0].Addr)
 	oids, err := setup.NewOIDs(ctx, objects)

@@ -51,14 +51,7 @@ func TestInvalidationsAcrossProxies(t *testing.T) {
 	defer cancel()
 	bs := startRaidBackends(t, 3)
 	pxs := startClusterProxies(t, bs, 3)
-	open := func(addr string) *zeoclient.Client {
-		c, err := openGoClientAddrs(ctx, []string{addr}, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	open := func(addr string) *zeoclient.Client { return mustOpenGoClient(t, ctx, addr) }
 	var watchers []*watcher
 	var wclients, writers []*zeoclient.Client
 	for _, p := range pxs {

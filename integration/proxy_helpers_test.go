@@ -437,6 +437,18 @@ func openGoClient(ctx context.Context, addr string, wait time.Duration) (*zeocli
 	return openGoClientAddrs(ctx, []string{addr}, wait)
 }
 
+// mustOpenGoClient opens a client of addr (waiting up to 10 s for it),
+// closed when the test ends.
+func mustOpenGoClient(t testing.TB, ctx context.Context, addr string) *zeoclient.Client {
+	t.Helper()
+	c, err := openGoClient(ctx, addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func openGoClientAddrs(ctx context.Context, addrs []string, wait time.Duration) (*zeoclient.Client, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

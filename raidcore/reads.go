@@ -303,13 +303,14 @@ func (a *Array) verifiedRead(ctx context.Context, what string, need zodb.TID, fn
 
 // LoadSerial implements zodb.Loader.
 func (a *Array) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) ([]byte, error) {
-	if a.useCache(a.need(serial.Next())) {
+	need := a.need(serial.Next())
+	if a.useCache(need) {
 		if data, ok := a.cache.LoadSerial(oid, serial); ok {
 			return data, nil
 		}
 	}
 	var data []byte
-	err := a.read(ctx, "loadSerial", a.need(serial.Next()), func(ctx context.Context, st zodb.Storage) error {
+	err := a.read(ctx, "loadSerial", need, func(ctx context.Context, st zodb.Storage) error {
 		var err error
 		data, err = st.LoadSerial(ctx, oid, serial)
 		return err

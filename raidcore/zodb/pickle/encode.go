@@ -89,16 +89,11 @@ func errNesting() error {
 }
 
 // appendPickleOther encodes the values appendPickleValue leaves to it
-// (and, as before, every other kind too).
+// (its caller has checked the depth).
 //
 //go:noinline
 func appendPickleOther(buf []byte, v any, depth int) ([]byte, error) {
-	if depth > MaxNesting {
-		return nil, errNesting()
-	}
 	switch x := v.(type) {
-	case nil:
-		return append(buf, opNone), nil
 	case bool:
 		if x {
 			return append(buf, opNewTrue), nil
@@ -106,8 +101,6 @@ func appendPickleOther(buf []byte, v any, depth int) ([]byte, error) {
 		return append(buf, opNewFalse), nil
 	case int:
 		return appendPickleInt(buf, int64(x)), nil
-	case int64:
-		return appendPickleInt(buf, x), nil
 	case uint64:
 		if x <= math.MaxInt64 {
 			return appendPickleInt(buf, int64(x)), nil
@@ -121,20 +114,6 @@ func appendPickleOther(buf []byte, v any, depth int) ([]byte, error) {
 	case float64:
 		buf = append(buf, opBinFloat)
 		return binary.BigEndian.AppendUint64(buf, math.Float64bits(x)), nil
-	case string:
-		buf = append(buf, opBinUnicode)
-		buf = binary.LittleEndian.AppendUint32(buf, uint32(len(x)))
-		return append(buf, x...), nil
-	case []byte:
-		return appendPickleBytes(buf, x), nil
-	case zodb.OID:
-		return appendPickleBytes(buf, x[:]), nil
-	case zodb.TID:
-		return appendPickleBytes(buf, x[:]), nil
-	case Tuple:
-		return appendPickleTuple(buf, x, depth)
-	case []any:
-		return appendPickleTuple(buf, x, depth)
 	case List:
 		buf = append(buf, opEmptyList)
 		if len(x) == 1 {

@@ -96,12 +96,9 @@ func (c *conn) tpcBegin(ctx context.Context, args []any) (any, error) {
 // addOp appends an operation to the current transaction; data, if any, is
 // the op's data, buffered in memory or spooled.
 func (c *conn) addOp(name string, id any, op zodb.Op, data []byte) (any, error) {
-	t, _, err := c.checkTxn(id, false)
+	t, err := c.openTxn(id)
 	if err != nil {
 		return nil, err
-	}
-	if t == nil {
-		return nil, noTxnErr(id)
 	}
 	c.mu.Lock()
 	if data != nil {
@@ -169,6 +166,19 @@ func (c *conn) storea(ctx context.Context, args []any) (any, error) {
 	return c.addOp("storea", args[3], zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: serial}, data)
 }
 
+// openTxn is the transaction id names, which must be open (begun, not
+// voted).
+func (c *conn) openTxn(id any) (*zeoTxn, error) {
+	t, _, err := c.checkTxn(id, false)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, noTxnErr(id)
+	}
+	return t, nil
+}
+
 // storeData reads a store's data argument. Text where bytes belong is
 // what a Python server queues and fails on only at vote (FileStorage
 // cannot write a str), and ZEO's own tests store text in transactions they
@@ -176,12 +186,9 @@ func (c *conn) storea(ctx context.Context, args []any) (any, error) {
 // error, so the transaction takes it (as empty data) and its vote fails.
 func (c *conn) storeData(method string, v, id any, oid zodb.OID) ([]byte, error) {
 	if s, ok := v.(string); ok {
-		t, _, err := c.checkTxn(id, false)
+		t, err := c.openTxn(id)
 		if err != nil {
 			return nil, err
-		}
-		if t == nil {
-			return nil, noTxnErr(id)
 		}
 		c.mu.Lock()
 		if t.badData == nil {
