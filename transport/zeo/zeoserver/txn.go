@@ -317,21 +317,27 @@ func (c *conn) vote(m wire.Message) {
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
-		defer close(t.voting)
-		defer cancel()
 		res, err := c.runVote(ctx, ss, t, zt)
-		if err != nil {
-			if zodb.IsConflict(err) {
-				ss.stats.mu.Lock()
-				ss.stats.conflicts++
-				ss.stats.mu.Unlock()
-			}
-			c.reply(m, nil, err)
-			return
+		// The vote is over before the client hears of it: a client that
+		// resolves conflicts stores and votes again as soon as the reply
+		// arrives, and that vote must not find this one still running.
+		cancel()
+		close(t.voting)
+		if err != nil && zodb.IsConflict(err) {
+			ss.stats.mu.Lock()
+			ss.stats.conflicts++
+			ss.stats.mu.Unlock()
 		}
-		c.reply(m, res, nil)
+		c.reply(m, res, err)
+		if testHookVoteReplied != nil {
+			testHookVoteReplied()
+		}
 	}()
 }
+
+// testHookVoteReplied, when set by a test, runs after a vote's reply has
+// been sent, before its goroutine ends.
+var testHookVoteReplied func()
 
 func (c *conn) runVote(ctx context.Context, ss *storageState, t *zeoTxn, zt *zodb.Transaction) (any, error) {
 	ss.stats.mu.Lock()
