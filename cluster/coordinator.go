@@ -135,7 +135,44 @@ func (c *Coordinator) Start(ctx context.Context, storage string, probe []raidcor
 	if existed && c.n.Voters() <= 1 {
 		return c.restart(ctx, storage, table, probe, now)
 	}
-	return table, nil
+	return c.releaseOwnRecoveries(ctx, storage, table)
+}
+
+// releaseOwnRecoveries degrades the backends the table has recovering by
+// this node: an array starts once per process, so they are recoveries of
+// this node's previous process, which no longer run. The leader does not
+// take them back while gossip sees this node alive, which it does again
+// as soon as the node has restarted: left alone they would stay
+// recovering for ever. Degraded, they are recovered again (automatic
+// recovery or an operator).
+func (c *Coordinator) releaseOwnRecoveries(ctx context.Context, storage string, table raidcore.Table) (raidcore.Table, error) {
+	var changes []raidcore.Change
+	for name, row := range table {
+		if row.State != raidcore.Recovering || row.Owner != c.n.cfg.ID {
+			continue
+		}
+		changes = append(changes, raidcore.Change{Backend: name, Version: row.Version, To: raidcore.BackendState{
+			State: raidcore.Degraded, Reason: "recovery interrupted by a restart of proxy " + c.n.cfg.ID + "; it starts again",
+			By: "proxy", LastTID: row.LastTID, PackedTo: row.PackedTo, VerifiedTo: row.VerifiedTo}})
+	}
+	if len(changes) == 0 {
+		return table, nil
+	}
+	next, err := c.Update(ctx, storage, changes...)
+	if errors.Is(err, raidcore.ErrUnavailable) {
+		return nil, err // the array asks again
+	}
+	if err != nil {
+		// Changed meanwhile (the leader took it back, say): what the
+		// table says now stands.
+		c.n.log.Warn("releasing the recoveries this proxy ran before it restarted failed", "storage", storage, "error", err)
+		return c.Table(storage), nil
+	}
+	for _, ch := range changes {
+		c.n.log.Warn("a recovery this proxy ran before it restarted was interrupted; the backend is degraded until it is recovered again",
+			"storage", storage, "backend", ch.Backend)
+	}
+	return next, nil
 }
 
 // restart applies raidcore.RestartTable to the table a lone voter kept.

@@ -197,3 +197,48 @@ func TestFailedOwnersRecoveryIsTakenBack(t *testing.T) {
 	recovering("c", "n7")
 	waitUntil(t, 5*time.Second, "c degraded, its owner absent", func() bool { return c.Table("1")["c"].State == raidcore.Degraded })
 }
+
+// TestRestartedOwnersRecoveryIsReleased: a proxy restarted so fast that
+// gossip never declares it dead (the integration test of the cache under
+// faults found it) left a backend recovering under its name, which no
+// process runs. When its array starts again, the restarted proxy degrades
+// that backend itself, so it is recovered again; a recovery another live
+// proxy runs is left alone.
+func TestRestartedOwnersRecoveryIsReleased(t *testing.T) {
+	live := &fakeLiveness{alive: []string{"n1", "n2", "n3"}}
+	tc := newTestClusterWith(t, 3, time.Second, false, live)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := tc.follower()
+	c := cluster.NewCoordinator(node)
+	probes := coordtest.Probes(zodb.TIDFromUint64(5), zodb.TIDFromUint64(5), zodb.TIDFromUint64(5))
+	if _, err := c.Start(ctx, "1", probes); err != nil {
+		t.Fatal(err)
+	}
+	self := node.Status().ID
+	other := "n1"
+	if other == self {
+		other = "n2"
+	}
+	for b, owner := range map[string]string{"b": self, "c": other} {
+		row := c.Table("1")[b]
+		if _, err := c.Update(ctx, "1", raidcore.Change{Backend: b, Version: row.Version,
+			To: raidcore.BackendState{State: raidcore.Recovering, Owner: owner, By: "proxy", LastTID: zodb.TIDFromUint64(5)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same node's next process: a new coordinator whose array starts.
+	tab, err := cluster.NewCoordinator(node).Start(ctx, "1", probes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := tab["b"]; st.State != raidcore.Degraded || st.Owner != "" || !strings.Contains(st.Reason, "restart of proxy "+self) {
+		t.Fatalf("the restarted owner's recovery: %+v", st)
+	}
+	if st := c.Table("1")["b"]; st.State != raidcore.Degraded {
+		t.Fatalf("the table after the restart: %+v", st)
+	}
+	if st := tab["c"]; st.State != raidcore.Recovering || st.Owner != other {
+		t.Fatalf("another live proxy's recovery was touched: %+v", st)
+	}
+}

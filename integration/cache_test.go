@@ -149,9 +149,30 @@ func TestNoStaleReadsThroughTheClusterCache(t *testing.T) {
 	}
 
 	// The committed history, from a backend (every one is optimal).
-	direct := open(bs[0].Addr)
+	history := committedHistory(t, ctx, bs[0].Addr)
+	stale := checkObservations(t, obs, history)
+	var hits, misses int64
+	for _, p := range pxs {
+		hits += cacheMetric(t, p, "zeoraid_cache_hits_total")
+		misses += cacheMetric(t, p, "zeoraid_cache_misses_total")
+	}
+	t.Logf("%d commits (%d conflicts), %d loads checked, %d stale; the proxies' caches: %d hits, %d misses (hit rate %.0f%%)",
+		commits.Load(), conflicts.Load(), len(obs), stale, hits, misses, 100*float64(hits)/float64(max(1, hits+misses)))
+	if commits.Load() < 30 || len(obs) < 300 || hits < int64(len(obs))/5 {
+		t.Fatalf("the run did not exercise the caches: %d commits, %d loads, %d hits", commits.Load(), len(obs), hits)
+	}
+	if v := pxs[0].Verify(t); !v.Identical {
+		t.Fatalf("backends differ: %s", v.FirstDifference)
+	}
+}
+
+// committedHistory is every committed record by oid, in tid order, as
+// the ZEO server at addr iterates them.
+func committedHistory(t testing.TB, ctx context.Context, addr string) map[zodb.OID][]zodb.DataRecord {
+	t.Helper()
+	c := mustOpenGoClient(t, ctx, addr)
 	history := map[zodb.OID][]zodb.DataRecord{}
-	it, err := direct.Iterate(ctx, zodb.ZeroTID, zodb.EndOfTime)
+	it, err := c.Iterate(ctx, zodb.ZeroTID, zodb.EndOfTime)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,6 +192,15 @@ func TestNoStaleReadsThroughTheClusterCache(t *testing.T) {
 	for _, recs := range history {
 		sort.Slice(recs, func(i, j int) bool { return recs[i].TID.Less(recs[j].TID) })
 	}
+	return history
+}
+
+// checkObservations checks every current load against the committed
+// history: the revision it gave must be committed with that data, and be
+// the one current at a snapshot no older than what the reading client had
+// seen when it asked. It returns how many were stale (each is an error).
+func checkObservations(t testing.TB, obs []staleObservation, history map[zodb.OID][]zodb.DataRecord) int {
+	t.Helper()
 	at := func(o zodb.OID, s zodb.TID) (zodb.DataRecord, bool) {
 		var cur zodb.DataRecord
 		found := false
@@ -196,17 +226,5 @@ func TestNoStaleReadsThroughTheClusterCache(t *testing.T) {
 			}
 		}
 	}
-	var hits, misses int64
-	for _, p := range pxs {
-		hits += cacheMetric(t, p, "zeoraid_cache_hits_total")
-		misses += cacheMetric(t, p, "zeoraid_cache_misses_total")
-	}
-	t.Logf("%d commits (%d conflicts), %d loads checked, %d stale; the proxies' caches: %d hits, %d misses (hit rate %.0f%%)",
-		commits.Load(), conflicts.Load(), len(obs), stale, hits, misses, 100*float64(hits)/float64(max(1, hits+misses)))
-	if commits.Load() < 30 || len(obs) < 300 || hits < int64(len(obs))/5 {
-		t.Fatalf("the run did not exercise the caches: %d commits, %d loads, %d hits", commits.Load(), len(obs), hits)
-	}
-	if v := pxs[0].Verify(t); !v.Identical {
-		t.Fatalf("backends differ: %s", v.FirstDifference)
-	}
+	return stale
 }

@@ -1,0 +1,396 @@
+//go:build unix
+
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoclient"
+)
+
+// TestNoStaleReadsUnderFaults is the stale-read test of the revision
+// cache with faults that overlap, as production has them: three proxies
+// (caches on, the default) in one cluster over three backends; writers
+// and readers on every proxy, each client configured with every proxy's
+// address; meanwhile, on a seeded schedule, a backend is killed and
+// restarted while the proxy that runs its recovery is killed, every
+// backend goes down at once, and then backends and proxies are killed
+// (SIGKILL) and restarted every second or two, sometimes several at a
+// time. Clients ride through the faults (errors are retried, not
+// failures). Afterwards the cluster must be optimal again by itself, the
+// backends identical, every acknowledged write in the committed history,
+// and every load that answered must have been current for what its
+// client had already seen: a cache (or a read route) that serves one
+// revision after its invalidation, across a degrade, a recovery, a proxy
+// restart or a reconnect to another proxy, fails the test.
+//
+// ZEORAID_STALE_FAULTS_DURATION sets how long the random faults go on
+// (default 20 s), ZEORAID_STALE_FAULTS_SEED the schedule's seed.
+func TestNoStaleReadsUnderFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: faults with real processes take a minute")
+	}
+	dur := 20 * time.Second
+	if v := os.Getenv("ZEORAID_STALE_FAULTS_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 5*time.Second {
+			t.Fatalf("ZEORAID_STALE_FAULTS_DURATION=%q: want a duration of at least 5s", v)
+		}
+		dur = d
+	}
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("ZEORAID_STALE_FAULTS_SEED"); v != "" {
+		var err error
+		if _, err = fmt.Sscan(v, &seed); err != nil {
+			t.Fatalf("ZEORAID_STALE_FAULTS_SEED=%q: want a number", v)
+		}
+	}
+	t.Logf("seed %d (ZEORAID_STALE_FAULTS_SEED=%d repeats the schedule)", seed, seed)
+	rng := rand.New(rand.NewPCG(seed, 11))
+
+	ctx, cancel := context.WithTimeout(context.Background(), dur+8*time.Minute)
+	defer cancel()
+	bs := startRaidBackends(t, 3, scenarioBackendFlags...)
+	pxs := startClusterProxies(t, bs, 3, scenarioProxyFlags...)
+	addrsFrom := func(i int) []string {
+		var a []string
+		for j := range pxs {
+			a = append(a, pxs[(i+j)%len(pxs)].Addr)
+		}
+		return a
+	}
+	open := func(i int) *zeoclient.Client {
+		c, err := openGoClientAddrs(ctx, addrsFrom(i), 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	const objects = 12
+	setup := open(0)
+	oids, err := setup.NewOIDs(ctx, objects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []zodb.Op
+	for i, o := range oids {
+		ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: o, Serial: zodb.ZeroTID, Data: proxyRecord(0, i, 0, "faults")})
+	}
+	init := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("objects")}, Ops: ops}
+	if _, err := setup.Vote(ctx, init); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := setup.Finish(ctx, init); err != nil {
+		t.Fatal(err)
+	}
+
+	stop := make(chan struct{})
+	stopped := func() bool {
+		select {
+		case <-stop:
+			return true
+		default:
+			return false
+		}
+	}
+	var mu sync.Mutex
+	var obs []staleObservation
+	type ackedWrite struct {
+		oid  zodb.OID
+		tid  zodb.TID
+		data []byte
+	}
+	var acked []ackedWrite
+	var commits, writeErrs, readErrs atomic.Int64
+	var wg sync.WaitGroup
+	for pi := range pxs {
+		w := open(pi)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(pi), 5))
+			for seq := 1; !stopped(); seq++ {
+				o := oids[rng.IntN(objects)]
+				cur, err := w.LoadBefore(ctx, o, zodb.MaxTID)
+				if err != nil {
+					writeErrs.Add(1)
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				data := proxyRecord(pi, seq, 0, "faults")
+				txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("w")},
+					Ops: []zodb.Op{{Kind: zodb.OpStore, OID: o, Serial: cur.TID, Data: data}}}
+				if _, err := w.Vote(ctx, txn); err != nil {
+					w.Abort(ctx, txn)
+					writeErrs.Add(1)
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				tid, err := w.Finish(ctx, txn)
+				if err != nil {
+					// Not acknowledged: it may or may not have committed.
+					writeErrs.Add(1)
+					continue
+				}
+				commits.Add(1)
+				mu.Lock()
+				acked = append(acked, ackedWrite{o, tid, data})
+				mu.Unlock()
+			}
+		}()
+		for ri := range 2 {
+			r := open(pi + ri)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(pi), uint64(ri)+20))
+				for !stopped() {
+					o := oids[rng.IntN(objects)]
+					from, err := r.LastTransaction(ctx)
+					if err != nil {
+						readErrs.Add(1)
+						time.Sleep(20 * time.Millisecond)
+						continue
+					}
+					rev, err := r.LoadBefore(ctx, o, zodb.MaxTID)
+					if err != nil {
+						readErrs.Add(1)
+						time.Sleep(20 * time.Millisecond)
+						continue
+					}
+					mu.Lock()
+					obs = append(obs, staleObservation{oid: o, from: from, got: rev.TID, data: rev.Data})
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	halt := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}
+	defer halt()
+
+	f := &faultSchedule{t: t, rng: rng, bs: bs, pxs: pxs, t0: time.Now()}
+	defer func() {
+		if t.Failed() {
+			t.Logf("faults:\n  %s", f.log())
+			for i, p := range pxs {
+				t.Logf("proxy n%d log (current process):\n%s", i+1, tail(p.Log(), 60))
+			}
+		}
+	}()
+	waitFor(t, 30*time.Second, "the first commits", func() bool { return commits.Load() >= 10 })
+
+	// A proxy killed during a recovery: a backend misses commits, comes
+	// back, and the proxy that runs its recovery is killed while it runs.
+	victim := bs[rng.IntN(len(bs))]
+	f.killBackend(victim)
+	before := commits.Load()
+	waitFor(t, 30*time.Second, "commits while a backend is down", func() bool { return commits.Load() >= before+10 })
+	f.startBackend(victim)
+	if owner := f.recoveryRunner(victim.Name, 30*time.Second); owner >= 0 {
+		f.killProxy(owner)
+		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
+		f.startProxy(owner)
+	} else {
+		f.note("%s was not seen recovering within 30 s (it caught up before a poll saw it)", victim.Name)
+	}
+
+	// Every backend down at once, then back.
+	for _, b := range bs {
+		f.killBackend(b)
+	}
+	time.Sleep(time.Duration(500+rng.IntN(1000)) * time.Millisecond)
+	for _, i := range rng.Perm(len(bs)) {
+		f.startBackend(bs[i])
+	}
+
+	// Random overlapping faults.
+	f.random(dur)
+	f.healAll()
+	halt()
+
+	for i, p := range pxs {
+		st, ok := p.waitStatus(150*time.Second, func(st apiStatus) bool { return st.Status == "optimal" })
+		if !ok {
+			t.Fatalf("proxy n%d not optimal after the faults: %s", i+1, st.brief())
+		}
+	}
+	if v := pxs[0].Verify(t); !v.Identical {
+		t.Fatalf("backends differ: %s", v.FirstDifference)
+	}
+	history := committedHistory(t, ctx, bs[0].Addr)
+	lost := 0
+	for _, a := range acked {
+		found := false
+		for _, r := range history[a.oid] {
+			if r.TID == a.tid {
+				found = string(r.Data) == string(a.data)
+				break
+			}
+		}
+		if !found {
+			lost++
+			if lost <= 5 {
+				t.Errorf("acknowledged write of %s at %s is not in the committed history", a.oid, a.tid)
+			}
+		}
+	}
+	stale := checkObservations(t, obs, history)
+	var hits, misses int64
+	for _, p := range pxs {
+		hits += cacheMetric(t, p, "zeoraid_cache_hits_total")
+		misses += cacheMetric(t, p, "zeoraid_cache_misses_total")
+	}
+	t.Logf("%d faults; %d acknowledged commits (%d lost), %d write errors; %d loads checked (%d stale), %d read errors; the caches since their last start: %d hits, %d misses",
+		f.faults, commits.Load(), lost, writeErrs.Load(), len(obs), stale, readErrs.Load(), hits, misses)
+	if commits.Load() < 50 || len(obs) < 500 || hits == 0 {
+		t.Fatalf("the run did not exercise the caches: %d commits, %d loads, %d hits", commits.Load(), len(obs), hits)
+	}
+}
+
+// faultSchedule kills and restarts backends and proxies and keeps a log.
+type faultSchedule struct {
+	t      *testing.T
+	rng    *rand.Rand
+	bs     []*raidBackend
+	pxs    []*raidProxy
+	t0     time.Time
+	events []string
+	faults int
+	downB  map[int]time.Time // backend index -> when to restart
+	downP  map[int]time.Time // proxy index -> when to restart
+}
+
+func (f *faultSchedule) note(format string, args ...any) {
+	f.events = append(f.events, fmt.Sprintf("%6.1fs ", time.Since(f.t0).Seconds())+fmt.Sprintf(format, args...))
+}
+
+func (f *faultSchedule) log() string {
+	out := ""
+	for i, e := range f.events {
+		if i > 0 {
+			out += "\n  "
+		}
+		out += e
+	}
+	return out
+}
+
+func (f *faultSchedule) killBackend(b *raidBackend) {
+	f.t.Helper()
+	b.Kill9(f.t)
+	f.faults++
+	f.note("kill -9 backend %s", b.Name)
+}
+
+func (f *faultSchedule) startBackend(b *raidBackend) {
+	f.t.Helper()
+	b.Start(f.t)
+	f.note("backend %s started", b.Name)
+}
+
+func (f *faultSchedule) killProxy(i int) {
+	f.t.Helper()
+	f.pxs[i].Kill9(f.t)
+	f.faults++
+	f.note("kill -9 proxy n%d", i+1)
+}
+
+func (f *faultSchedule) startProxy(i int) {
+	f.t.Helper()
+	f.pxs[i].startMember(f.t, nil)
+	f.note("proxy n%d started", i+1)
+}
+
+// recoveryRunner polls the proxies until one reports backend name as
+// recovering, and returns the index of the proxy that leads (recovery
+// runs once in the cluster, on the leader), or -1.
+func (f *faultSchedule) recoveryRunner(name string, timeout time.Duration) int {
+	f.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, p := range f.pxs {
+			st, err := p.Status()
+			if err != nil {
+				continue
+			}
+			if b, ok := st.backend(name); ok && b.State == "recovering" {
+				f.note("%s is recovering: %s", name, st.brief())
+				return leaderOf(f.t, f.pxs, nil)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return -1
+}
+
+// random kills a random backend or proxy every 0.7-2 s for d, and
+// restarts each 0.4-2.5 s later; up to two backends and one proxy are
+// down at a time (the load goes on; every backend down at once and a
+// proxy killed during a recovery were done before).
+func (f *faultSchedule) random(d time.Duration) {
+	f.t.Helper()
+	f.downB, f.downP = map[int]time.Time{}, map[int]time.Time{}
+	end := time.Now().Add(d)
+	next := time.Now()
+	for time.Now().Before(end) {
+		now := time.Now()
+		for i, at := range f.downB {
+			if now.After(at) {
+				f.startBackend(f.bs[i])
+				delete(f.downB, i)
+			}
+		}
+		for i, at := range f.downP {
+			if now.After(at) {
+				f.startProxy(i)
+				delete(f.downP, i)
+			}
+		}
+		if now.After(next) {
+			back := now.Add(time.Duration(400+f.rng.IntN(2100)) * time.Millisecond)
+			if f.rng.IntN(3) == 0 && len(f.downP) == 0 {
+				i := f.rng.IntN(len(f.pxs))
+				f.killProxy(i)
+				f.downP[i] = back
+			} else if len(f.downB) < 2 {
+				i := f.rng.IntN(len(f.bs))
+				if _, down := f.downB[i]; !down {
+					f.killBackend(f.bs[i])
+					f.downB[i] = back
+				}
+			}
+			next = now.Add(time.Duration(700+f.rng.IntN(1300)) * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// healAll restarts whatever is still down.
+func (f *faultSchedule) healAll() {
+	f.t.Helper()
+	for i := range f.downB {
+		f.startBackend(f.bs[i])
+	}
+	for i := range f.downP {
+		f.startProxy(i)
+	}
+	f.downB, f.downP = nil, nil
+	f.note("faults over")
+}
