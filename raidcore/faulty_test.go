@@ -95,6 +95,13 @@ func (f *faulty) LastTransaction(ctx context.Context) (zodb.TID, error) {
 	return f.Storage.LastTransaction(ctx)
 }
 
+func (f *faulty) Iterate(ctx context.Context, start, stop zodb.TID) (zodb.TransactionIterator, error) {
+	if f.isDown() {
+		return nil, zodb.NewClientDisconnected("not connected")
+	}
+	return f.Storage.Iterate(ctx, start, stop)
+}
+
 func (f *faulty) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 	if f.isDown() {
 		return nil, zodb.NewClientDisconnected("not connected")

@@ -361,14 +361,37 @@ type VerifyReport struct {
 	FirstDifference string `json:"first_difference,omitempty"`
 }
 
+// verifyReconnectWait is how long Verify waits for a backend connection
+// that is down (a backend restarted a moment ago reconnects within a
+// second or two; the table can still call it optimal).
+const verifyReconnectWait = 30 * time.Second
+
 // Verify compares the transaction sequences of the given backends (all
 // when names is empty): tids, status, metadata and a hash of every
 // record, in lockstep, and the content of every blob (SHA-256, streamed),
-// and reports the first difference.
+// and reports the first difference. A backend whose connection is down
+// is waited for (up to verifyReconnectWait, comparing again from the
+// start), not reported as an error at once.
 func (a *Array) Verify(ctx context.Context, names ...string) (VerifyReport, error) {
 	if len(names) == 0 {
 		names = a.Backends()
 	}
+	deadline := time.Now().Add(verifyReconnectWait)
+	for {
+		rep, err := a.verifyOnce(ctx, names)
+		var cd *zodb.ClientDisconnected
+		if err == nil || !errors.As(err, &cd) || time.Now().After(deadline) {
+			return rep, err
+		}
+		select {
+		case <-ctx.Done():
+			return rep, err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (a *Array) verifyOnce(ctx context.Context, names []string) (VerifyReport, error) {
 	rep := VerifyReport{Storage: a.cfg.Storage, Backends: names}
 	var its []zodb.TransactionIterator
 	var ms []*member
