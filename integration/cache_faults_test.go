@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,8 +24,8 @@ import (
 // address; meanwhile, on a seeded schedule, a backend is killed and
 // restarted while the proxy that runs its recovery is killed, every
 // backend goes down at once, and then backends and proxies are killed
-// (SIGKILL) and restarted every second or two, sometimes several at a
-// time. Clients ride through the faults (errors are retried, not
+// (SIGKILL) or paused (SIGSTOP) and brought back every second or two,
+// sometimes several at a time. Clients ride through the faults (errors are retried, not
 // failures). Afterwards the cluster must be optimal again by itself, the
 // backends identical, every acknowledged write in the committed history,
 // and every load that answered must have been current for what its
@@ -275,6 +276,49 @@ type faultSchedule struct {
 	faults int
 	downB  map[int]time.Time // backend index -> when to restart
 	downP  map[int]time.Time // proxy index -> when to restart
+	// pausedB, pausedP: the down ones that are stopped (SIGSTOP), to be
+	// continued rather than started.
+	pausedB, pausedP map[int]bool
+}
+
+func (f *faultSchedule) pause(what string, proc *zproc) {
+	f.t.Helper()
+	if err := signalProcessGroup(proc.cmd, syscall.SIGSTOP); err != nil {
+		f.t.Fatal(err)
+	}
+	f.faults++
+	f.note("SIGSTOP %s", what)
+}
+
+func (f *faultSchedule) resume(what string, proc *zproc) {
+	f.t.Helper()
+	if err := signalProcessGroup(proc.cmd, syscall.SIGCONT); err != nil {
+		f.t.Fatal(err)
+	}
+	f.note("SIGCONT %s", what)
+}
+
+// bringBack ends backend or proxy i's fault.
+func (f *faultSchedule) bringBackBackend(i int) {
+	f.t.Helper()
+	if f.pausedB[i] {
+		f.resume("backend "+f.bs[i].Name, f.bs[i].proc)
+		delete(f.pausedB, i)
+	} else {
+		f.startBackend(f.bs[i])
+	}
+	delete(f.downB, i)
+}
+
+func (f *faultSchedule) bringBackProxy(i int) {
+	f.t.Helper()
+	if f.pausedP[i] {
+		f.resume(fmt.Sprintf("proxy n%d", i+1), f.pxs[i].proc)
+		delete(f.pausedP, i)
+	} else {
+		f.startProxy(i)
+	}
+	delete(f.downP, i)
 }
 
 func (f *faultSchedule) note(format string, args ...any) {
@@ -340,39 +384,52 @@ func (f *faultSchedule) recoveryRunner(name string, timeout time.Duration) int {
 	return -1
 }
 
-// random kills a random backend or proxy every 0.7-2 s for d, and
-// restarts each 0.4-2.5 s later; up to two backends and one proxy are
-// down at a time (the load goes on; every backend down at once and a
-// proxy killed during a recovery were done before).
+// random kills (SIGKILL) or pauses (SIGSTOP) a random backend or proxy
+// every 0.7-2 s for d, and restarts or continues each 0.4-2.5 s later; up
+// to two backends and one proxy are down at a time (the load goes on;
+// every backend down at once and a proxy killed during a recovery were
+// done before). A paused proxy may hold the commit lease and its
+// backends' commit locks: the leader and the backends' transaction
+// timeouts must fence it.
 func (f *faultSchedule) random(d time.Duration) {
 	f.t.Helper()
 	f.downB, f.downP = map[int]time.Time{}, map[int]time.Time{}
+	f.pausedB, f.pausedP = map[int]bool{}, map[int]bool{}
 	end := time.Now().Add(d)
 	next := time.Now()
 	for time.Now().Before(end) {
 		now := time.Now()
 		for i, at := range f.downB {
 			if now.After(at) {
-				f.startBackend(f.bs[i])
-				delete(f.downB, i)
+				f.bringBackBackend(i)
 			}
 		}
 		for i, at := range f.downP {
 			if now.After(at) {
-				f.startProxy(i)
-				delete(f.downP, i)
+				f.bringBackProxy(i)
 			}
 		}
 		if now.After(next) {
 			back := now.Add(time.Duration(400+f.rng.IntN(2100)) * time.Millisecond)
+			pause := f.rng.IntN(4) == 0
 			if f.rng.IntN(3) == 0 && len(f.downP) == 0 {
 				i := f.rng.IntN(len(f.pxs))
-				f.killProxy(i)
+				if pause {
+					f.pause(fmt.Sprintf("proxy n%d", i+1), f.pxs[i].proc)
+					f.pausedP[i] = true
+				} else {
+					f.killProxy(i)
+				}
 				f.downP[i] = back
 			} else if len(f.downB) < 2 {
 				i := f.rng.IntN(len(f.bs))
 				if _, down := f.downB[i]; !down {
-					f.killBackend(f.bs[i])
+					if pause {
+						f.pause("backend "+f.bs[i].Name, f.bs[i].proc)
+						f.pausedB[i] = true
+					} else {
+						f.killBackend(f.bs[i])
+					}
 					f.downB[i] = back
 				}
 			}
@@ -386,11 +443,10 @@ func (f *faultSchedule) random(d time.Duration) {
 func (f *faultSchedule) healAll() {
 	f.t.Helper()
 	for i := range f.downB {
-		f.startBackend(f.bs[i])
+		f.bringBackBackend(i)
 	}
 	for i := range f.downP {
-		f.startProxy(i)
+		f.bringBackProxy(i)
 	}
-	f.downB, f.downP = nil, nil
 	f.note("faults over")
 }
