@@ -159,14 +159,18 @@ func (c *Coordinator) releaseOwnRecoveries(ctx context.Context, storage string, 
 		return table, nil
 	}
 	next, err := c.Update(ctx, storage, changes...)
-	if errors.Is(err, raidcore.ErrUnavailable) {
-		return nil, err // the array asks again
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, raidcore.ErrStale):
 		// Changed meanwhile (the leader took it back, say): what the
 		// table says now stands.
-		c.n.log.Warn("releasing the recoveries this proxy ran before it restarted failed", "storage", storage, "error", err)
 		return c.Table(storage), nil
+	case errors.Is(err, raidcore.ErrUnavailable):
+		return nil, err // the array asks again
+	case err != nil:
+		// Not done, and Start is not called again once it succeeds: the
+		// array asks again (StartStorage is idempotent for a storage
+		// that exists).
+		return nil, fmt.Errorf("%w: releasing the recoveries this proxy ran before it restarted: %v", raidcore.ErrUnavailable, err)
 	}
 	for _, ch := range changes {
 		c.n.log.Warn("a recovery this proxy ran before it restarted was interrupted; the backend is degraded until it is recovered again",

@@ -292,6 +292,7 @@ type apiBackend struct {
 	Reason   string       `json:"reason"`
 	Since    time.Time    `json:"since"`
 	LastTID  string       `json:"last_tid"`
+	Owner    string       `json:"owner"`
 	Recovery *apiRecovery `json:"recovery"`
 }
 

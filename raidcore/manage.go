@@ -364,7 +364,8 @@ type VerifyReport struct {
 // verifyReconnectWait is how long Verify waits for a backend connection
 // that is down (a backend restarted a moment ago reconnects within a
 // second or two; the table can still call it optimal).
-const verifyReconnectWait = 30 * time.Second
+// (Well within the CLI's default request timeout of 30 s.)
+const verifyReconnectWait = 10 * time.Second
 
 // Verify compares the transaction sequences of the given backends (all
 // when names is empty): tids, status, metadata and a hash of every

@@ -39,6 +39,9 @@ type Progress struct {
 	Rate    float64   `json:"bytes_per_second"`
 	Started time.Time `json:"started"`
 	Error   string    `json:"error,omitempty"`
+	// SourceFailed: the recovery failed because its source did (none was
+	// usable, or it was lost or degraded during the copy), not its target.
+	SourceFailed bool `json:"source_failed,omitempty"`
 }
 
 // RecoveryOptions tune recoveries.
@@ -172,7 +175,7 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 		VerifiedTo: row.VerifiedTo}})
 	scancel()
 	if err != nil {
-		r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
+		r.update(func(p *Progress) { p.Phase, p.Error, p.SourceFailed = "failed", err.Error(), sourceFault(err) })
 		cancel()
 		close(r.done)
 		return fmt.Errorf("raidcore: recovery of %q not started: %w", backend, err)
@@ -191,7 +194,7 @@ func (a *Array) Recover(backend string, opts RecoveryOptions) error {
 			return
 		}
 		a.log.Error("recovery failed", "backend", backend, "error", err)
-		r.update(func(p *Progress) { p.Phase, p.Error = "failed", err.Error() })
+		r.update(func(p *Progress) { p.Phase, p.Error, p.SourceFailed = "failed", err.Error(), sourceFault(err) })
 		bctx, bcancel := context.WithTimeout(context.Background(), a.cfg.StateTimeout)
 		defer bcancel()
 		last := row.LastTID
@@ -294,6 +297,21 @@ type errSourceChanged struct{ err error }
 
 func (e errSourceChanged) Error() string { return e.err.Error() }
 
+// errSourceFailed: the recovery failed because its source did (no usable
+// source, or the source's connection or answers failed), not because of
+// its target. Automatic recovery does not back off from such failures.
+type errSourceFailed struct{ err error }
+
+func (e errSourceFailed) Error() string { return "source: " + e.err.Error() }
+func (e errSourceFailed) Unwrap() error { return e.err }
+
+// sourceFault tells whether err is the source's failure.
+func sourceFault(err error) bool {
+	var sf errSourceFailed
+	var sc errSourceChanged
+	return errors.As(err, &sf) || errors.As(err, &sc)
+}
+
 func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts RecoveryOptions, version *uint64) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
@@ -311,7 +329,7 @@ func (a *Array) recover(ctx context.Context, target *member, r *recovery, opts R
 func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, opts RecoveryOptions, version *uint64) error {
 	source, srcRow, err := a.source(ctx)
 	if err != nil {
-		return err
+		return errSourceFailed{err}
 	}
 	tgtRow, _ := a.row(target.name)
 	r.update(func(p *Progress) { p.Source = source.name })
@@ -526,7 +544,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	}
 	srcLast, err := source.st.LastTransaction(ctx)
 	if err != nil {
-		return errSourceChanged{fmt.Errorf("source: %w", err)}
+		return errSourceChanged{errSourceFailed{err}}
 	}
 	if err := a.sourceCurrent(source, srcLast); err != nil {
 		return errSourceChanged{err}
@@ -597,7 +615,7 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 	defer ti.Close()
 	si, err := source.st.Iterate(ctx, from, last)
 	if err != nil {
-		return fmt.Errorf("source: %w", err)
+		return errSourceFailed{err}
 	}
 	defer si.Close()
 	t, err := ti.Next(ctx)
@@ -606,7 +624,7 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 	}
 	s, err := si.Next(ctx)
 	if err != nil {
-		return fmt.Errorf("source: %w", err)
+		return errSourceFailed{err}
 	}
 	for t != nil || s != nil {
 		switch {
@@ -636,7 +654,7 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 			return fmt.Errorf("target: %w", err)
 		}
 		if s, err = si.Next(ctx); err != nil {
-			return fmt.Errorf("source: %w", err)
+			return errSourceFailed{err}
 		}
 	}
 	return nil
@@ -887,7 +905,7 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 	var out copyResult
 	it, err := source.st.Iterate(ctx, after.Next(), zodb.EndOfTime)
 	if err != nil {
-		return out, fmt.Errorf("source: %w", err)
+		return out, errSourceFailed{err}
 	}
 	rctx, stopReading := context.WithCancel(ctx)
 	type item struct {
@@ -928,7 +946,7 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		}
 		rec, err := next.rec, next.err
 		if err != nil {
-			return out, fmt.Errorf("source: %w", err)
+			return out, errSourceFailed{err}
 		}
 		if rec == nil {
 			return out, nil

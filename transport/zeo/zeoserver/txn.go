@@ -314,6 +314,7 @@ func (c *conn) vote(m wire.Message) {
 	c.mu.Unlock()
 
 	ss := c.ss
+	voting := t.voting
 	c.bg.Add(1)
 	go func() {
 		defer c.bg.Done()
@@ -322,7 +323,7 @@ func (c *conn) vote(m wire.Message) {
 		// resolves conflicts stores and votes again as soon as the reply
 		// arrives, and that vote must not find this one still running.
 		cancel()
-		close(t.voting)
+		close(voting)
 		if err != nil && zodb.IsConflict(err) {
 			ss.stats.mu.Lock()
 			ss.stats.conflicts++
