@@ -524,9 +524,10 @@ func (p *Proxy) autoRecover() {
 // (sourceFailed: lost, degraded, none usable) is tried again after a
 // second, since the next attempt goes on from where it stopped and the
 // target is not at fault. (Under faults every few seconds, backing off on
-// repeated "source lost" failures left a backend optimal 1% of a
-// 10-minute chaos run, twice: once with copies cut off, once with the
-// last optimal backend unreachable when the recovery began.)
+// repeated "source lost" failures after copying left a backend optimal
+// 1% of a 10-minute chaos run; a backoff from failures of the source
+// delays the recovery after the source is back, see
+// TestAutoRecoveryWaitsForItsSource.)
 func retryDelay(prev time.Duration, prevKind, kind string, copied int, sourceFailed bool) time.Duration {
 	if kind == prevKind && copied == 0 && !sourceFailed {
 		return min(max(2*prev, time.Second), time.Minute)

@@ -375,10 +375,9 @@ func relisten(t *testing.T, b *backend) {
 // TestAutoRecoveryWaitsForItsSource: a degraded backend that answers
 // while the last optimal one does not is not recovered (there is nothing
 // to copy from), and the failures that would bring are not held against
-// it: once the source answers again, the recovery starts within a couple
-// of seconds. (In a 10-minute chaos run, recoveries started while the
-// last optimal backend was down failed with nothing copied, and backing
-// off from them up to a minute left two backends optimal 1% of the time.)
+// it: once the source answers again, the recovery starts at once. (Before,
+// a recovery started every second while the source was down, failed with
+// nothing copied, and each failure doubled the wait, up to a minute.)
 func TestAutoRecoveryWaitsForItsSource(t *testing.T) {
 	bs := startBackends(t, 2)
 	p, _, addr := startProxy(t, node.Config{Storages: configFor(bs[0].addr, bs[1].addr), AutoRecover: true})
