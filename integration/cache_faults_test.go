@@ -78,22 +78,7 @@ func TestNoStaleReadsUnderFaults(t *testing.T) {
 	}
 
 	const objects = 12
-	setup := open(0)
-	oids, err := setup.NewOIDs(ctx, objects)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ops []zodb.Op
-	for i, o := range oids {
-		ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: o, Serial: zodb.ZeroTID, Data: proxyRecord(0, i, 0, "faults")})
-	}
-	init := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("objects")}, Ops: ops}
-	if _, err := setup.Vote(ctx, init); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := setup.Finish(ctx, init); err != nil {
-		t.Fatal(err)
-	}
+	oids := createObjects(t, ctx, open(0), objects, "faults")
 
 	stop := make(chan struct{})
 	stopped := func() bool {

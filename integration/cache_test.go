@@ -66,22 +66,7 @@ func TestNoStaleReadsThroughTheClusterCache(t *testing.T) {
 	pxs := startClusterProxies(t, bs, 3)
 	open := func(addr string) *zeoclient.Client { return mustOpenGoClient(t, ctx, addr) }
 	const objects = 12
-	setup := open(pxs[0].Addr)
-	oids, err := setup.NewOIDs(ctx, objects)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ops []zodb.Op
-	for i, o := range oids {
-		ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: o, Serial: zodb.ZeroTID, Data: proxyRecord(0, i, 0, "stale")})
-	}
-	init := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("objects")}, Ops: ops}
-	if _, err := setup.Vote(ctx, init); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := setup.Finish(ctx, init); err != nil {
-		t.Fatal(err)
-	}
+	oids := createObjects(t, ctx, open(pxs[0].Addr), objects, "stale")
 
 	duration := 6 * time.Second
 	stop := time.Now().Add(duration)
@@ -227,4 +212,26 @@ func checkObservations(t testing.TB, obs []staleObservation, history map[zodb.OI
 		}
 	}
 	return stale
+}
+
+// createObjects commits n new objects (proxyRecord data tagged tag) in one
+// transaction with c and returns their oids.
+func createObjects(t testing.TB, ctx context.Context, c *zeoclient.Client, n int, tag string) []zodb.OID {
+	t.Helper()
+	oids, err := c.NewOIDs(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []zodb.Op
+	for i, o := range oids {
+		ops = append(ops, zodb.Op{Kind: zodb.OpStore, OID: o, Serial: zodb.ZeroTID, Data: proxyRecord(0, i, 0, tag)})
+	}
+	txn := &zodb.Transaction{Meta: zodb.TxnMeta{Description: []byte("objects")}, Ops: ops}
+	if _, err := c.Vote(ctx, txn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Finish(ctx, txn); err != nil {
+		t.Fatal(err)
+	}
+	return oids
 }

@@ -21,20 +21,8 @@ go build -o "$work/zeoraid" ./cmd/zeoraid
 enc=()
 if [[ "${MSGPACK:-}" == 1 ]]; then enc=(--msgpack); fi
 
-# start_server NAME ARGS...: starts "zeoraid ARGS... --listen 127.0.0.1:0"
-# and sets $addr from its banner.
-start_server() {
-  local name=$1; shift
-  "$work/zeoraid" "$@" --listen 127.0.0.1:0 --log-level warn >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
-  for _ in $(seq 300); do
-    if addr=$(sed -nE 's/^zeoraid [a-z]+: ZEO server .* on ([0-9.]+:[0-9]+),.*/\1/p' "$work/$name.out") && [[ -n "$addr" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "$name did not start; log:" >&2; cat "$work/$name.log" >&2; exit 1
-}
+# shellcheck source=start-server.sh
+source scripts/start-server.sh
 
 backend() { start_server "$1" backend --data "$work/$1" "${enc[@]}"; }
 

@@ -17,20 +17,8 @@ trap cleanup EXIT
 
 go build -o "$work/zeoraid" ./cmd/zeoraid
 
-# start_server NAME ARGS...: starts "zeoraid ARGS... --listen 127.0.0.1:0"
-# and sets $addr from its banner.
-start_server() {
-  local name=$1; shift
-  "$work/zeoraid" "$@" --listen 127.0.0.1:0 --log-level warn >"$work/$name.out" 2>"$work/$name.log" &
-  pids+=($!)
-  for _ in $(seq 300); do
-    if addr=$(sed -nE 's/^zeoraid [a-z]+: ZEO server .* on ([0-9.]+:[0-9]+),.*/\1/p' "$work/$name.out") && [[ -n "$addr" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "$name did not start; log:" >&2; cat "$work/$name.log" >&2; exit 1
-}
+# shellcheck source=start-server.sh
+source scripts/start-server.sh
 
 start_server b1 backend --data "$work/b1"; b1=$addr
 start_server b2 backend --data "$work/b2"; b2=$addr
@@ -44,8 +32,8 @@ for _ in $(seq 100); do "$work/zeoraid" status --url "$url" >/dev/null 2>&1 && b
 echo "committing for $dur with b2 disabled ($size-byte objects)..."
 "$work/zeoraid" bench --target "proxy=$proxy" --clients 4 --duration "$dur" --phases commit --object-size "$size"
 echo "b1 holds $(du -sh "$work/b1" | cut -f1)"
-start=$(date +%s.%N)
+start=$(date +%s%N)
 "$work/zeoraid" recover --url "$url" b2
 until "$work/zeoraid" status --url "$url" | grep -Eq '^ +b2 +optimal'; do sleep 0.5; done
-end=$(date +%s.%N)
-echo "b2 optimal again after $(echo "$end - $start" | bc) s"
+end=$(date +%s%N)
+echo "b2 optimal again after $(( (end - start) / 1000000 )) ms"
