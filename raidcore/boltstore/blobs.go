@@ -132,6 +132,9 @@ func (s *Store) stagedPath(oid zodb.OID, tid zodb.TID) string {
 
 // OpenBlob implements zodb.BlobStorage.
 func (s *Store) OpenBlob(ctx context.Context, oid zodb.OID, serial zodb.TID) (io.ReadCloser, int64, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return nil, 0, err
+	}
 	s.mu.Lock()
 	last, err := s.last, s.checkOpen()
 	s.mu.Unlock()

@@ -29,7 +29,9 @@ func (s *Store) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 	limit := s.oidNext + uint64(n) + s.opts.OIDBlock
 	s.mu.Unlock()
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keyNextOID, b64(limit))
+		// Never below what an applied journal record persisted.
+		meta := tx.Bucket(bucketMeta)
+		return meta.Put(keyNextOID, b64(max(limit, u64(meta.Get(keyNextOID)))))
 	}); err != nil {
 		return nil, s.wrap(err)
 	}
@@ -67,12 +69,16 @@ func (s *Store) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if err := s.commit.Acquire(ctx); err != nil {
 		return zodb.VoteResult{}, err
 	}
-	// The queued transactions first, then the durable state: one that is
-	// written meanwhile is then in one or both, never in neither.
+	// The journaled and queued transactions first, then bbolt's state:
+	// one that is written or applied meanwhile is then in one or both,
+	// never in neither.
 	s.pmu.Lock()
-	plans := make([]*txnplan.Plan, len(s.pending))
-	for i, pt := range s.pending {
-		plans[i] = pt.plan
+	plans := make([]*txnplan.Plan, 0, len(s.journaled)+len(s.pending))
+	for _, pt := range s.journaled {
+		plans = append(plans, pt.plan)
+	}
+	for _, pt := range s.pending {
+		plans = append(plans, pt.plan)
 	}
 	broken := s.broken
 	s.pmu.Unlock()

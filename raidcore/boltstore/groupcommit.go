@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"time"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/txnplan"
@@ -82,10 +83,7 @@ func (s *Store) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 		s.unstage(p.TID, pt.blobs)
 		return zodb.ZeroTID, err
 	}
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.wakeCommitter()
 	// Not cancelled by ctx: the outcome is the storage's to decide.
 	<-pt.done
 	if pt.err != nil {
@@ -94,32 +92,52 @@ func (s *Store) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	return p.TID, nil
 }
 
-// committer writes queued transactions until the store closes.
+// committer writes queued transactions, and applies the journal, until
+// the store closes.
 func (s *Store) committer() {
 	defer close(s.committerDone)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		select {
 		case <-s.wake:
+		case <-timer.C:
 		case <-s.stop:
 			return
 		}
 		for {
 			s.pmu.Lock()
 			batch := s.pending[:len(s.pending):len(s.pending)]
+			applyNow := len(s.journaled) > 0 && s.applyErr == nil &&
+				(s.applyWanted || len(s.journaled) >= journalMaxTxns ||
+					s.journaledBytes >= journalMaxBytes || time.Since(s.journaledSince) >= journalMaxAge)
 			s.pmu.Unlock()
-			if len(batch) == 0 {
+			switch {
+			case applyNow:
+				s.applyJournal()
+			case len(batch) > 0:
+				s.commitBatch(batch)
+			}
+			if !applyNow && len(batch) == 0 {
 				break
 			}
-			s.commitBatch(batch)
 		}
+		s.pmu.Lock()
+		if len(s.journaled) > 0 && s.applyErr == nil {
+			timer.Reset(max(time.Millisecond, journalMaxAge-time.Since(s.journaledSince)))
+		}
+		s.pmu.Unlock()
 	}
 }
 
 // WriteStats count the group writes: Transactions made durable by Writes
-// bbolt write transactions (each one pair of fsyncs).
+// (each a journal append with one fdatasync, or a bbolt write transaction
+// with two fsyncs), and Applies bbolt writes that moved the journal into
+// the data file.
 type WriteStats struct {
 	Transactions int64 `json:"transactions"`
 	Writes       int64 `json:"writes"`
+	Applies      int64 `json:"applies"`
 }
 
 // Written reports the group writes so far.
@@ -129,10 +147,43 @@ func (s *Store) Written() WriteStats {
 	return s.written
 }
 
-// commitBatch writes batch (the oldest queued transactions) in one bbolt
-// transaction, then announces them and ends their Finish calls.
+// commitBatch makes batch (the oldest queued transactions) durable, in the
+// journal or straight in bbolt, then announces them and ends their Finish
+// calls.
 func (s *Store) commitBatch(batch []*pendingTxn) {
-	err := s.writeBatch(batch)
+	txns := make([]journalTxn, len(batch))
+	blobs := false
+	for i, pt := range batch {
+		txns[i] = pt.journalTxn()
+		blobs = blobs || len(pt.blobs) > 0
+	}
+	s.mu.Lock()
+	limit := s.oidLimit
+	s.mu.Unlock()
+	for _, t := range txns {
+		for _, r := range t.records {
+			limit = max(limit, r.OID.Uint64()+1)
+		}
+	}
+	var payload []byte
+	if s.j != nil && !blobs {
+		payload = encodeJournalBatch(journalBatch{oidLimit: limit, txns: txns})
+		if len(payload) > journalMaxRecord {
+			payload = nil
+		}
+	}
+	var err error
+	if s.beforeWrite != nil {
+		err = s.beforeWrite()
+	}
+	if err == nil && payload != nil {
+		err = s.j.append(payload)
+	} else if err == nil {
+		// Straight into bbolt, after what the journal holds (tid order).
+		if err = s.applyJournal(); err == nil {
+			err = s.writeTxns(batch, txns, limit)
+		}
+	}
 	s.pmu.Lock()
 	failed := batch
 	if err != nil {
@@ -143,7 +194,16 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 		s.pending = append([]*pendingTxn(nil), s.pending[len(batch):]...)
 		s.written.Transactions += int64(len(batch))
 		s.written.Writes++
+		if payload != nil {
+			if len(s.journaled) == 0 {
+				s.journaledSince = time.Now()
+			}
+			s.journaled = append(s.journaled, batch...)
+			s.journaledBytes += len(payload)
+			s.hasJournaled.Store(true)
+		}
 	}
+	s.progressed()
 	s.pmu.Unlock()
 	if err != nil {
 		s.log.Error("commit failed; the transactions in it and every queued one are not committed, and the storage refuses writes until it is reopened",
@@ -155,6 +215,10 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 		}
 		return
 	}
+	s.mu.Lock()
+	s.last = batch[len(batch)-1].plan.TID
+	s.oidLimit = max(s.oidLimit, limit)
+	s.mu.Unlock()
 	for _, pt := range batch {
 		s.placeBlobs(pt.plan.TID, pt.blobs)
 	}
@@ -167,98 +231,195 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 	}
 }
 
-// writeBatch is the one bbolt write (and fsync) for batch.
-func (s *Store) writeBatch(batch []*pendingTxn) error {
-	if s.beforeWrite != nil {
-		if err := s.beforeWrite(); err != nil {
-			return err
+// journalTxn is the transaction as it is written.
+func (pt *pendingTxn) journalTxn() journalTxn {
+	status := zodb.StatusNormal
+	if pt.txn.Status != 0 && !pt.txn.TID.IsZero() {
+		status = pt.txn.Status
+	}
+	return journalTxn{tid: pt.plan.TID, status: status, meta: pt.txn.Meta, records: pt.plan.Records}
+}
+
+// progressed wakes everybody waiting for the committer's next step (pmu
+// held).
+func (s *Store) progressed() {
+	close(s.progress)
+	s.progress = make(chan struct{})
+}
+
+// applyJournal moves every journaled transaction into bbolt (one write
+// transaction) and empties the journal. Only the committer calls it. A
+// failure stops applying (reads fail with it, writes too); the journal
+// keeps the transactions for the next Open.
+func (s *Store) applyJournal() error {
+	s.pmu.Lock()
+	list := s.journaled[:len(s.journaled):len(s.journaled)]
+	err := s.applyErr
+	s.pmu.Unlock()
+	if err != nil {
+		return err
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	txns := make([]journalTxn, len(list))
+	for i, pt := range list {
+		txns[i] = pt.journalTxn()
+	}
+	err = s.writeTxns(nil, txns, 0)
+	if err == nil {
+		if rerr := s.j.reset(); rerr != nil {
+			// Everything in it is in bbolt: the next Open skips it.
+			s.log.Warn("cannot empty the journal; it goes on growing until the next start", "error", rerr)
 		}
 	}
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if err != nil {
+		s.applyErr = zodb.NewStorageError("storage %s: the journal cannot be written into the data file (the storage refuses reads and writes until it is reopened; the journal keeps the transactions): %v", s.opts.Name, s.wrap(err))
+		s.broken = s.applyErr
+		s.log.Error("applying the journal failed", "transactions", len(list), "error", err)
+		s.progressed()
+		return s.applyErr
+	}
+	s.journaled = append([]*pendingTxn(nil), s.journaled[len(list):]...)
+	s.journaledBytes = 0
+	s.hasJournaled.Store(len(s.journaled) > 0)
+	s.applyWanted = false
+	s.written.Applies++
+	s.progressed()
+	return nil
+}
+
+// writeTxns is one bbolt write transaction (and its fsyncs) holding txns;
+// batch (nil when applying the journal) gives their blobs. The persisted
+// oid limit becomes at least limit and never goes down.
+func (s *Store) writeTxns(batch []*pendingTxn, txns []journalTxn, limit uint64) error {
 	// oidMu (not s.mu: votes read last under it) is held across the
 	// write so that NewOIDs cannot persist a lower oid limit in between.
 	s.oidMu.Lock()
 	defer s.oidMu.Unlock()
 	s.mu.Lock()
-	limit := s.oidLimit
+	limit = max(limit, s.oidLimit)
 	s.mu.Unlock()
-	for _, pt := range batch {
-		for _, r := range pt.plan.Records {
+	for _, t := range txns {
+		for _, r := range t.records {
 			limit = max(limit, r.OID.Uint64()+1)
 		}
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		records, current, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketCurrent), tx.Bucket(bucketMeta)
-		length, size := int64(u64(meta.Get(keyLength))), int64(u64(meta.Get(keySize)))
-		for _, pt := range batch {
-			p, txn := pt.plan, pt.txn
-			status := zodb.StatusNormal
-			if txn.Status != 0 && !txn.TID.IsZero() {
-				status = txn.Status
-			}
-			oids := make([]zodb.OID, len(p.Records))
-			for i, r := range p.Records {
-				oids[i] = r.OID
-				prev, found, _, _, err := revisionBefore(tx, r.OID, zodb.EndOfTime)
-				if err != nil {
-					return err
-				}
-				wasLive := found && !prev.NoData
-				if wasLive && r.NoData {
-					length--
-				} else if !wasLive && !r.NoData {
-					length++
-				}
-				size += int64(len(r.Data))
-				if err := records.Put(recordKey(r.OID, p.TID), encodeRecord(r)); err != nil {
-					return err
-				}
-				if err := current.Put(append([]byte{}, r.OID[:]...), append([]byte{}, p.TID[:]...)); err != nil {
-					return err
-				}
-			}
-			if err := putBlobKeys(tx, p.TID, pt.blobs); err != nil {
-				return err
-			}
-			hdr := encodeTxn(txnHeader{status: status, meta: txn.Meta, oids: oids})
-			if err := tx.Bucket(bucketTxns).Put(append([]byte{}, p.TID[:]...), hdr); err != nil {
-				return err
-			}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := putTxns(tx, txns, limit); err != nil {
+			return err
 		}
-		last := batch[len(batch)-1].plan.TID
-		for k, v := range map[string][]byte{
-			string(keyLastTID): append([]byte{}, last[:]...), string(keyLength): b64(uint64(max(length, 0))),
-			string(keySize): b64(uint64(size)), string(keyNextOID): b64(limit),
-		} {
-			if err := meta.Put([]byte(k), v); err != nil {
+		for i := range batch {
+			if err := putBlobKeys(tx, txns[i].tid, batch[i].blobs); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		return err
+}
+
+// putTxns writes txns (in tid order) into tx, with the counters, the last
+// tid and an oid limit of at least limit.
+func putTxns(tx *bolt.Tx, txns []journalTxn, limit uint64) error {
+	records, current, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketCurrent), tx.Bucket(bucketMeta)
+	length, size := int64(u64(meta.Get(keyLength))), int64(u64(meta.Get(keySize)))
+	for _, t := range txns {
+		oids := make([]zodb.OID, len(t.records))
+		for i, r := range t.records {
+			oids[i] = r.OID
+			prev, found, _, _, err := revisionBefore(tx, r.OID, zodb.EndOfTime)
+			if err != nil {
+				return err
+			}
+			wasLive := found && !prev.NoData
+			if wasLive && r.NoData {
+				length--
+			} else if !wasLive && !r.NoData {
+				length++
+			}
+			size += int64(len(r.Data))
+			if err := records.Put(recordKey(r.OID, t.tid), encodeRecord(r)); err != nil {
+				return err
+			}
+			if err := current.Put(append([]byte{}, r.OID[:]...), append([]byte{}, t.tid[:]...)); err != nil {
+				return err
+			}
+		}
+		hdr := encodeTxn(txnHeader{status: t.status, meta: t.meta, oids: oids})
+		if err := tx.Bucket(bucketTxns).Put(append([]byte{}, t.tid[:]...), hdr); err != nil {
+			return err
+		}
 	}
-	s.mu.Lock()
-	s.last = batch[len(batch)-1].plan.TID
-	s.oidLimit = max(s.oidLimit, limit)
-	s.mu.Unlock()
+	limit = max(limit, u64(meta.Get(keyNextOID)))
+	put := map[string][]byte{
+		string(keyLength): b64(uint64(max(length, 0))), string(keySize): b64(uint64(size)), string(keyNextOID): b64(limit),
+	}
+	if len(txns) > 0 {
+		last := txns[len(txns)-1].tid
+		put[string(keyLastTID)] = append([]byte{}, last[:]...)
+	}
+	for k, v := range put {
+		if err := meta.Put([]byte(k), v); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// drain waits until every queued transaction is written (or failed).
+// drain waits until every queued transaction is durable (or failed) and
+// everything journaled is in bbolt (or applying failed).
 func (s *Store) drain() {
-	for {
-		s.pmu.Lock()
-		n := len(s.pending)
-		var last *pendingTxn
-		if n > 0 {
-			last = s.pending[n-1]
-		}
+	s.pmu.Lock()
+	for len(s.pending) > 0 || len(s.journaled) > 0 && s.applyErr == nil {
+		s.applyWanted = true
+		ch := s.progress
 		s.pmu.Unlock()
-		if last == nil {
-			return
+		s.wakeCommitter()
+		<-ch
+		s.pmu.Lock()
+	}
+	s.pmu.Unlock()
+}
+
+// waitApplied returns once every transaction acknowledged before the call
+// is in bbolt, so that a read sees it: reads call it first.
+func (s *Store) waitApplied(ctx context.Context) error {
+	if !s.hasJournaled.Load() {
+		return nil
+	}
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if len(s.journaled) == 0 {
+		return nil
+	}
+	target := s.journaled[len(s.journaled)-1].plan.TID
+	for {
+		if s.applyErr != nil {
+			return s.applyErr
 		}
-		<-last.done
+		if len(s.journaled) == 0 || target.Less(s.journaled[0].plan.TID) {
+			return nil
+		}
+		s.applyWanted = true
+		ch := s.progress
+		s.pmu.Unlock()
+		s.wakeCommitter()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.pmu.Lock()
+			return ctx.Err()
+		}
+		s.pmu.Lock()
+	}
+}
+
+func (s *Store) wakeCommitter() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 

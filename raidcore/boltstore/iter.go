@@ -56,6 +56,10 @@ func (it *iterator) Next(ctx context.Context) (*zodb.TransactionRecord, error) {
 	if it.done {
 		return nil, nil
 	}
+	// Transactions up to stop may still be in the journal only.
+	if err := it.s.waitApplied(ctx); err != nil {
+		return nil, err
+	}
 	var out *zodb.TransactionRecord
 	err := it.s.db.View(func(tx *bolt.Tx) error {
 		k, v := tx.Bucket(bucketTxns).Cursor().Seek(it.next[:])
@@ -90,6 +94,9 @@ func (it *iterator) Close() error { it.done = true; return nil }
 // UndoLog implements zodb.Undoer: newest first, stopping at packed
 // transactions.
 func (s *Store) UndoLog(ctx context.Context, first, last int, filter func(*zodb.UndoEntry) bool) ([]zodb.UndoEntry, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return nil, err
+	}
 	if last < 0 {
 		last = first - last
 	}
@@ -132,6 +139,9 @@ func (s *Store) RecordIterNext(ctx context.Context, from zodb.OID) (zodb.Current
 	var rec zodb.CurrentRecord
 	var next zodb.OID
 	found, more := false, false
+	if err := s.waitApplied(ctx); err != nil {
+		return rec, next, false, err
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketCurrent).Cursor()
 		for k, v := c.Seek(from[:]); k != nil; k, v = c.Next() {

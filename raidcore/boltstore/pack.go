@@ -30,6 +30,10 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 		return zodb.NewReadOnlyError()
 	}
 	start := time.Now()
+	// The scan reads bbolt: what the journal holds goes there first.
+	if err := s.waitApplied(ctx); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	last := s.last
 	s.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,6 +36,9 @@ type Options struct {
 	NoPackGC bool
 	// NoSync skips fsync; only for tests that do not test durability.
 	NoSync bool
+	// NoJournal writes every group commit straight into bbolt (two
+	// fsyncs) instead of the journal (one); see journal.go.
+	NoJournal bool
 	Logger hclog.Logger
 	// Now is the clock for new tids (default time.Now).
 	Now func() time.Time
@@ -62,6 +66,19 @@ type Store struct {
 	// committerDone is closed when the committer has returned.
 	committerDone chan struct{}
 	written       WriteStats // guarded by pmu
+	// The journal (journal.go): nil when read-only or NoJournal. Only the
+	// committer goroutine appends to it and applies it.
+	j *journal
+	// journaled are durable in the journal, not yet in bbolt (tid order);
+	// guarded by pmu, like the fields up to progress.
+	journaled      []*pendingTxn
+	journaledBytes int
+	journaledSince time.Time
+	applyWanted    bool          // a read or drain waits for an apply
+	applyErr       error         // an apply failed: reads fail too
+	progress       chan struct{} // closed after each step of the committer
+	// hasJournaled: journaled is not empty (read without pmu by reads).
+	hasJournaled atomic.Bool
 	// beforeWrite, when set (tests), runs before each group write; an
 	// error it returns fails the write.
 	beforeWrite func() error
@@ -121,14 +138,19 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock(),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), committerDone: make(chan struct{}),
-		staged: map[*zodb.Transaction][]stagedBlob{}}
+		progress: make(chan struct{}), staged: map[*zodb.Transaction][]stagedBlob{}}
 	if err := s.init(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.openJournal(); err != nil {
 		db.Close()
 		return nil, err
 	}
 	if !opts.ReadOnly {
 		if err := s.recoverBlobs(); err != nil {
 			db.Close()
+			s.closeJournal()
 			return nil, fmt.Errorf("boltstore: %s: recovering blobs in %s: %w", path, s.BlobDir(), err)
 		}
 	}
@@ -238,6 +260,7 @@ func (s *Store) Close() error {
 	s.drain()
 	close(s.stop)
 	<-s.committerDone
+	s.closeJournal()
 	return s.db.Close()
 }
 
@@ -279,6 +302,9 @@ func revisionBefore(tx *bolt.Tx, oid zodb.OID, before zodb.TID) (rec zodb.DataRe
 
 // LoadBefore implements zodb.Loader.
 func (s *Store) LoadBefore(ctx context.Context, oid zodb.OID, before zodb.TID) (*zodb.Revision, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return nil, err
+	}
 	var rev *zodb.Revision
 	err := s.db.View(func(tx *bolt.Tx) error {
 		rec, found, next, exists, err := revisionBefore(tx, oid, before)
@@ -310,6 +336,9 @@ func (s *Store) wrap(err error) error {
 
 // LoadSerial implements zodb.Loader.
 func (s *Store) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) ([]byte, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return nil, err
+	}
 	var data []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketRecords).Get(recordKey(oid, serial))
@@ -331,6 +360,9 @@ func (s *Store) LoadSerial(ctx context.Context, oid zodb.OID, serial zodb.TID) (
 
 // History implements zodb.Historian.
 func (s *Store) History(ctx context.Context, oid zodb.OID, size int) ([]zodb.HistoryEntry, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return nil, err
+	}
 	var out []zodb.HistoryEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketRecords).Cursor()
@@ -365,6 +397,9 @@ func (s *Store) History(ctx context.Context, oid zodb.OID, size int) ([]zodb.His
 
 // Info implements zodb.Storage.
 func (s *Store) Info(ctx context.Context) (zodb.StorageInfo, error) {
+	if err := s.waitApplied(ctx); err != nil {
+		return zodb.StorageInfo{}, err
+	}
 	info := zodb.StorageInfo{Name: s.opts.Name, SupportsUndo: true, ReadOnly: s.opts.ReadOnly}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
