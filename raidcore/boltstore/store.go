@@ -39,7 +39,7 @@ type Options struct {
 	// NoJournal writes every group commit straight into bbolt (two
 	// fsyncs) instead of the journal (one); see journal.go.
 	NoJournal bool
-	Logger hclog.Logger
+	Logger    hclog.Logger
 	// Now is the clock for new tids (default time.Now).
 	Now func() time.Time
 }
