@@ -109,8 +109,8 @@ func (s *Store) committer() {
 			s.pmu.Lock()
 			batch := s.pending[:len(s.pending):len(s.pending)]
 			applyNow := len(s.journaled) > 0 && s.applyErr == nil &&
-				(s.applyWanted || len(s.journaled) >= journalMaxTxns ||
-					s.journaledBytes >= journalMaxBytes || time.Since(s.journaledSince) >= journalMaxAge)
+				(s.applyWanted || !s.holdApply && (len(s.journaled) >= journalMaxTxns ||
+					s.journaledBytes >= journalMaxBytes || time.Since(s.journaledSince) >= journalMaxAge))
 			s.pmu.Unlock()
 			switch {
 			case applyNow:
@@ -123,7 +123,7 @@ func (s *Store) committer() {
 			}
 		}
 		s.pmu.Lock()
-		if len(s.journaled) > 0 && s.applyErr == nil {
+		if len(s.journaled) > 0 && s.applyErr == nil && !s.holdApply {
 			timer.Reset(max(time.Millisecond, journalMaxAge-time.Since(s.journaledSince)))
 		}
 		s.pmu.Unlock()

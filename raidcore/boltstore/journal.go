@@ -257,10 +257,7 @@ func allZero(b []byte) bool {
 // possibly torn record at the end; the store is broken then and the next
 // Open discards it.
 func (j *journal) append(payload []byte) error {
-	rec := make([]byte, journalHeader, journalHeader+len(payload))
-	binary.BigEndian.PutUint32(rec[:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(rec[4:8], crc32.Checksum(payload, crcTable))
-	rec = append(rec, payload...)
+	rec := frameRecord(payload)
 	if _, err := j.f.WriteAt(rec, j.size); err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
@@ -271,6 +268,14 @@ func (j *journal) append(payload []byte) error {
 	}
 	j.size += int64(len(rec))
 	return nil
+}
+
+// frameRecord is a journal record: header and payload.
+func frameRecord(payload []byte) []byte {
+	rec := make([]byte, journalHeader, journalHeader+len(payload))
+	binary.BigEndian.PutUint32(rec[:4], uint32(len(payload)))
+	binary.BigEndian.PutUint32(rec[4:8], crc32.Checksum(payload, crcTable))
+	return append(rec, payload...)
 }
 
 // reset empties the journal once everything in it is in bbolt.
@@ -406,6 +411,9 @@ func decodeJournalBatch(p []byte) (journalBatch, error) {
 			rv, err := take(n)
 			if err != nil {
 				return b, err
+			}
+			if n < 9 || rv[0]&^flagNoData != 0 || rv[0] == flagNoData && n != 9 {
+				return b, fmt.Errorf("transaction %s: record %d is malformed", t.tid, i)
 			}
 			if t.records[i], err = decodeRecord(oid, t.tid, rv); err != nil {
 				return b, err

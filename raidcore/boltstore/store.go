@@ -77,6 +77,9 @@ type Store struct {
 	applyWanted    bool          // a read or drain waits for an apply
 	applyErr       error         // an apply failed: reads fail too
 	progress       chan struct{} // closed after each step of the committer
+	// holdApply (tests) applies the journal only when a read or drain
+	// asks (guarded by pmu).
+	holdApply bool
 	// hasJournaled: journaled is not empty (read without pmu by reads).
 	hasJournaled atomic.Bool
 	// beforeWrite, when set (tests), runs before each group write; an
