@@ -33,6 +33,9 @@ type pendingTxn struct {
 	plan  *txnplan.Plan
 	txn   *zodb.Transaction
 	blobs []stagedBlob // staged at vote, placed after the write
+	// length and size: what the transaction adds to Info's counters
+	// (worked out when it is journaled, for Info before it is applied).
+	length, size int64
 	done  chan struct{}
 	err   error
 }
@@ -177,7 +180,9 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 		err = s.beforeWrite()
 	}
 	if err == nil && payload != nil {
-		err = s.j.append(payload)
+		if err = s.countJournaled(batch); err == nil {
+			err = s.j.append(payload)
+		}
 	} else if err == nil {
 		// Straight into bbolt, after what the journal holds (tid order).
 		if err = s.applyJournal(); err == nil {
@@ -229,6 +234,38 @@ func (s *Store) commitBatch(batch []*pendingTxn) {
 	for _, pt := range batch {
 		close(pt.done)
 	}
+}
+
+// countJournaled works out what each transaction of batch adds to Info's
+// length and size, as putTxns will when it is applied.
+func (s *Store) countJournaled(batch []*pendingTxn) error {
+	s.pmu.Lock()
+	plans := make([]*txnplan.Plan, 0, len(s.journaled)+len(batch))
+	for _, pt := range s.journaled {
+		plans = append(plans, pt.plan)
+	}
+	s.pmu.Unlock()
+	return s.db.View(func(tx *bolt.Tx) error {
+		for _, pt := range batch {
+			v := pendingView{view{tx}, plans}
+			pt.length, pt.size = 0, 0
+			for _, r := range pt.plan.Records {
+				prev, found, err := v.Before(r.OID, zodb.EndOfTime)
+				if err != nil {
+					return err
+				}
+				wasLive := found && !prev.NoData
+				if wasLive && r.NoData {
+					pt.length--
+				} else if !wasLive && !r.NoData {
+					pt.length++
+				}
+				pt.size += int64(len(r.Data))
+			}
+			plans = append(plans, pt.plan)
+		}
+		return nil
+	})
 }
 
 // journalTxn is the transaction as it is written.

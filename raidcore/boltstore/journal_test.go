@@ -134,6 +134,15 @@ func TestJournalAcknowledgesBeforeApplying(t *testing.T) {
 	if _, err := s.Vote(ctx, &zodb.Transaction{Ops: []zodb.Op{storeOp(oids[0], tid1, "x")}}); !zodb.IsConflict(err) {
 		t.Fatalf("vote against a journaled revision's predecessor: %v, want a conflict", err)
 	}
+	// Info (the ZEO server asks after every commit) counts the journaled
+	// transactions without applying them.
+	info, err := s.Info(ctx)
+	if err != nil || info.Length != 2 || info.Size != int64(len("a1b1a2")) {
+		t.Fatalf("info with journaled transactions: %+v %v, want 2 objects of 6 bytes", info, err)
+	}
+	if w := s.Written(); w.Applies != 0 {
+		t.Fatalf("written %+v: Info applied the journal", w)
+	}
 	rev, err := s.LoadBefore(ctx, oids[0], zodb.MaxTID)
 	if err != nil || string(rev.Data) != "a2" || rev.TID != tid2 {
 		t.Fatalf("load after journaled commits: %+v %v, want a2@%s", rev, err, tid2)
@@ -146,6 +155,18 @@ func TestJournalAcknowledgesBeforeApplying(t *testing.T) {
 	}
 	if rev, err := s.LoadBefore(ctx, oids[0], tid2); err != nil || string(rev.Data) != "a1" || rev.End != tid2 {
 		t.Fatalf("history after apply: %+v %v", rev, err)
+	}
+	if again, _ := s.Info(ctx); again != info {
+		t.Fatalf("info after the apply %+v, before %+v", again, info)
+	}
+	// A deletion, journaled: one object fewer at once.
+	commitOps(t, s, zodb.Op{Kind: zodb.OpDelete, OID: oids[1], Serial: tid1})
+	if info, _ := s.Info(ctx); info.Length != 1 {
+		t.Fatalf("info after a journaled deletion: %+v, want 1 object", info)
+	}
+	s.drain()
+	if info, _ := s.Info(ctx); info.Length != 1 {
+		t.Fatalf("info after the deletion was applied: %+v, want 1 object", info)
 	}
 }
 

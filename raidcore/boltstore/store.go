@@ -400,16 +400,28 @@ func (s *Store) History(ctx context.Context, oid zodb.OID, size int) ([]zodb.His
 
 // Info implements zodb.Storage.
 func (s *Store) Info(ctx context.Context) (zodb.StorageInfo, error) {
-	if err := s.waitApplied(ctx); err != nil {
-		return zodb.StorageInfo{}, err
-	}
 	info := zodb.StorageInfo{Name: s.opts.Name, SupportsUndo: true, ReadOnly: s.opts.ReadOnly}
+	// The ZEO server asks after every commit: no wait for the journal to
+	// be applied. bbolt's counters, plus what the journaled transactions
+	// it does not have yet add; read under pmu, so that an apply that has
+	// written bbolt but not yet dropped its transactions from journaled
+	// is not counted twice (its tids are at or below bbolt's last).
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	var applied zodb.TID
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		info.Length = int64(u64(meta.Get(keyLength)))
 		info.Size = int64(u64(meta.Get(keySize)))
+		applied = zodb.TID(pad8(meta.Get(keyLastTID)))
 		return nil
 	})
+	for _, pt := range s.journaled {
+		if applied.Less(pt.plan.TID) {
+			info.Length += pt.length
+			info.Size += pt.size
+		}
+	}
 	return info, s.wrap(err)
 }
 
