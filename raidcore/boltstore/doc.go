@@ -22,15 +22,18 @@
 //
 // A transaction is planned at vote (txnplan, under the storage's commit
 // lock, against a read snapshot overlaid with the finished transactions
-// not yet written) and written after finish by one committer goroutine,
-// which puts every transaction finished by then into one bbolt write
-// transaction (group commit: one pair of fsyncs for all of them). Finish
-// releases the commit lock as soon as its transaction is queued (so the
-// next one votes meanwhile: zodb.EarlyFinisher tells the ZEO server to
-// release its lock too) and returns once it is written; only then is it
-// announced and visible to loads and LastTransaction, so a crash loses
-// only transactions whose Finish had not returned, and leaves each
-// transaction all there or not at all. A failed write fails every queued
+// not yet in bbolt) and written after finish by one committer goroutine,
+// which appends every transaction finished by then to the journal
+// (<path>.journal) as one checksummed record with one fdatasync (group
+// commit), and later moves many journaled groups into bbolt in one write
+// transaction (journal.go says why that is safe). Finish releases the
+// commit lock as soon as its transaction is queued (so the next one votes
+// meanwhile: zodb.EarlyFinisher tells the ZEO server to release its lock
+// too) and returns once it is durable; only then is it announced and
+// counted in LastTransaction, and reads wait for it to be in bbolt, so a
+// crash loses only transactions whose Finish had not returned, and leaves
+// each transaction all there or not at all. Open applies what a crash
+// left in the journal. A failed write fails every queued
 // transaction and the store refuses writes until reopened (groupcommit.go
 // says why). Readers use bbolt's MVCC snapshots and never wait for writers.
 // New oids are reserved in blocks that are persisted before any oid of the

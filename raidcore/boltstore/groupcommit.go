@@ -12,21 +12,25 @@ import (
 // Group commit with early lock release.
 //
 // Finish does not write: it queues the voted plan, releases the commit
-// lock and waits. One committer goroutine writes everything queued by
-// then in one bbolt transaction (one pair of fsyncs), in tid order, and
-// only then makes the transactions visible (last, loads), announces them
-// and lets their Finish calls return. Meanwhile the next transaction
-// votes: it is checked against the durable state overlaid with the
-// queued plans (pendingView), so a conflict with a transaction that is
-// not yet on disk is still a conflict, and its tid is above every queued
-// one. So several finishing transactions share one write, and nothing is
-// acknowledged, announced or readable before it is durable: a crash loses
-// only transactions whose Finish had not returned.
+// lock and waits. One committer goroutine makes everything queued by then
+// durable in one journal append (one fdatasync; journal.go), in tid
+// order, and only then makes the transactions the last, announces them
+// and lets their Finish calls return; it moves the journal into bbolt
+// later, in larger batches, and at once when a read waits for that.
+// Meanwhile the next transaction votes: it is checked against bbolt
+// overlaid with the journaled and queued plans (pendingView), so a
+// conflict with a transaction that is not yet in bbolt is still a
+// conflict, and its tid is above every queued one. So several finishing
+// transactions share one write, and nothing is acknowledged, announced or
+// readable before it is durable: a crash loses only transactions whose
+// Finish had not returned.
 //
 // A write that fails leaves the store broken (every queued transaction
 // and every later vote fails with the write's error): the queued
 // transactions were checked against a state that will never exist, and a
-// disk that fails a write is a disk for the operator to look at.
+// disk that fails a write is a disk for the operator to look at. An apply
+// of the journal that fails also fails reads (they cannot see what was
+// acknowledged); the journal keeps the transactions for the next Open.
 
 // pendingTxn is a finished transaction waiting for its write.
 type pendingTxn struct {
