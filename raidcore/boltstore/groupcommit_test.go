@@ -273,3 +273,36 @@ func BenchmarkCommits(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLoads loads current revisions of 2,000 objects committed one
+// per transaction, with and without the journal (reads wait for nothing
+// once it is applied: the numbers should match).
+func BenchmarkLoads(b *testing.B) {
+	for _, noJournal := range []bool{false, true} {
+		b.Run(fmt.Sprintf("journal=%v", !noJournal), func(b *testing.B) {
+			s, err := Open(filepath.Join(b.TempDir(), "1.db"), Options{Name: "bench", NoJournal: noJournal, NoSync: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			data := string(make([]byte, 200))
+			oids, _ := s.NewOIDs(ctx, 2000)
+			for _, oid := range oids {
+				txn := &zodb.Transaction{Ops: []zodb.Op{storeOp(oid, zodb.ZeroTID, data)}}
+				if _, err := s.Vote(ctx, txn); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.Finish(ctx, txn); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				if _, err := s.LoadBefore(ctx, oids[i%len(oids)], zodb.MaxTID); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
