@@ -40,8 +40,8 @@ type pendingTxn struct {
 	// length and size: what the transaction adds to Info's counters
 	// (worked out when it is journaled, for Info before it is applied).
 	length, size int64
-	done  chan struct{}
-	err   error
+	done         chan struct{}
+	err          error
 }
 
 // EarlyFinisher is implemented by storages whose Finish lets the next
