@@ -105,11 +105,12 @@ func decodeTxn(v []byte) (txnHeader, error) {
 		if len(v) < 4 {
 			return h, errCorruptTxn
 		}
-		n := int(binary.BigEndian.Uint32(v))
+		n64 := uint64(binary.BigEndian.Uint32(v))
 		v = v[4:]
-		if n > len(v) {
+		if n64 > uint64(len(v)) {
 			return h, errCorruptTxn
 		}
+		n := int(n64)
 		parts[i] = append([]byte{}, v[:n]...)
 		v = v[n:]
 	}
@@ -120,11 +121,12 @@ func decodeTxn(v []byte) (txnHeader, error) {
 	if len(v) < 4 {
 		return h, errCorruptTxn
 	}
-	n := int(binary.BigEndian.Uint32(v))
+	n64 := uint64(binary.BigEndian.Uint32(v))
 	v = v[4:]
-	if n*8 != len(v) {
+	if n64*8 != uint64(len(v)) {
 		return h, errCorruptTxn
 	}
+	n := int(n64)
 	h.oids = make([]zodb.OID, n)
 	for i := range h.oids {
 		copy(h.oids[i][:], v[8*i:])

@@ -50,8 +50,12 @@ import (
 
 const (
 	journalSuffix = ".journal"
-	// journalHeader: payload length (4) and CRC-32C of the payload (4).
-	journalHeader = 8
+	// journalHeader: payload length (4), CRC-32C of those 4 bytes (4) and
+	// CRC-32C of the payload (4). The length has its own checksum, so that
+	// a damaged length is never taken for a record that runs past the end.
+	journalHeader = 12
+	// The smallest payload: an oid limit and a transaction count.
+	journalMinPayload = 12
 	// A group larger than this goes straight into bbolt.
 	journalMaxRecord = 64 << 20
 	// Apply once the journal holds this many transactions or bytes (or
@@ -91,13 +95,13 @@ type journalBatch struct {
 // returns the batches it holds, in order.
 func openJournal(path string, sync bool) (*journal, []journalBatch, error) {
 	jpath := path + journalSuffix
-	_, statErr := os.Stat(jpath)
 	f, err := os.OpenFile(jpath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, nil, err
 	}
-	if errors.Is(statErr, os.ErrNotExist) && sync {
-		// The new file's name must survive a crash as well.
+	if sync {
+		// The file's name must survive a crash as well (also when an
+		// earlier run created it and died before syncing the directory).
 		if err := syncDir(filepath.Dir(jpath)); err != nil {
 			f.Close()
 			return nil, nil, err
@@ -207,6 +211,12 @@ func (s *Store) closeJournal() {
 
 // readJournal decodes every record of f; good is the length of the valid
 // prefix (a torn last record is not part of it).
+//
+// One goroutine appends and fdatasyncs one record at a time, so a crash
+// can tear only the last record (and leave anything after it: zeros or
+// old bytes of a file system that persisted pages out of order). A record
+// that does not check is therefore torn when no valid record follows it,
+// and the journal is corrupt when one does.
 func readJournal(f *os.File, path string) (batches []journalBatch, good int64, err error) {
 	data, err := io.ReadAll(f)
 	if err != nil {
@@ -214,43 +224,52 @@ func readJournal(f *os.File, path string) (batches []journalBatch, good int64, e
 	}
 	off := 0
 	for off < len(data) {
-		rest := data[off:]
-		torn := func() bool { return allZero(rest) || off+journalHeader > len(data) }
-		if len(rest) < journalHeader {
-			break // torn header: never fsynced
-		}
-		n := int(binary.BigEndian.Uint32(rest[:4]))
-		sum := binary.BigEndian.Uint32(rest[4:8])
-		if n == 0 && sum == 0 && torn() {
-			break // a tail the file system extended with zeros
-		}
-		if journalHeader+n > len(rest) {
-			break // torn record: the tail was never fsynced
-		}
-		payload := rest[journalHeader : journalHeader+n]
-		if crc32.Checksum(payload, crcTable) != sum {
-			if journalHeader+n == len(rest) {
-				break // the last record, torn
+		n, ok := checkRecord(data[off:])
+		if !ok {
+			if at := nextValidRecord(data, off+1); at >= 0 {
+				return nil, 0, fmt.Errorf("boltstore: the journal %s is corrupt: the record at byte %d does not check, and a valid one follows at byte %d (the file needs repair by hand; nothing was changed)", path, off, at)
 			}
-			return nil, 0, fmt.Errorf("boltstore: the journal %s is corrupt: record at byte %d fails its checksum and is not the last (the file needs repair by hand; nothing was changed)", path, off)
+			break // the torn last record
 		}
-		b, err := decodeJournalBatch(payload)
+		b, err := decodeJournalBatch(data[off+journalHeader : off+n])
 		if err != nil {
 			return nil, 0, fmt.Errorf("boltstore: the journal %s is corrupt: record at byte %d: %v", path, off, err)
 		}
 		batches = append(batches, b)
-		off += journalHeader + n
+		off += n
 	}
 	return batches, int64(off), nil
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
+// checkRecord tells whether rec starts with a whole record whose
+// checksums hold, and its length with the header.
+func checkRecord(rec []byte) (int, bool) {
+	if len(rec) < journalHeader {
+		return 0, false
+	}
+	if crc32.Checksum(rec[:4], crcTable) != binary.BigEndian.Uint32(rec[4:8]) {
+		return 0, false
+	}
+	n := uint64(binary.BigEndian.Uint32(rec[:4]))
+	if n < journalMinPayload || n > uint64(len(rec)-journalHeader) {
+		return 0, false
+	}
+	end := journalHeader + int(n)
+	if crc32.Checksum(rec[journalHeader:end], crcTable) != binary.BigEndian.Uint32(rec[8:12]) {
+		return 0, false
+	}
+	return end, true
+}
+
+// nextValidRecord is the offset of the first whole, valid record at or
+// after from (-1 if none).
+func nextValidRecord(data []byte, from int) int {
+	for at := from; at+journalHeader <= len(data); at++ {
+		if _, ok := checkRecord(data[at:]); ok {
+			return at
 		}
 	}
-	return true
+	return -1
 }
 
 // append writes one record and makes it durable. A failure leaves a
@@ -259,10 +278,12 @@ func allZero(b []byte) bool {
 func (j *journal) append(payload []byte) error {
 	rec := frameRecord(payload)
 	if _, err := j.f.WriteAt(rec, j.size); err != nil {
+		j.f.Truncate(j.size) // best effort: not acknowledged, not replayed
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
 	if j.sync {
 		if err := fdatasync(j.f); err != nil {
+			j.f.Truncate(j.size)
 			return fmt.Errorf("journal %s: %w", j.path, err)
 		}
 	}
@@ -274,7 +295,8 @@ func (j *journal) append(payload []byte) error {
 func frameRecord(payload []byte) []byte {
 	rec := make([]byte, journalHeader, journalHeader+len(payload))
 	binary.BigEndian.PutUint32(rec[:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(rec[4:8], crc32.Checksum(payload, crcTable))
+	binary.BigEndian.PutUint32(rec[4:8], crc32.Checksum(rec[:4], crcTable))
+	binary.BigEndian.PutUint32(rec[8:12], crc32.Checksum(payload, crcTable))
 	return append(rec, payload...)
 }
 
@@ -286,6 +308,9 @@ func (j *journal) reset() error {
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
+	// From here on the file is empty, whatever the sync says: the next
+	// record goes at its start, not after a hole.
+	j.size = 0
 	if j.sync {
 		if err := j.f.Sync(); err != nil {
 			return fmt.Errorf("journal %s: %w", j.path, err)
@@ -348,7 +373,11 @@ func decodeJournalBatch(p []byte) (journalBatch, error) {
 		if err != nil {
 			return 0, err
 		}
-		return int(binary.BigEndian.Uint32(v)), nil
+		x := binary.BigEndian.Uint32(v)
+		if x > 1<<30 { // no count or length in a record comes near
+			return 0, fmt.Errorf("a count of %d", x)
+		}
+		return int(x), nil
 	}
 	v, err := take(8)
 	if err != nil {

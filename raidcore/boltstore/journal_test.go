@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/storagetest"
 )
 
 // openHeld opens a store whose journal is applied only when a read or
@@ -235,7 +236,7 @@ func TestJournalTornTail(t *testing.T) {
 	tid1 := commitOps(t, s, storeOp(oids[0], zodb.ZeroTID, "a1"))
 	tid2 := commitOps(t, s, storeOp(oids[1], zodb.ZeroTID, "b2"))
 	data, _ := os.ReadFile(path + journalSuffix)
-	first := int(8 + uint32(data[0])<<24 | uint32(data[1])<<16 | uint32(data[2])<<8 | uint32(data[3]))
+	first := journalHeader + int(uint32(data[0])<<24|uint32(data[1])<<16|uint32(data[2])<<8|uint32(data[3]))
 	if first >= len(data) {
 		t.Fatalf("the journal (%d bytes) does not hold two records (first %d)", len(data), first)
 	}
@@ -250,6 +251,9 @@ func TestJournalTornTail(t *testing.T) {
 		"last record's checksum": {bad(data, len(data)-1), tid1},
 		"length beyond the end":  {bad(data, first), tid1},
 		"only a torn record":     {data[:first-3], zodb.ZeroTID},
+		// A torn record whose header reached the disk as zeros while
+		// later pages of it did not.
+		"zero header, then data": {append(append(bytes.Clone(data), make([]byte, journalHeader)...), bytes.Repeat([]byte{7}, 40)...), tid2},
 	}
 	base := filepath.Join(t.TempDir(), "base.db")
 	copyTo(t, path, base)
@@ -293,20 +297,26 @@ func TestJournalTornTail(t *testing.T) {
 		r2.Close()
 	}
 
-	// The first record's checksum broken, the second intact: corruption.
-	p := filepath.Join(t.TempDir(), "1.db")
-	copyTo(t, base, p)
-	if err := os.WriteFile(p+journalSuffix, bad(data, first-1), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := Open(p, Options{}); err == nil {
-		r.Close()
-		t.Fatal("a journal with a bad record before a good one opened")
-	} else if !strings.Contains(err.Error(), p+journalSuffix) || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("error %q does not name the journal or say it is corrupt", err)
-	}
-	if got, _ := os.ReadFile(p + journalSuffix); !bytes.Equal(got, bad(data, first-1)) {
-		t.Fatal("a refused open changed the journal")
+	// A bad record before a good one is corruption, not a crash: the
+	// first record's payload damaged, or its length (which, damaged, must
+	// not pass for a record running past the end and hide the rest).
+	for name, journal := range map[string][]byte{
+		"payload": bad(data, first-1), "length": bad(data, 3), "length, high byte": bad(data, 0),
+	} {
+		p := filepath.Join(t.TempDir(), "1.db")
+		copyTo(t, base, p)
+		if err := os.WriteFile(p+journalSuffix, journal, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := Open(p, Options{}); err == nil {
+			r.Close()
+			t.Fatalf("%s: a journal with a bad record before a good one opened", name)
+		} else if !strings.Contains(err.Error(), p+journalSuffix) || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("%s: error %q does not name the journal or say it is corrupt", name, err)
+		}
+		if got, _ := os.ReadFile(p + journalSuffix); !bytes.Equal(got, journal) {
+			t.Fatalf("%s: a refused open changed the journal", name)
+		}
 	}
 }
 
@@ -379,4 +389,37 @@ func FuzzJournal(f *testing.F) {
 			t.Fatalf("decoded records encode to other bytes:\n%x\nwant\n%x", again, data[:good])
 		}
 	})
+}
+
+// Pack takes in a transaction acknowledged while it starts, when that
+// transaction is only in the journal: an object it creates and links from
+// the root survives the pack. (Pack used to read the storage's last tid,
+// which counts journaled transactions, as the last one its bbolt scan had
+// seen: its second scan then skipped the transaction and the object was
+// collected as unreachable.)
+func TestPackTakesInJournaledTransactions(t *testing.T) {
+	s := openHeld(t, filepath.Join(t.TempDir(), "1.db"))
+	ctx := context.Background()
+	root := zodb.OID{}
+	oids, _ := s.NewOIDs(ctx, 1)
+	x := oids[0]
+	t1 := commitOps(t, s, zodb.Op{Kind: zodb.OpStore, OID: root, Data: storagetest.Record("root")})
+	var t2 zodb.TID
+	s.afterPackWait = func() {
+		t2 = commitOps(t, s,
+			zodb.Op{Kind: zodb.OpStore, OID: root, Serial: t1, Data: storagetest.Record("root2", x)},
+			zodb.Op{Kind: zodb.OpStore, OID: x, Data: storagetest.Record("x")})
+		if w := s.Written(); w.Applies != 1 {
+			t.Errorf("written %+v: the new transaction is not only in the journal", w)
+		}
+	}
+	if err := s.Pack(ctx, zodb.MaxTID); err != nil {
+		t.Fatal(err)
+	}
+	if rev, err := s.LoadBefore(ctx, root, zodb.MaxTID); err != nil || rev.TID != t2 {
+		t.Fatalf("root after the pack: %+v %v, want the revision of %s", rev, err, t2)
+	}
+	if rev, err := s.LoadBefore(ctx, x, zodb.MaxTID); err != nil || rev.TID != t2 {
+		t.Fatalf("the object the root links to after the pack: %+v %v", rev, err)
+	}
 }

@@ -30,13 +30,23 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 		return zodb.NewReadOnlyError()
 	}
 	start := time.Now()
-	// The scan reads bbolt: what the journal holds goes there first.
+	// The scan reads bbolt: what the journal holds goes there first, and
+	// last is bbolt's last tid, not the storage's: a transaction
+	// acknowledged meanwhile may be only in the journal, and the second
+	// scan (after drain) must take it in as committed after last.
 	if err := s.waitApplied(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	last := s.last
-	s.mu.Unlock()
+	if s.afterPackWait != nil {
+		s.afterPackWait()
+	}
+	var last zodb.TID
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		last = zodb.TID(pad8(tx.Bucket(bucketMeta).Get(keyLastTID)))
+		return nil
+	}); err != nil {
+		return s.wrap(err)
+	}
 	// Commits from now on get tids above last; packing at most up to
 	// last+1 makes all of them "after the pack time".
 	if last.Next().Less(packTID) {

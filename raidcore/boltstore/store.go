@@ -77,6 +77,9 @@ type Store struct {
 	applyWanted    bool          // a read or drain waits for an apply
 	applyErr       error         // an apply failed: reads fail too
 	progress       chan struct{} // closed after each step of the committer
+	// afterPackWait, when set (tests), runs in Pack after it waited for
+	// the journal and before it reads bbolt's last tid.
+	afterPackWait func()
 	// holdApply (tests) applies the journal only when a read or drain
 	// asks (guarded by pmu).
 	holdApply bool
