@@ -36,10 +36,11 @@ import (
 //   - Apply is idempotent: Open skips journal transactions at or below
 //     bbolt's last tid (a crash between apply and truncation).
 //   - Records are appended and fsynced one at a time by one goroutine, so
-//     only the last record can be torn by a crash. A record whose length
-//     or checksum does not hold is discarded only when it is the last
-//     thing in the file (it was never fsynced, so never acknowledged);
-//     anywhere else Open refuses the file with an error naming it.
+//     only the last record can be torn by a crash. A record that does not
+//     check (its length has a checksum of its own, its payload another)
+//     is discarded only when no valid record follows it (it was never
+//     fsynced, so never acknowledged); when one does, Open refuses the
+//     file with an error naming it.
 //   - Reads never see a state older than an acknowledged transaction:
 //     every read of committed data first waits until what the journal
 //     holds is applied (waitApplied); votes see journaled transactions
