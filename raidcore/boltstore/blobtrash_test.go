@@ -28,19 +28,8 @@ func TestPackInterruptedBeforeBlobRemoval(t *testing.T) {
 		os.WriteFile(p, []byte(content), 0o600)
 		return &zodb.Blob{Path: p, Size: int64(len(content))}
 	}
-	do := func(ops ...zodb.Op) zodb.TID {
-		txn := &zodb.Transaction{Ops: ops}
-		if _, err := s.Vote(ctx, txn); err != nil {
-			t.Fatal(err)
-		}
-		tid, err := s.Finish(ctx, txn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tid
-	}
-	t1 := do(zodb.Op{Kind: zodb.OpStore, OID: oid, Data: []byte("x"), Blob: blob("one")})
-	t2 := do(zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: t1, Data: []byte("x"), Blob: blob("two")})
+	t1 := commitOps(t, s, zodb.Op{Kind: zodb.OpStore, OID: oid, Data: []byte("x"), Blob: blob("one")})
+	t2 := commitOps(t, s, zodb.Op{Kind: zodb.OpStore, OID: oid, Serial: t1, Data: []byte("x"), Blob: blob("two")})
 	old := filepath.Join(s.BlobDir(), zodb.BlobOIDPath(oid), zodb.BlobFileName(t1))
 	s.opts.NoPackGC = true // the records are not pickles
 	s.beforeTrashRemoval = func() error { return errors.New("crash") }

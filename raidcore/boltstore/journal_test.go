@@ -52,7 +52,7 @@ func fileSize(t *testing.T, path string) int64 {
 	return fi.Size()
 }
 
-// copyFile copies src to dst (a crash image of a file nobody is writing).
+// copyTo copies src to dst (a crash image of a file nobody is writing).
 func copyTo(t *testing.T, src, dst string) {
 	t.Helper()
 	in, err := os.Open(src)
@@ -70,6 +70,17 @@ func copyTo(t *testing.T, src, dst string) {
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// crashImage copies a store's data file and journal into a new directory,
+// as a crash would leave them while the committer is idle, and returns the
+// copy's path.
+func crashImage(t *testing.T, path string) string {
+	t.Helper()
+	image := filepath.Join(t.TempDir(), "1.db")
+	copyTo(t, path, image)
+	copyTo(t, path+journalSuffix, image+journalSuffix)
+	return image
 }
 
 // snapshot is everything a client can read of a store.
@@ -193,9 +204,7 @@ func TestJournalReplayAfterCrash(t *testing.T) {
 	if w := s.Written(); w.Applies != 1 {
 		t.Fatalf("written %+v, want one apply (tid1's)", w)
 	}
-	crash := filepath.Join(t.TempDir(), "1.db")
-	copyTo(t, path, crash)
-	copyTo(t, path+journalSuffix, crash+journalSuffix)
+	crash := crashImage(t, path)
 	journalBefore := filepath.Join(t.TempDir(), "journal")
 	copyTo(t, path+journalSuffix, journalBefore)
 
@@ -283,9 +292,7 @@ func TestJournalTornTail(t *testing.T) {
 		}
 		tid := commitOps(t, r, storeOp(oids[0], serial, "after"))
 		tid = commitOps(t, r, storeOp(oids[0], tid, "after2"))
-		q := filepath.Join(t.TempDir(), "1.db")
-		copyTo(t, p, q)
-		copyTo(t, p+journalSuffix, q+journalSuffix)
+		q := crashImage(t, p)
 		r.Close()
 		r2, err := Open(q, Options{})
 		if err != nil {
@@ -328,9 +335,7 @@ func TestJournalReadOnlyOpen(t *testing.T) {
 	ctx := context.Background()
 	oids, _ := s.NewOIDs(ctx, 1)
 	commitOps(t, s, storeOp(oids[0], zodb.ZeroTID, "a"))
-	crash := filepath.Join(t.TempDir(), "1.db")
-	copyTo(t, path, crash)
-	copyTo(t, path+journalSuffix, crash+journalSuffix)
+	crash := crashImage(t, path)
 	if r, err := Open(crash, Options{ReadOnly: true}); err == nil {
 		r.Close()
 		t.Fatal("a read-only open ignored transactions only the journal holds")
