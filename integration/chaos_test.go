@@ -52,8 +52,23 @@ func TestChaos(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*dur+30*time.Minute)
 	defer cancel()
 	bs := startRaidBackends(t, 3)
-	px := startRaidProxy(t, bs, "--auto-recover=true", "--vote-timeout", "5s", "--finish-timeout", "5s", "--read-timeout", "3s",
-		"--startup-wait", "1s", "--lease-timeout", "10s", "--transaction-timeout", "10s")
+	proxyArgs := []string{"--auto-recover=true", "--vote-timeout", "5s", "--finish-timeout", "5s", "--read-timeout", "3s",
+		"--startup-wait", "1s", "--lease-timeout", "10s", "--transaction-timeout", "10s"}
+	// ZEORAID_CHAOS_LOGS keeps the proxy's logs, at debug level (every
+	// recovery round), in that directory: what a run that heals slowly
+	// is studied from.
+	keepLogs := os.Getenv("ZEORAID_CHAOS_LOGS")
+	if keepLogs != "" {
+		proxyArgs = append(proxyArgs, "--log-level", "debug")
+	}
+	px := startRaidProxy(t, bs, proxyArgs...)
+	if keepLogs != "" {
+		defer func() {
+			if err := copyLogs(px.logDir, keepLogs); err != nil {
+				t.Errorf("ZEORAID_CHAOS_LOGS: %v", err)
+			}
+		}()
+	}
 	t0 := time.Now()
 	c := &chaos{t: t, rng: rng, bs: bs, px: px, t0: t0, down: map[string]time.Time{}}
 	defer func() {
@@ -431,4 +446,26 @@ func (c *chaos) proxyDuringRecovery() {
 	}
 	c.note("no backend was seen recovering within 60 s")
 	c.t.Errorf("scenario 'proxy killed during a recovery' did not happen: no backend seen recovering within 60 s")
+}
+
+// copyLogs copies the log files of dir into the directory to (made if
+// needed).
+func copyLogs(dir, to string) error {
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.log"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(to, filepath.Base(f)), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
