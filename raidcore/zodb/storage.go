@@ -174,6 +174,35 @@ type EarlyFinisher interface {
 	FinishEarly(ctx context.Context, txn *Transaction, released func()) (TID, error)
 }
 
+// Pipeliner is implemented by storages that can commit transactions back
+// to back: a ZEO client of a server that lets the next transaction begin
+// on a connection while the one before is finishing (the built-in
+// backend: group commit then writes them together).
+type Pipeliner interface {
+	// Pipeline returns a pipeline bound to one connection, or an error
+	// (Unsupported when the server cannot pipeline).
+	Pipeline(ctx context.Context) (CommitPipeline, error)
+}
+
+// CommitPipeline commits transactions in order over one connection. A
+// transaction may vote once the tpc_finish of the one before was sent
+// (FinishAsync returned); the server takes them in that order. Since
+// they share the connection, a lost connection loses a suffix of them,
+// never one in the middle: a transaction whose finish failed or whose
+// outcome is unknown leaves every later one of the pipeline failed or
+// unknown too, so the storage never holds a later one without the
+// earlier (the server closes the connection after a finish it refused,
+// and a storage whose write failed refuses every later one). Once the
+// connection is lost the pipeline fails every call; it never moves to
+// another connection.
+type CommitPipeline interface {
+	Vote(ctx context.Context, txn *Transaction) (VoteResult, error)
+	// FinishAsync sends tpc_finish and returns at once; wait returns the
+	// outcome (an OutcomeUnknownError when the connection was lost).
+	FinishAsync(txn *Transaction) (wait func(context.Context) (TID, error), err error)
+	Abort(ctx context.Context, txn *Transaction) error
+}
+
 // BlobStorage is implemented by storages that can keep blobs (ZODB's
 // IBlobStorage): a store may carry a blob file (Op.Blob), and the blob of
 // a committed revision can be read back. A storage whose blob support

@@ -317,6 +317,7 @@ func (c *Client) connect(addr string) (*session, error) {
 	reconnect := s.gen > 1
 	c.last = tid
 	c.mergeInfo(infoD)
+	s.pipelined = pipelinesFinishes(infoD)
 	c.mu.Unlock()
 
 	// A reconnect to a server whose last tid differs from what we

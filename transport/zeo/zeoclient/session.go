@@ -17,6 +17,10 @@ type session struct {
 	wc  *wire.Conn
 	gen uint64
 
+	// pipelined: the server lets a transaction begin on this connection
+	// while the one before is finishing (Pipeline).
+	pipelined bool
+
 	mu      sync.Mutex
 	pending map[int64]*pendingCall
 	nextID  int64

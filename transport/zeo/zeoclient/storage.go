@@ -117,6 +117,11 @@ func (c *Client) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 // a large transaction neither has to fit in memory twice nor makes a slow
 // server look dead. The whole Vote is bounded by ctx (or CallTimeout).
 func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
+	return c.vote(ctx, txn, nil)
+}
+
+// vote is Vote on session on (nil: the current one).
+func (c *Client) vote(ctx context.Context, txn *zodb.Transaction, on *session) (zodb.VoteResult, error) {
 	if c.opts.ReadOnly {
 		return zodb.VoteResult{}, zodb.NewReadOnlyError()
 	}
@@ -142,10 +147,16 @@ func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 	}
 	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
 	defer cancel()
-	s, err := c.session(ctx)
-	if err != nil {
-		return zodb.VoteResult{}, err
+	s := on
+	if s == nil {
+		var err error
+		if s, err = c.session(ctx); err != nil {
+			return zodb.VoteResult{}, err
+		}
+	} else if s.isDead() {
+		return zodb.VoteResult{}, zodb.NewClientDisconnected("the pipeline's connection was lost")
 	}
+	var err error
 	c.mu.Lock()
 	if old := c.txns[txn]; old != nil {
 		// A new vote round (after client-side conflict resolution).
@@ -336,15 +347,21 @@ func (c *Client) abortRemote(s *session, rt *remoteTxn) {
 // from the reader, in order with the server's invalidations, before Finish
 // returns.
 func (c *Client) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	wait, err := c.finishAsync(txn)
+	if err != nil {
+		return zodb.TID{}, err
+	}
+	return wait(ctx)
+}
+
+// finishAsync sends tpc_finish for txn; wait returns its outcome.
+func (c *Client) finishAsync(txn *zodb.Transaction) (wait func(context.Context) (zodb.TID, error), err error) {
 	c.mu.Lock()
 	rt := c.txns[txn]
 	c.mu.Unlock()
 	if rt == nil || !rt.voted {
-		return zodb.TID{}, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote here")
+		return nil, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote here")
 	}
-	defer c.forget(txn)
-	ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
-	defer cancel()
 	var committed zodb.TID
 	onReply := func(res any, err error) {
 		if err != nil {
@@ -361,20 +378,26 @@ func (c *Client) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, e
 	if err != nil {
 		// Nothing was sent: the server aborts the transaction when it
 		// loses the connection.
-		return zodb.TID{}, err
+		c.forget(txn)
+		return nil, err
 	}
-	res, err := rt.s.wait(ctx, "tpc_finish", p)
-	if err != nil {
-		var cd *zodb.ClientDisconnected
-		if errors.As(err, &cd) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || !isPython(err) {
-			return zodb.TID{}, &zodb.OutcomeUnknownError{Err: err}
+	return func(ctx context.Context) (zodb.TID, error) {
+		defer c.forget(txn)
+		ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+		defer cancel()
+		res, err := rt.s.wait(ctx, "tpc_finish", p)
+		if err != nil {
+			var cd *zodb.ClientDisconnected
+			if errors.As(err, &cd) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || !isPython(err) {
+				return zodb.TID{}, &zodb.OutcomeUnknownError{Err: err}
+			}
+			return zodb.TID{}, err
 		}
-		return zodb.TID{}, err
-	}
-	if committed.IsZero() {
-		return zodb.TID{}, zodb.NewProtocolError("tpc_finish returned %s", wire.Repr(res))
-	}
-	return committed, nil
+		if committed.IsZero() {
+			return zodb.TID{}, zodb.NewProtocolError("tpc_finish returned %s", wire.Repr(res))
+		}
+		return committed, nil
+	}, nil
 }
 
 // Abort implements zodb.Committer.

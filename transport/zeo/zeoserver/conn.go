@@ -51,6 +51,10 @@ type conn struct {
 	bg       sync.WaitGroup // reads, votes, packs
 
 	upload *blobUpload // a blob being received (reader goroutine only)
+
+	// lastFinish is closed once the reply to the last pipelined
+	// tpc_finish is queued (nil: none pending); under mu.
+	lastFinish chan struct{}
 }
 
 // zeoTxn is a client transaction buffered until vote.
@@ -83,6 +87,9 @@ type zeoTxn struct {
 	lockTimer *time.Timer
 	finishing bool
 	timedOut  bool
+	// ended: its spool and blob files are gone and it no longer counts
+	// as active (endTxn or finished did that).
+	ended bool
 }
 
 func newConn(s *Server, wc *wire.Conn) *conn {

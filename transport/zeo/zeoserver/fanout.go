@@ -10,6 +10,13 @@ import (
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
 
+// heldMsg is an invalidation held back for a connection until the
+// tpc_finish reply of its transaction before tid is queued.
+type heldMsg struct {
+	tid zodb.TID
+	msg wire.Message
+}
+
 type invEntry struct {
 	tid  zodb.TID
 	oids []zodb.OID
@@ -65,7 +72,12 @@ type fanout struct {
 	// was queued: they follow that reply (a ZODB client whose cache saw a
 	// later tid first refuses its own transaction's tid, and a Go client
 	// would drop its own commit's event as old).
-	held map[*conn][]wire.Message
+	held map[*conn][]heldMsg
+	// own are a connection's transactions (with their tids) whose event
+	// went by before their tpc_finish reply was queued: several when it
+	// pipelines its commits. What is held for a later tid waits for the
+	// reply of the transaction before it.
+	own map[*conn]map[*zodb.Transaction]zodb.TID
 
 	// events are the commit events after the oldest pinned read mark,
 	// oldest first; pins are the marks of the reads in flight, in
@@ -86,7 +98,8 @@ func newFanout(last zodb.TID, invqSize int) *fanout {
 		invq:      []invEntry{{tid: last, all: true}},
 		invqSize:  invqSize,
 		committer: make(map[*zodb.Transaction]*conn),
-		held:      make(map[*conn][]wire.Message),
+		held:      make(map[*conn][]heldMsg),
+		own:       make(map[*conn]map[*zodb.Transaction]zodb.TID),
 	}
 }
 
@@ -103,21 +116,43 @@ func (f *fanout) unregister(c *conn) {
 	defer f.mu.Unlock()
 	delete(f.conns, c)
 	delete(f.held, c)
+	delete(f.own, c)
 }
 
-// finished sends c what was held back while its tpc_finish reply was on
-// its way (call it after queueing the reply).
-func (f *fanout) finished(c *conn) {
+// finished sends c what was held back while the tpc_finish reply of its
+// transaction txn was on its way (call it after queueing the reply): all
+// of it, or, while the events of other transactions of c went by whose
+// replies are still to come (pipelined finishes), what comes before the
+// first of those.
+func (f *fanout) finished(c *conn, txn *zodb.Transaction) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	own := f.own[c]
+	delete(own, txn)
 	held, ok := f.held[c]
 	if !ok {
 		return
 	}
-	delete(f.held, c)
-	for _, m := range held {
-		c.send(m)
+	if len(own) == 0 {
+		delete(f.own, c)
+		delete(f.held, c)
+		for _, h := range held {
+			c.send(h.msg)
+		}
+		return
 	}
+	first := zodb.MaxTID
+	for _, tid := range own {
+		if tid.Less(first) {
+			first = tid
+		}
+	}
+	n := 0
+	for n < len(held) && held[n].tid.Less(first) {
+		c.send(held[n].msg)
+		n++
+	}
+	f.held[c] = held[n:]
 }
 
 func (f *fanout) lastTID() zodb.TID {
@@ -194,10 +229,16 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 			if _, ok := f.held[c]; !ok {
 				f.held[c] = nil
 			}
+			own := f.own[c]
+			if own == nil {
+				own = map[*zodb.Transaction]zodb.TID{}
+				f.own[c] = own
+			}
+			own[ev.Txn] = ev.TID
 			continue
 		}
 		if held, ok := f.held[c]; ok {
-			f.held[c] = append(held, msg)
+			f.held[c] = append(held, heldMsg{ev.TID, msg})
 			continue
 		}
 		c.send(msg)

@@ -147,14 +147,21 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 		ifaces = append(ifaces, wire.Tuple{"ZODB.interfaces", n})
 	}
 	ifaces = append(ifaces, wire.Tuple{"zope.interface", "Interface"})
-	return wire.NewDict(
+	items := []any{
 		"length", info.Length,
 		"size", info.Size,
 		"name", info.Name,
 		"supportsUndo", info.SupportsUndo,
 		"supports_record_iternext", true,
 		"interfaces", ifaces,
-	), nil
+	}
+	if _, ok := c.ss.st.(zodb.EarlyFinisher); ok {
+		// This connection may begin its next transaction while the one
+		// before is finishing (see tpcFinish); zeoclient's Pipeline
+		// looks for it, Python clients ignore it.
+		items = append(items, "zeoraid_pipelined_finish", true)
+	}
+	return wire.NewDict(items...), nil
 }
 
 func (c *conn) lastTransaction(ctx context.Context, args []any) (any, error) {

@@ -3,6 +3,7 @@ package zeoserver
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -448,6 +449,10 @@ func (c *conn) transactionTimeout(t *zeoTxn, since time.Time) {
 // and removes its spool; c.mu is held.
 func (c *conn) endTxn(t *zeoTxn) {
 	c.txn = nil
+	if t.ended {
+		return
+	}
+	t.ended = true
 	c.dropSpool(t)
 	c.dropBlobs(t)
 	c.ss.stats.mu.Lock()
@@ -455,12 +460,22 @@ func (c *conn) endTxn(t *zeoTxn) {
 	c.ss.stats.mu.Unlock()
 }
 
-// tpcFinish commits the voted transaction. It runs on the reader and
-// replies itself: no invalidation of a later transaction may precede the
-// reply. A storage that finishes early (zodb.EarlyFinisher) lets the next
-// transaction vote before this one is durable, and announces several at
-// once; the fan-out holds the invalidations of later transactions for
-// this connection until finished is called after the reply is queued.
+// tpcFinish commits the voted transaction. It replies itself: no
+// invalidation of a later transaction may precede the reply.
+//
+// A storage that finishes early (zodb.EarlyFinisher: group commit) lets
+// the next transaction vote before this one is durable, and announces
+// several at once. The reader then goes on as soon as the storage has
+// taken the transaction: the connection may begin its next transaction
+// while this one is made durable (a client that sends tpc_begin right
+// after tpc_finish pipelines its commits, and the storage writes them
+// together). Replies to pipelined finishes go out in order, and the
+// fan-out holds the invalidations of later transactions for this
+// connection until the last finish whose event went by has its reply
+// queued. A finish that fails before the storage took it closes the
+// connection after the reply: whatever the client sent after it must not
+// be committed without it. (A storage that fails later fails every
+// transaction after too: boltstore refuses writes once a write failed.)
 func (c *conn) tpcFinish(m wire.Message) {
 	args := m.CallArgs()
 	if err := argc("tpc_finish", args, 1, 1); err != nil {
@@ -497,18 +512,73 @@ func (c *conn) tpcFinish(m wire.Message) {
 	// decided by the storage, not by the client's socket.
 	fctx := context.WithoutCancel(c.ctx)
 	ss.fan.setCommitter(t.zt, c)
-	var tid zodb.TID
-	if ef, ok := ss.st.(zodb.EarlyFinisher); ok {
-		// Group commit: the next transaction votes while this one is
-		// being made durable (the reply still waits for that).
-		tid, err = ef.FinishEarly(fctx, t.zt, func() {
+	ef, early := ss.st.(zodb.EarlyFinisher)
+	if !early {
+		tid, err := ss.st.Finish(fctx, t.zt)
+		c.finished(m, t, tid, err, nil)
+		return
+	}
+	// The replies of pipelined finishes go out in the order of the
+	// finishes: each waits for the one before.
+	c.mu.Lock()
+	prev := c.lastFinish
+	mine := make(chan struct{})
+	c.lastFinish = mine
+	c.mu.Unlock()
+	type outcome struct {
+		tid zodb.TID
+		err error
+	}
+	taken := make(chan struct{})
+	var takenOnce sync.Once
+	done := make(chan outcome, 1)
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		tid, err := ef.FinishEarly(fctx, t.zt, func() {
 			c.mu.Lock()
 			c.releaseLock(t)
 			c.mu.Unlock()
+			takenOnce.Do(func() { close(taken) })
 		})
-	} else {
-		tid, err = ss.st.Finish(fctx, t.zt)
+		done <- outcome{tid, err}
+		takenOnce.Do(func() { close(taken) })
+	}()
+	<-taken
+	select {
+	case o := <-done:
+		// Failed before the storage took it (or finished at once).
+		if prev != nil {
+			<-prev
+		}
+		c.finished(m, t, o.tid, o.err, mine)
+		if o.err != nil {
+			c.closeWith("tpc_finish failed: %v", o.err)
+		}
+		return
+	default:
 	}
+	// Taken: the connection may begin its next transaction.
+	c.mu.Lock()
+	if c.txn == t {
+		c.txn = nil
+	}
+	c.mu.Unlock()
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		o := <-done
+		if prev != nil {
+			<-prev
+		}
+		c.finished(m, t, o.tid, o.err, mine)
+	}()
+}
+
+// finished replies to tpc_finish of t and ends t; chained (if not nil)
+// is closed once the reply is queued, for the next pipelined finish.
+func (c *conn) finished(m wire.Message, t *zeoTxn, tid zodb.TID, err error, chained chan struct{}) {
+	ss := c.ss
 	ss.fan.setCommitter(t.zt, nil)
 	if err != nil {
 		c.logger().Error("tpc_finish failed after a successful vote", "error", err)
@@ -516,17 +586,31 @@ func (c *conn) tpcFinish(m wire.Message) {
 		ss.stats.mu.Lock()
 		ss.stats.commits++
 		ss.stats.mu.Unlock()
-		if info, ierr := ss.st.Info(fctx); ierr == nil {
+		if info, ierr := ss.st.Info(context.WithoutCancel(c.ctx)); ierr == nil {
 			c.send(wire.NewOneWay("info", sizeInfo(info)))
 		}
 	}
 	c.reply(m, tid, err)
-	ss.fan.finished(c)
+	ss.fan.finished(c, t.zt)
 	c.mu.Lock()
 	t.voted = false
 	c.releaseLock(t)
 	if c.txn == t {
-		c.endTxn(t)
+		c.txn = nil
+	}
+	if !t.ended {
+		t.ended = true
+		c.dropSpool(t)
+		c.dropBlobs(t)
+		c.ss.stats.mu.Lock()
+		c.ss.stats.activeTxns--
+		c.ss.stats.mu.Unlock()
+	}
+	if chained != nil {
+		close(chained)
+		if c.lastFinish == chained {
+			c.lastFinish = nil
+		}
 	}
 	c.mu.Unlock()
 }
