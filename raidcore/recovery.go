@@ -901,6 +901,16 @@ func countTransactions(ctx context.Context, st zodb.Storage, start, stop zodb.TI
 // target, with its original tid and status, until the source has no more
 // or until (if not zero). Reading the source runs ahead of writing the
 // target, so the copy goes at the speed of the slower of the two.
+//
+// A target that pipelines commits (zodb.Pipeliner: the built-in backend)
+// gets up to maxPipelined restores back to back on one connection: each
+// votes once the finish before it was sent, and the backend makes them
+// durable together instead of one fsync each. A restore is counted (and
+// copied moves past it) only once its finish is confirmed; a failure
+// stops the copy after the confirmed ones. The pipeline shares one
+// connection, so the target then holds a prefix of what was sent, never
+// a later transaction without an earlier one (zodb.CommitPipeline). A
+// transaction with blobs is restored alone, after the pipeline drained.
 func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb.TID, r *recovery, opts RecoveryOptions, until time.Time) (copyResult, error) {
 	var out copyResult
 	it, err := source.st.Iterate(ctx, after.Next(), zodb.EndOfTime)
@@ -933,56 +943,15 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		for range ahead {
 		}
 	}()
+	var pl zodb.CommitPipeline
+	if p, ok := target.st.(zodb.Pipeliner); ok {
+		if pl, err = p.Pipeline(ctx); err != nil {
+			pl = nil // restore one at a time
+		}
+	}
 	start, startBytes := time.Now(), r.progress().Bytes
-	for {
-		if !until.IsZero() && time.Now().After(until) {
-			return out, nil
-		}
-		var next item
-		select {
-		case next = <-ahead:
-		case <-ctx.Done():
-			return out, ctx.Err()
-		}
-		rec, err := next.rec, next.err
-		if err != nil {
-			return out, errSourceFailed{err}
-		}
-		if rec == nil {
-			return out, nil
-		}
-		status := rec.Status
-		if status == 0 {
-			status = zodb.StatusNormal
-		}
-		txn := &zodb.Transaction{Meta: rec.Meta, TID: rec.TID, Status: status}
-		var size int64
-		for _, d := range zodb.LastRecords(rec.Records) {
-			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpRestore, OID: d.OID, Serial: d.TID, Data: d.Data, NoData: d.NoData, PrevTxn: d.DataTxn})
-			size += int64(len(d.Data))
-		}
-		blobs, dropBlobs, err := a.copyBlobs(ctx, source, target, rec, txn.Ops)
-		if err != nil {
-			dropBlobs()
-			return out, err
-		}
-		size += blobs
-		vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.cfg.FinishTimeout+a.streamTime(txn))
-		_, err = target.st.Vote(vctx, txn)
-		if err == nil {
-			var tid zodb.TID
-			tid, err = target.st.Finish(vctx, txn)
-			if err == nil && tid != rec.TID {
-				err = fmt.Errorf("restored %s under tid %s", rec.TID, tid)
-			}
-		} else {
-			target.st.Abort(vctx, txn)
-		}
-		cancel()
-		dropBlobs()
-		if err != nil {
-			return out, fmt.Errorf("target: restoring %s: %w", rec.TID, err)
-		}
+	// account counts a restore whose finish is confirmed.
+	account := func(rec *zodb.TransactionRecord, txn *zodb.Transaction, size, blobs int64) error {
 		out.count++
 		out.last = rec.TID
 		r.mu.Lock()
@@ -1012,12 +981,149 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 				select {
 				case <-time.After(pause):
 				case <-ctx.Done():
-					return out, ctx.Err()
+					return ctx.Err()
 				}
 			}
 		}
+		return nil
+	}
+	type inFlight struct {
+		rec  *zodb.TransactionRecord
+		txn  *zodb.Transaction
+		size int64
+		wait func(context.Context) (zodb.TID, error)
+	}
+	var pending []inFlight
+	// settle waits for the pipelined finishes until at most keep are
+	// pending; the first failure is returned, after every pending one
+	// has its outcome (none is counted after a failure).
+	settle := func(keep int) error {
+		var first error
+		for len(pending) > keep {
+			f := pending[0]
+			pending = pending[1:]
+			fctx, cancel := context.WithTimeout(ctx, a.cfg.FinishTimeout+a.streamTime(f.txn))
+			tid, err := f.wait(fctx)
+			cancel()
+			if err == nil && tid != f.rec.TID {
+				err = fmt.Errorf("restored %s under tid %s", f.rec.TID, tid)
+			}
+			if err != nil && first == nil {
+				first = fmt.Errorf("target: restoring %s: %w", f.rec.TID, err)
+				keep = 0 // wait for the rest, count none of them
+			}
+			if first == nil {
+				if err := account(f.rec, f.txn, f.size, 0); err != nil {
+					first = err
+					keep = 0
+				}
+			}
+		}
+		return first
+	}
+	for {
+		if !until.IsZero() && time.Now().After(until) {
+			return out, settle(0)
+		}
+		var next item
+		select {
+		case next = <-ahead:
+		case <-ctx.Done():
+			settle(0)
+			return out, ctx.Err()
+		}
+		rec, err := next.rec, next.err
+		if err != nil {
+			if serr := settle(0); serr != nil {
+				return out, serr
+			}
+			return out, errSourceFailed{err}
+		}
+		if rec == nil {
+			return out, settle(0)
+		}
+		status := rec.Status
+		if status == 0 {
+			status = zodb.StatusNormal
+		}
+		txn := &zodb.Transaction{Meta: rec.Meta, TID: rec.TID, Status: status}
+		var size int64
+		for _, d := range zodb.LastRecords(rec.Records) {
+			txn.Ops = append(txn.Ops, zodb.Op{Kind: zodb.OpRestore, OID: d.OID, Serial: d.TID, Data: d.Data, NoData: d.NoData, PrevTxn: d.DataTxn})
+			size += int64(len(d.Data))
+		}
+		if pl != nil && !mayHoldBlobs(source, rec) {
+			vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.streamTime(txn))
+			_, err := pl.Vote(vctx, txn)
+			var wait func(context.Context) (zodb.TID, error)
+			if err == nil {
+				wait, err = pl.FinishAsync(txn)
+			} else {
+				pl.Abort(vctx, txn)
+			}
+			cancel()
+			if err != nil {
+				serr := settle(0)
+				if serr != nil {
+					return out, serr
+				}
+				return out, fmt.Errorf("target: restoring %s: %w", rec.TID, err)
+			}
+			pending = append(pending, inFlight{rec: rec, txn: txn, size: size, wait: wait})
+			if err := settle(maxPipelined); err != nil {
+				return out, err
+			}
+			continue
+		}
+		if err := settle(0); err != nil {
+			return out, err
+		}
+		blobs, dropBlobs, err := a.copyBlobs(ctx, source, target, rec, txn.Ops)
+		if err != nil {
+			dropBlobs()
+			return out, err
+		}
+		size += blobs
+		vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.cfg.FinishTimeout+a.streamTime(txn))
+		_, err = target.st.Vote(vctx, txn)
+		if err == nil {
+			var tid zodb.TID
+			tid, err = target.st.Finish(vctx, txn)
+			if err == nil && tid != rec.TID {
+				err = fmt.Errorf("restored %s under tid %s", rec.TID, tid)
+			}
+		} else {
+			target.st.Abort(vctx, txn)
+		}
+		cancel()
+		dropBlobs()
+		if err != nil {
+			return out, fmt.Errorf("target: restoring %s: %w", rec.TID, err)
+		}
+		if err := account(rec, txn, size, blobs); err != nil {
+			return out, err
+		}
 	}
 }
+
+// mayHoldBlobs tells whether a source transaction may carry blobs to copy
+// (copyBlobs decides).
+func mayHoldBlobs(source *member, rec *zodb.TransactionRecord) bool {
+	sb, ok := source.st.(zodb.BlobStorage)
+	if !ok || !sb.SupportsBlobs() {
+		return false
+	}
+	for _, d := range rec.Records {
+		if !d.NoData && zodb.MayHoldBlob(d.Data) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxPipelined is how many restores a recovery keeps in flight on a
+// target that pipelines commits.
+const maxPipelined = 32
 
 // CancelRecovery stops a running recovery; the backend stays degraded and
 // a later Recover continues where this one stopped.
