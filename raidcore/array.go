@@ -40,6 +40,13 @@ type Config struct {
 	// first participant only (the others get theirs after the call
 	// returns). Nil in production.
 	Failpoint func(point string)
+	// PipelineCommits releases the commit lease once a transaction's
+	// tpc_finish is on its way to every backend, so that the next one
+	// votes while the backends make it durable (pipeline.go). Only for a
+	// proxy that is the only one committing to its backends (a lone
+	// proxy): in a cluster the next lease may go to another proxy, whose
+	// own connection could reach a backend ahead of this finish.
+	PipelineCommits bool
 	// VotedHold is how long the commit lease is kept (renewed) for a
 	// transaction that voted and waits for the client's tpc_finish; after
 	// that the lease runs out and the transaction is aborted. 0: the lease
@@ -129,6 +136,7 @@ type Array struct {
 	bg      sync.WaitGroup
 	unwatch func()
 	counts  counters
+	pipes   pipeState
 }
 
 // member is one backend as the array sees it. The fields after unsub are
@@ -165,6 +173,9 @@ type inflight struct {
 	// changed: oids whose stored data differs from what the client sent
 	// (the vote's answer); not put in the cache as written.
 	changed []zodb.OID
+	// pipes are the participants' commit pipelines (nil for one that
+	// voted on its storage itself); see pipeline.go.
+	pipes []zodb.CommitPipeline
 }
 
 // leaseHolder describes the transaction holding the commit lease, for
@@ -226,6 +237,7 @@ func Open(cfg Config) (*Array, error) {
 		stop: make(chan struct{}), cache: revcache.New(cfg.CacheSize, zodb.ZeroTID),
 	}
 	a.evCond = sync.NewCond(&a.evMu)
+	a.initPipes()
 	for _, b := range cfg.Backends {
 		if _, dup := a.backends[b.Name]; dup {
 			return nil, fmt.Errorf("raidcore: backend %q configured twice", b.Name)
@@ -1012,6 +1024,7 @@ func errNoBackend(what string) error {
 type counters struct {
 	mu                                                       sync.Mutex
 	degrades, voteTimeouts, voteFailures, leaseLost, settles int64
+	pipelinedFinishes, overlappedVotes                       int64
 }
 
 func (c *counters) add(p *int64) {

@@ -27,6 +27,7 @@ type voteOutcome struct {
 	// opposed to a valid answer, which may be an error like a conflict.
 	failed bool
 	key    string
+	pipe   zodb.CommitPipeline // what it voted on (nil: its storage)
 }
 
 // answerKey describes an answer so that equal answers compare equal.
@@ -107,7 +108,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if err := a.cfg.Coord.AdvanceOIDs(ctx, a.cfg.Storage, maxOID); err != nil {
 		return zodb.VoteResult{}, err
 	}
-	lease, err := a.acquireLease(ctx, txn.TID)
+	lease, err := a.acquireCommitLease(ctx, txn.TID)
 	if err != nil {
 		return zodb.VoteResult{}, err
 	}
@@ -144,13 +145,28 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	kctx, stopKeeping := lease.Keep(bctx)
 	vctx, cancel := context.WithDeadline(kctx, deadline)
 	outs := make([]voteOutcome, len(members))
+	pipes := make([]zodb.CommitPipeline, len(members))
+	for i, m := range members {
+		pipes[i] = a.pipelineFor(vctx, m)
+	}
+	if a.finishesUndecided() {
+		a.counts.add(&a.counts.overlappedVotes)
+	}
 	var wg sync.WaitGroup
 	for i, m := range members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := m.st.Vote(vctx, bt)
-			outs[i] = voteOutcome{m: m, res: res, err: err, failed: isFailure(err), key: answerKey(res, err)}
+			var res zodb.VoteResult
+			var err error
+			if pl := pipes[i]; pl != nil {
+				if res, err = pl.Vote(vctx, bt); isFailure(err) {
+					a.pipeFailed(m, pl)
+				}
+			} else {
+				res, err = m.st.Vote(vctx, bt)
+			}
+			outs[i] = voteOutcome{m: m, res: res, err: err, failed: isFailure(err), key: answerKey(res, err), pipe: pipes[i]}
 		}()
 	}
 	wg.Wait()
@@ -211,6 +227,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	}
 	var winnerOut *voteOutcome
 	var participants, toAbort []*member
+	var participantPipes []zodb.CommitPipeline
 	var recordErr error
 	for i := range outs {
 		o := &outs[i]
@@ -229,6 +246,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 				winnerOut = o
 			}
 			participants = append(participants, o.m)
+			participantPipes = append(participantPipes, o.pipe)
 			continue
 		}
 		degrade := a.degrade
@@ -273,7 +291,7 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 	if a.cfg.Failpoint != nil {
 		a.cfg.Failpoint("after-vote")
 	}
-	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{}), changed: winnerOut.res.Changed}
+	inf := &inflight{bt: bt, lease: lease, participants: participants, finishing: make(chan struct{}), changed: winnerOut.res.Changed, pipes: participantPipes}
 	a.mu.Lock()
 	a.inflight[txn] = inf
 	a.mu.Unlock()
@@ -287,6 +305,19 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		return zodb.VoteResult{}, zodb.NewStorageError("storage %s is closing", a.cfg.Storage)
 	}
 	return winnerOut.res, nil
+}
+
+// pipelined tells whether every participant voted on a commit pipeline.
+func (inf *inflight) pipelined() bool {
+	if len(inf.pipes) == 0 {
+		return false
+	}
+	for _, pl := range inf.pipes {
+		if pl == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // streamTime is how long txn's data takes at MinStreamRate.
@@ -386,6 +417,15 @@ func (a *Array) abortOne(m *member, bt *zodb.Transaction) {
 // committed; nowhere means an error; unknown everywhere means an error
 // and the last optimal backend stays in doubt until it answers.
 func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	return a.FinishEarly(ctx, txn, nil)
+}
+
+// FinishEarly implements zodb.EarlyFinisher: with pipelined commits
+// (Config.PipelineCommits) released is called once every tpc_finish is on
+// its way and the commit lease is released, so that the ZEO server lets
+// the next transaction vote; otherwise it is not called (the server
+// releases its lock when Finish returns).
+func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released func()) (zodb.TID, error) {
 	inf, err := a.take(txn)
 	if err != nil {
 		return zodb.TID{}, err
@@ -425,21 +465,73 @@ func (a *Array) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, er
 	results := make([]result, len(inf.participants))
 	var wg sync.WaitGroup
 	first := 0
-	if a.cfg.Failpoint != nil && len(inf.participants) > 1 {
-		tid, err := inf.participants[0].st.Finish(fctx, bt)
-		results[0] = result{tid, err}
-		a.cfg.Failpoint("partial-finish")
-		first = 1
-	}
-	for i, m := range inf.participants[first:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tid, err := m.st.Finish(fctx, bt)
-			results[first+i] = result{tid, err}
-		}()
+	if inf.pipelined() {
+		// Pipelined: send every tpc_finish, release the lease (the next
+		// transaction may vote behind them), then wait for the answers.
+		// Nothing that needs no commit in flight runs until this Finish
+		// is over (finishEnded).
+		a.finishStarted(inf.participants)
+		defer a.finishEnded(inf.participants)
+		a.counts.add(&a.counts.pipelinedFinishes)
+		waits := make([]func(context.Context) (zodb.TID, error), len(inf.participants))
+		send := func(i int) {
+			w, err := inf.pipes[i].FinishAsync(bt)
+			if err != nil {
+				results[i] = result{err: err}
+				return
+			}
+			waits[i] = w
+		}
+		if a.cfg.Failpoint != nil && len(inf.participants) > 1 {
+			if send(0); waits[0] != nil {
+				tid, err := waits[0](fctx)
+				results[0], waits[0] = result{tid, err}, nil
+			}
+			a.cfg.Failpoint("partial-finish")
+			first = 1
+		}
+		for i := first; i < len(inf.participants); i++ {
+			send(i)
+		}
+		stopKeeping()
+		a.clearHolder(bt.TID)
+		inf.lease.Release()
+		if released != nil {
+			released()
+		}
+		for i, w := range waits {
+			if w == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tid, err := w(fctx)
+				results[i] = result{tid, err}
+			}()
+		}
+	} else {
+		if a.cfg.Failpoint != nil && len(inf.participants) > 1 {
+			tid, err := inf.participants[0].st.Finish(fctx, bt)
+			results[0] = result{tid, err}
+			a.cfg.Failpoint("partial-finish")
+			first = 1
+		}
+		for i, m := range inf.participants[first:] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tid, err := m.st.Finish(fctx, bt)
+				results[first+i] = result{tid, err}
+			}()
+		}
 	}
 	wg.Wait()
+	for i, r := range results {
+		if inf.pipelined() && isFailure(r.err) {
+			a.pipeFailed(inf.participants[i], inf.pipes[i])
+		}
+	}
 	var committed, failed []*member
 	reasons := map[*member]string{}
 	differs := map[*member]bool{}

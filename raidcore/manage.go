@@ -557,6 +557,12 @@ type Counters struct {
 	// Settles counts comparisons of the backends' last transactions after
 	// a commit lease ended without being released (Lease.Unsettled).
 	Settles int64 `json:"settles"`
+	// PipelinedFinishes counts transactions whose commit lease was
+	// released once their tpc_finish was on its way to every backend
+	// (Config.PipelineCommits); OverlappedVotes the votes that started
+	// while such a finish before them was undecided.
+	PipelinedFinishes int64 `json:"pipelined_finishes"`
+	OverlappedVotes   int64 `json:"overlapped_votes"`
 }
 
 // CacheStats returns the revision cache's counters (zero when it is off).
@@ -566,7 +572,8 @@ func (a *Array) CacheStats() revcache.Stats { return a.cache.Stats() }
 func (a *Array) Counters() Counters {
 	a.counts.mu.Lock()
 	defer a.counts.mu.Unlock()
-	return Counters{Degrades: a.counts.degrades, VoteTimeouts: a.counts.voteTimeouts, VoteFailures: a.counts.voteFailures, LeaseLost: a.counts.leaseLost, Settles: a.counts.settles}
+	return Counters{Degrades: a.counts.degrades, VoteTimeouts: a.counts.voteTimeouts, VoteFailures: a.counts.voteFailures, LeaseLost: a.counts.leaseLost, Settles: a.counts.settles,
+		PipelinedFinishes: a.counts.pipelinedFinishes, OverlappedVotes: a.counts.overlappedVotes}
 }
 
 // BackendLink is the proxy's connection to one backend, for metrics.

@@ -14,9 +14,30 @@ import (
 // without being released (Lease.Unsettled), the optimal backends are made
 // to agree first: see settle.
 func (a *Array) acquireLease(ctx context.Context, explicit zodb.TID) (*Lease, error) {
+	return a.acquire(ctx, explicit, false)
+}
+
+// acquireCommitLease is acquireLease for a commit's vote, which may start
+// while pipelined finishes before it are undecided (pipeline.go).
+func (a *Array) acquireCommitLease(ctx context.Context, explicit zodb.TID) (*Lease, error) {
+	return a.acquire(ctx, explicit, true)
+}
+
+func (a *Array) acquire(ctx context.Context, explicit zodb.TID, commit bool) (*Lease, error) {
 	lease, err := a.cfg.Coord.AcquireLease(ctx, a.cfg.Storage, explicit)
 	if err != nil {
 		return nil, err
+	}
+	if !commit || lease.Unsettled {
+		// No commit in flight: wait for the pipelined finishes, keeping
+		// the lease meanwhile.
+		kctx, stopKeeping := lease.Keep(ctx)
+		err := a.waitFinishes(kctx)
+		stopKeeping()
+		if err != nil {
+			lease.Release()
+			return nil, fmt.Errorf("storage %s: waiting for the finishes in flight: %w", a.cfg.Storage, err)
+		}
 	}
 	if !lease.Unsettled {
 		return lease, nil

@@ -5,6 +5,8 @@
 #   proxy-3  a proxy over three zeoraid backends (its own)
 #   proxy-3-nocache  the same with its revision cache off (--cache-size 0):
 #            every load a miss that crosses to a backend
+#   proxy-1-serial   a proxy over one backend with --pipeline-commits=false:
+#            each commit holds the lease until its backend answered tpc_finish
 # Each target has backends to itself (a proxy must be the only writer of
 # its backends), all fresh and empty, same settings.
 #   scripts/bench-proxy.sh [extra zeoraid bench flags, e.g. --duration 20s --clients 8]
@@ -39,5 +41,8 @@ backend p3n-b2;  p3nb2=$addr
 backend p3n-b3;  p3nb3=$addr
 start_server proxy-3-nocache proxy --http "" --data "$work/proxy-3-nocache" --cache-size 0 --backend "b1=$p3nb1" --backend "b2=$p3nb2" --backend "b3=$p3nb3" "${enc[@]}"; proxy3n=$addr
 
-echo "zeoraid bench --target direct=$direct --target proxy-1=$proxy1 --target proxy-3=$proxy3 --target proxy-3-nocache=$proxy3n ${*:-}"
-"$work/zeoraid" bench --target "direct=$direct" --target "proxy-1=$proxy1" --target "proxy-3=$proxy3" --target "proxy-3-nocache=$proxy3n" "${enc[@]}" "$@"
+backend p1s-b1;  p1sb1=$addr
+start_server proxy-1-serial proxy --http "" --data "$work/proxy-1-serial" --pipeline-commits=false --backend "b1=$p1sb1" "${enc[@]}"; proxy1s=$addr
+
+echo "zeoraid bench --target direct=$direct --target proxy-1=$proxy1 --target proxy-3=$proxy3 --target proxy-3-nocache=$proxy3n --target proxy-1-serial=$proxy1s ${*:-}"
+"$work/zeoraid" bench --target "direct=$direct" --target "proxy-1=$proxy1" --target "proxy-3=$proxy3" --target "proxy-3-nocache=$proxy3n" --target "proxy-1-serial=$proxy1s" "${enc[@]}" "$@"

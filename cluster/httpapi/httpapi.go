@@ -299,6 +299,8 @@ func writeArrayMetrics(w http.ResponseWriter, arrays map[string]*raidcore.Array)
 		{"zeoraid_vote_timeouts_total", "Votes that timed out on every backend at once (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteTimeouts }},
 		{"zeoraid_vote_failures_total", "Votes that failed on every backend (nothing degraded).", func(c raidcore.Counters) int64 { return c.VoteFailures }},
 		{"zeoraid_lease_lost_total", "Voted transactions aborted because the commit lease ended before tpc_finish.", func(c raidcore.Counters) int64 { return c.LeaseLost }},
+		{"zeoraid_pipelined_finishes_total", "Transactions whose commit lease was released once their tpc_finish was on its way to every backend.", func(c raidcore.Counters) int64 { return c.PipelinedFinishes }},
+		{"zeoraid_overlapped_votes_total", "Votes that started while a pipelined tpc_finish before them was still undecided.", func(c raidcore.Counters) int64 { return c.OverlappedVotes }},
 	}
 	for _, c := range counters {
 		metric(w, c.name, "counter", c.help)

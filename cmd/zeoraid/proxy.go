@@ -55,6 +55,7 @@ func registerProxyFlags(s *settings) {
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
+	s.boolKey("pipeline-commits", true, "a lone proxy releases the commit lease once a transaction's tpc_finish is on its way to every backend, so that the next one votes while they make it durable (built-in backends only; cluster members never do)")
 	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost; bypasses the cache)")
 	s.sizeKey("cache-size", defaultCacheSize, 0, math.MaxInt64, "revision cache shared by the proxy's clients, per storage, in bytes, e.g. 512MiB (0: none); kept exact by the commit stream")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
@@ -70,6 +71,7 @@ type proxyCfg struct {
 	listen, http, data, token string
 	spoolDir                  string
 	nodeID                    string
+	pipeline                  bool
 	peers                     []peerSpec
 	join                      []string
 	gossipKey                 []byte
@@ -87,7 +89,7 @@ type proxyCfg struct {
 func proxyConfig(s *settings) (proxyCfg, error) {
 	c := proxyCfg{
 		listen: s.str("listen"), http: s.str("http"), data: s.str("data"), token: s.str("admin-token"),
-		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"),
+		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"), pipeline: s.boolean("pipeline-commits"),
 		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
 		rate: s.integer("recovery-rate"), cacheSize: s.integer("cache-size"), maxFrame: int(s.integer("max-frame")),
 		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
@@ -313,6 +315,8 @@ func runProxy(std stdio, args []string) int {
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
 		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, CacheSize: cfg.cacheSize, Reload: reload, Logger: log,
 		TransactionTimeout: cfg.txnTimeout, StartupWait: cfg.wait, SpoolDir: cfg.spoolDir,
+		// Only a lone proxy is sure that the next commit lease is its own.
+		PipelineCommits: cfg.pipeline && member == nil,
 	})
 	cancel()
 	if err != nil {

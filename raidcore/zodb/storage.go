@@ -174,6 +174,14 @@ type EarlyFinisher interface {
 	FinishEarly(ctx context.Context, txn *Transaction, released func()) (TID, error)
 }
 
+// PipelineAdvertiser is implemented by an EarlyFinisher that decides
+// whether a ZEO server may offer its clients pipelined commits (see
+// CommitPipeline): without it, every EarlyFinisher is taken to keep a
+// pipelining connection's transactions a prefix.
+type PipelineAdvertiser interface {
+	PipelinesFinishes() bool
+}
+
 // Pipeliner is implemented by storages that can commit transactions back
 // to back: a ZEO client of a server that lets the next transaction begin
 // on a connection while the one before is finishing (the built-in

@@ -176,3 +176,139 @@ func TestRecoveryPipelinesIntoABuiltInBackend(t *testing.T) {
 		t.Fatalf("verify: identical %v, %d transactions (want %d): %s", rep.Identical, rep.Transactions, n+1500, rep.FirstDifference)
 	}
 }
+
+// TestPipelinedCommitsThroughALoneProxy: with PipelineCommits, clients
+// committing concurrently through one proxy get their transactions
+// written together by the built-in backends (the next one votes while the
+// one before is made durable); a backend whose connection is cut under
+// that load is degraded without a gap (its recovery verifies its history
+// and completes it), and the backends end identical with every
+// acknowledged transaction.
+func TestPipelinedCommitsThroughALoneProxy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stores []*boltstore.Store
+	var addrs []string
+	for i := range 2 {
+		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
+		t.Cleanup(func() { st.Close() })
+		stores, addrs = append(stores, st), append(addrs, addr)
+	}
+	link := newCutter(t, addrs[1])
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs[0], link.l.Addr().String()), PipelineCommits: true})
+	a, _ := p.Array("1")
+	waitFor(t, 10*time.Second, "both backends optimal", func() bool { return allOptimal(p) })
+	watcher := client(t, addr)
+	var mu sync.Mutex
+	var seen []zodb.TID
+	watcher.Subscribe(func(ev zodb.CommitEvent) { mu.Lock(); seen = append(seen, ev.TID); mu.Unlock() })
+
+	before := stores[0].Written()
+	const clients, each = 4, 60
+	load := func(round int) []zodb.TID {
+		var wg sync.WaitGroup
+		var amu sync.Mutex
+		var acked []zodb.TID
+		errs := make(chan error, clients)
+		for range clients {
+			c := client(t, addr)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				oids, err := c.NewOIDs(ctx, each+1)
+				if err != nil {
+					errs <- err
+					return
+				}
+				// One object rewritten by every transaction, and a new one each time.
+				serial := zodb.ZeroTID
+				for i := range each {
+					tid, err := commit(t, c, storagetest.Store(oids[0], serial, storagetest.Record(fmt.Sprintf("r%d-%d", round, i))),
+						storagetest.Store(oids[i+1], zodb.ZeroTID, storagetest.Record("new")))
+					if err != nil {
+						errs <- fmt.Errorf("commit %d: %w", i, err)
+						return
+					}
+					serial = tid
+					amu.Lock()
+					acked = append(acked, tid)
+					amu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		return acked
+	}
+	acked := load(1)
+	after := stores[0].Written()
+	tx, writes := after.Transactions-before.Transactions, after.Writes-before.Writes
+	cnt := a.Counters()
+	t.Logf("%d commits through the proxy: %d pipelined finishes, %d votes overlapped one; the backend wrote them in %d writes",
+		tx, cnt.PipelinedFinishes, cnt.OverlappedVotes, writes)
+	if tx < clients*each {
+		t.Fatalf("the backend took %d transactions, want %d", tx, clients*each)
+	}
+	if cnt.PipelinedFinishes < clients*each || cnt.OverlappedVotes == 0 {
+		t.Errorf("%d pipelined finishes of %d commits, %d votes overlapped one: the proxy did not pipeline", cnt.PipelinedFinishes, clients*each, cnt.OverlappedVotes)
+	}
+
+	// Cut b2's connections while clients commit.
+	done := make(chan []zodb.TID)
+	go func() { done <- load(2) }()
+	waitFor(t, time.Minute, "commits under way", func() bool { return stores[0].Written().Transactions > after.Transactions+30 })
+	link.cut()
+	acked = append(acked, <-done...)
+	if st := states(p)["b2"]; st != raidcore.Degraded {
+		t.Logf("b2 after the cut: %s (the cut fell between commits)", st)
+	}
+	if states(p)["b2"] != raidcore.Optimal {
+		waitFor(t, 30*time.Second, "b2 reachable again", func() bool { return a.Reachable("b2") })
+		if err := a.Recover("b2", raidcore.RecoveryOptions{By: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.WaitRecovery(ctx, "b2"); err != nil {
+			t.Fatalf("recovery after the cut: %v", err)
+		}
+	}
+	rep, err := a.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Identical || rep.Transactions < len(acked) {
+		t.Fatalf("verify: identical %v, %d transactions, %d acknowledged: %s", rep.Identical, rep.Transactions, len(acked), rep.FirstDifference)
+	}
+	for _, st := range stores {
+		for _, tid := range acked {
+			it, err := st.Iterate(ctx, tid, tid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, err := it.Next(ctx)
+			it.Close()
+			if err != nil || rec == nil || rec.TID != tid {
+				t.Fatalf("acknowledged %s missing from a backend: %+v %v", tid, rec, err)
+			}
+		}
+	}
+	if err := watcher.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) < len(acked) {
+		t.Fatalf("a watching client got %d invalidations, %d transactions were acknowledged", len(seen), len(acked))
+	}
+	for i := 1; i < len(seen); i++ {
+		if !seen[i-1].Less(seen[i]) {
+			t.Fatalf("invalidations out of order: %s after %s", seen[i], seen[i-1])
+		}
+	}
+}

@@ -56,8 +56,10 @@ type Config struct {
 	SpoolDir string
 	// AutoRecover starts recovering a degraded backend when it is
 	// reachable again (not one that needs a rebuild).
-	AutoRecover  bool
-	RecoveryRate int64
+	AutoRecover bool
+	// PipelineCommits: see raidcore.Config (a lone proxy only).
+	PipelineCommits bool
+	RecoveryRate    int64
 	// VerifyReads compares every load across two backends.
 	VerifyReads bool
 	// CacheSize bounds each storage's revision cache, in bytes (0: none).
@@ -190,7 +192,7 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		VoteTimeout: p.cfg.VoteTimeout, FinishTimeout: p.cfg.FinishTimeout, ReadTimeout: p.cfg.ReadTimeout,
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
 		VerifyReads: p.cfg.VerifyReads, CacheSize: p.cfg.CacheSize, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
-		BlobTempDir: p.cfg.SpoolDir,
+		BlobTempDir: p.cfg.SpoolDir, PipelineCommits: p.cfg.PipelineCommits,
 	}
 }
 

@@ -155,7 +155,7 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 		"supports_record_iternext", true,
 		"interfaces", ifaces,
 	}
-	if _, ok := c.ss.st.(zodb.EarlyFinisher); ok {
+	if pipelines(c.ss.st) {
 		// This connection may begin its next transaction while the one
 		// before is finishing (see tpcFinish); zeoclient's Pipeline
 		// looks for it, Python clients ignore it.
@@ -606,4 +606,16 @@ func metaBytes(v any) ([]byte, error) {
 		return []byte{}, nil
 	}
 	return nil, fmt.Errorf("expected bytes, got %s", wire.Repr(v))
+}
+
+// pipelines tells whether the server offers pipelined commits over st:
+// it finishes early and does not say otherwise.
+func pipelines(st zodb.Storage) bool {
+	if _, ok := st.(zodb.EarlyFinisher); !ok {
+		return false
+	}
+	if pa, ok := st.(zodb.PipelineAdvertiser); ok {
+		return pa.PipelinesFinishes()
+	}
+	return true
 }

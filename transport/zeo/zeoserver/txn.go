@@ -473,8 +473,8 @@ func (c *conn) endTxn(t *zeoTxn) {
 // fan-out holds the invalidations of later transactions for this
 // connection until the last finish whose event went by has its reply
 // queued. A finish that fails before the storage took it closes the
-// connection after the reply: whatever the client sent after it must not
-// be committed without it. (A storage that fails later fails every
+// connection after the reply, where the server offers pipelining: whatever
+// the client sent after it must not be committed without it. (A storage that fails later fails every
 // transaction after too: boltstore refuses writes once a write failed.)
 func (c *conn) tpcFinish(m wire.Message) {
 	args := m.CallArgs()
@@ -552,7 +552,7 @@ func (c *conn) tpcFinish(m wire.Message) {
 			<-prev
 		}
 		c.finished(m, t, o.tid, o.err, mine)
-		if o.err != nil {
+		if o.err != nil && pipelines(ss.st) {
 			c.closeWith("tpc_finish failed: %v", o.err)
 		}
 		return
