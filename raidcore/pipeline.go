@@ -51,11 +51,12 @@ func (a *Array) initPipes() {
 // pipelineFor returns the pipeline a vote on m must use, or nil for m's
 // storage itself: the member's pipeline while a finish on it is
 // undecided (dead or not), else a live one when commits pipeline and the
-// backend can (a new one when the last is dead).
+// backend can (a new one when the last one's connection is gone: the
+// client reconnected meanwhile, or a call on it failed).
 func (a *Array) pipelineFor(ctx context.Context, m *member) zodb.CommitPipeline {
 	a.pipes.mu.Lock()
 	mp := a.pipes.members[m]
-	if mp != nil && (mp.pending > 0 || !mp.dead) {
+	if mp != nil && (mp.pending > 0 || !mp.dead && mp.pl.Alive()) {
 		a.pipes.mu.Unlock()
 		return mp.pl
 	}

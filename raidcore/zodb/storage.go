@@ -209,6 +209,8 @@ type CommitPipeline interface {
 	// outcome (an OutcomeUnknownError when the connection was lost).
 	FinishAsync(txn *Transaction) (wait func(context.Context) (TID, error), err error)
 	Abort(ctx context.Context, txn *Transaction) error
+	// Alive is false once the pipeline's connection is lost.
+	Alive() bool
 }
 
 // BlobStorage is implemented by storages that can keep blobs (ZODB's

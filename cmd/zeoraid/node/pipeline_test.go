@@ -22,8 +22,9 @@ import (
 type cutter struct {
 	l      net.Listener
 	target string
-	mu     sync.Mutex
-	conns  []net.Conn
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted int
 }
 
 func newCutter(t *testing.T, target string) *cutter {
@@ -45,6 +46,7 @@ func newCutter(t *testing.T, target string) *cutter {
 			}
 			c.mu.Lock()
 			c.conns = append(c.conns, in, out)
+			c.accepted++
 			c.mu.Unlock()
 			go func() { copyAndClose(out, in) }()
 			go func() { copyAndClose(in, out) }()
@@ -69,6 +71,12 @@ func copyAndClose(dst, src net.Conn) {
 	}
 	dst.Close()
 	src.Close()
+}
+
+func (c *cutter) acceptedSoFar() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.accepted
 }
 
 func (c *cutter) cut() {
@@ -309,6 +317,53 @@ func TestPipelinedCommitsThroughALoneProxy(t *testing.T) {
 	for i := 1; i < len(seen); i++ {
 		if !seen[i-1].Less(seen[i]) {
 			t.Fatalf("invalidations out of order: %s after %s", seen[i], seen[i-1])
+		}
+	}
+}
+
+// TestPipelineRenewedAfterIdleReconnect: a backend connection that drops
+// while nothing is in flight (the client reconnects) must not cost the
+// next commit: its pipeline, bound to the lost connection, is replaced.
+// (One backend: the last optimal one is never degraded for a failure, so
+// a stale pipeline would fail the commit itself.)
+func TestPipelineRenewedAfterIdleReconnect(t *testing.T) {
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: "b1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, baddr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
+	t.Cleanup(func() { st.Close() })
+	link := newCutter(t, baddr)
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(link.l.Addr().String()), PipelineCommits: true})
+	a, _ := p.Array("1")
+	waitFor(t, 10*time.Second, "the backend optimal", func() bool { return allOptimal(p) })
+	c := client(t, addr)
+	oids, err := c.NewOIDs(context.Background(), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := commit(t, c, storagetest.Store(oids[i], zodb.ZeroTID, storagetest.Record("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := link.acceptedSoFar()
+	link.cut()
+	waitFor(t, 30*time.Second, "the backend reconnected and usable", func() bool {
+		ok, _ := a.Ready()
+		if link.acceptedSoFar() == before {
+			return false
+		}
+		for _, l := range a.Links() {
+			if l.Name == "b1" && l.Connected && ok {
+				return true
+			}
+		}
+		return false
+	})
+	for i := 2; i < 4; i++ {
+		if _, err := commit(t, c, storagetest.Store(oids[i], zodb.ZeroTID, storagetest.Record("y"))); err != nil {
+			t.Fatalf("commit after an idle reconnect: %v", err)
 		}
 	}
 }

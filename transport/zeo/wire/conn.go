@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // DefaultMaxQueued is the default limit on bytes waiting to be written to
@@ -49,6 +50,9 @@ type Conn struct {
 	wake       chan struct{}
 	closing    bool
 	closingErr error
+	// halfClose: Shutdown ends the write side only and lets the peer
+	// close (ShutdownWrite).
+	halfClose bool
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -231,7 +235,14 @@ func (c *Conn) writeLoop() {
 			c.mu.Unlock()
 			if len(batch) == 0 {
 				if closing {
-					c.Close(reason)
+					c.mu.Lock()
+					half := c.halfClose
+					c.mu.Unlock()
+					if half {
+						c.lingerClose(reason)
+					} else {
+						c.Close(reason)
+					}
 					return
 				}
 				break
@@ -308,6 +319,42 @@ func (c *Conn) Shutdown(reason error) {
 	}
 	c.mu.Unlock()
 	c.kick()
+}
+
+// ShutdownWrite is Shutdown, except that once everything queued so far
+// has been written only the sending side is closed: the peer reads it all
+// and sees the end, while what it sent meanwhile is still read, so the
+// kernel does not answer it with a reset that can destroy the last
+// replies before the peer read them. The connection closes when the
+// peer does, or after ShutdownLinger.
+func (c *Conn) ShutdownWrite(reason error) {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing = true
+		c.closingErr = reason
+		c.halfClose = true
+	}
+	c.mu.Unlock()
+	c.kick()
+}
+
+// ShutdownLinger bounds how long ShutdownWrite waits for the peer.
+var ShutdownLinger = 10 * time.Second
+
+func (c *Conn) lingerClose(reason error) {
+	type closeWriter interface{ CloseWrite() error }
+	cw, ok := c.nc.(closeWriter)
+	if !ok || cw.CloseWrite() != nil {
+		c.Close(reason)
+		return
+	}
+	t := time.NewTimer(ShutdownLinger)
+	defer t.Stop()
+	select {
+	case <-c.closed:
+	case <-t.C:
+		c.Close(reason)
+	}
 }
 
 // Close closes the connection with the given reason (nil for a normal

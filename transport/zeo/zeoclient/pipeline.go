@@ -59,6 +59,17 @@ func (p *pipeline) Abort(ctx context.Context, txn *zodb.Transaction) error {
 	return p.c.Abort(ctx, txn)
 }
 
+// Alive implements zodb.CommitPipeline: the pipeline's session is still
+// the client's current one.
+func (p *pipeline) Alive() bool {
+	if p.s.isDead() {
+		return false
+	}
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	return p.c.cur == p.s
+}
+
 // isDead tells whether the session's connection is gone.
 func (s *session) isDead() bool {
 	s.mu.Lock()

@@ -320,3 +320,129 @@ func containsTID(list []zodb.TID, tid zodb.TID) bool {
 	}
 	return false
 }
+
+// gatedEarly is a memstorage that finishes early: it commits (and
+// announces) at once and releases the server's lock, then holds the
+// finish of a transaction by user "gated" until gate is closed, and
+// refuses one by user "refuse" without taking it.
+type gatedEarly struct {
+	*memstorage.Storage
+	gate chan struct{}
+}
+
+func (g *gatedEarly) FinishEarly(ctx context.Context, txn *zodb.Transaction, released func()) (zodb.TID, error) {
+	if string(txn.Meta.User) == "refuse" {
+		g.Storage.Abort(ctx, txn)
+		return zodb.TID{}, zodb.NewStorageError("refused for the test")
+	}
+	tid, err := g.Storage.Finish(ctx, txn)
+	if released != nil {
+		released()
+	}
+	if string(txn.Meta.User) == "gated" {
+		<-g.gate
+	}
+	return tid, err
+}
+
+func (g *gatedEarly) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	return g.FinishEarly(ctx, txn, nil)
+}
+
+// TestPingWaitsForPipelinedFinishes: ping is a barrier also while a
+// finish of the connection is being made durable: when it returns, the
+// client has the invalidations of transactions committed before it,
+// which the server holds back until that finish's reply.
+func TestPingWaitsForPipelinedFinishes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := &gatedEarly{Storage: memstorage.New("mem"), gate: make(chan struct{})}
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	open := func() *zeoclient.Client {
+		c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := open(), open()
+	var mu sync.Mutex
+	var gotA []zodb.CommitEvent
+	a.Subscribe(func(ev zodb.CommitEvent) { mu.Lock(); gotA = append(gotA, ev); mu.Unlock() })
+	oids, _ := a.NewOIDs(ctx, 2)
+	t1 := &zodb.Transaction{Meta: zodb.TxnMeta{User: []byte("gated")}, Ops: []zodb.Op{store(oids[0], zodb.ZeroTID, "a")}}
+	if _, err := a.Vote(ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	finished := make(chan error, 1)
+	go func() { _, err := a.Finish(ctx, t1); finished <- err }()
+	waitFor(t, "t1 committed", func() bool { last, _ := b.LastTransaction(ctx); return !last.IsZero() })
+	x, err := commit(ctx, b, store(oids[1], zodb.ZeroTID, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { time.Sleep(300 * time.Millisecond); close(st.gate) }()
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	got := false
+	for _, ev := range gotA {
+		got = got || ev.TID == x
+	}
+	mu.Unlock()
+	if !got {
+		t.Fatalf("ping returned before the invalidation of %s, committed before it, reached the client", x)
+	}
+	if err := <-finished; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRefusedPipelinedFinish: a finish the storage refuses before taking
+// it gets its error as an answer (not an unknown outcome), and nothing
+// the client pipelined behind it commits.
+func TestRefusedPipelinedFinish(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := &gatedEarly{Storage: memstorage.New("mem"), gate: make(chan struct{})}
+	close(st.gate)
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pl, err := c.Pipeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oids, _ := c.NewOIDs(ctx, 2)
+	t1 := &zodb.Transaction{Meta: zodb.TxnMeta{User: []byte("refuse")}, Ops: []zodb.Op{store(oids[0], zodb.ZeroTID, "a")}}
+	if _, err := pl.Vote(ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	w1, err := pl.FinishAsync(t1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t2 := &zodb.Transaction{Meta: zodb.TxnMeta{User: []byte("pipe")}, Ops: []zodb.Op{store(oids[1], zodb.ZeroTID, "b")}}
+	var w2 func(context.Context) (zodb.TID, error)
+	if _, err := pl.Vote(ctx, t2); err == nil {
+		w2, _ = pl.FinishAsync(t2)
+	}
+	_, err = w1(ctx)
+	var ou *zodb.OutcomeUnknownError
+	if err == nil || errors.As(err, &ou) {
+		t.Fatalf("refused finish: %v, want the storage's error", err)
+	}
+	if w2 != nil {
+		if tid, err := w2(ctx); err == nil {
+			t.Fatalf("a transaction pipelined behind a refused finish committed as %s", tid)
+		}
+	}
+	if last, err := st.LastTransaction(ctx); err != nil || !last.IsZero() {
+		t.Fatalf("the storage's last transaction is %s (%v): something behind the refused finish committed", last, err)
+	}
+}

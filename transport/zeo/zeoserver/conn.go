@@ -55,6 +55,10 @@ type conn struct {
 	// lastFinish is closed once the reply to the last pipelined
 	// tpc_finish is queued (nil: none pending); under mu.
 	lastFinish chan struct{}
+	// finishRefused: a tpc_finish the storage refused before taking it;
+	// the connection closes once the reply is written, and executes
+	// nothing the client sent after it (under mu).
+	finishRefused bool
 }
 
 // zeoTxn is a client transaction buffered until vote.
@@ -102,6 +106,18 @@ func newConn(s *Server, wc *wire.Conn) *conn {
 	c.remote = wc.NetConn().RemoteAddr().String()
 	c.setLog(s.log.With("remote", c.remote))
 	return c
+}
+
+// waitFinishes waits until the replies of the connection's pipelined
+// finishes are queued, and with them the invalidations held behind them:
+// ping and lastTransaction must not overtake those.
+func (c *conn) waitFinishes() {
+	c.mu.Lock()
+	ch := c.lastFinish
+	c.mu.Unlock()
+	if ch != nil {
+		<-ch
+	}
 }
 
 // logger is the connection's logger; safe from any goroutine.
@@ -164,6 +180,15 @@ func (c *conn) serve() {
 			return
 		}
 		if m.IsHeartbeat() {
+			continue
+		}
+		c.mu.Lock()
+		refused := c.finishRefused
+		c.mu.Unlock()
+		if refused {
+			// A tpc_finish was refused: nothing the client sent behind
+			// it runs; it reads the reply and then the end of the
+			// connection (ShutdownWrite).
 			continue
 		}
 		if !c.dispatch(m) {

@@ -168,6 +168,7 @@ func (c *conn) lastTransaction(ctx context.Context, args []any) (any, error) {
 	if err := argc("lastTransaction", args, 0, 0); err != nil {
 		return nil, err
 	}
+	c.waitFinishes()
 	return c.ss.fan.lastTID(), nil
 }
 
@@ -187,6 +188,7 @@ func (c *conn) getInvalidations(ctx context.Context, args []any) (any, error) {
 }
 
 func (c *conn) ping(ctx context.Context, args []any) (any, error) {
+	c.waitFinishes()
 	if s, ok := c.ss.st.(zodb.Syncer); ok {
 		if err := s.Sync(ctx); err != nil {
 			return nil, err

@@ -472,9 +472,11 @@ func (c *conn) endTxn(t *zeoTxn) {
 // together). Replies to pipelined finishes go out in order, and the
 // fan-out holds the invalidations of later transactions for this
 // connection until the last finish whose event went by has its reply
-// queued. A finish that fails before the storage took it closes the
-// connection after the reply, where the server offers pipelining: whatever
-// the client sent after it must not be committed without it. (A storage that fails later fails every
+// queued. Where the server offers pipelining, a finish the storage
+// refused before taking it closes the connection once the reply is
+// written (its sending side first, so that the reply is read), and
+// nothing the client sent behind it is executed: it must not commit
+// without it. (A storage that fails later fails every
 // transaction after too: boltstore refuses writes once a write failed.)
 func (c *conn) tpcFinish(m wire.Message) {
 	args := m.CallArgs()
@@ -551,9 +553,17 @@ func (c *conn) tpcFinish(m wire.Message) {
 		if prev != nil {
 			<-prev
 		}
+		if o.err != nil && pipelines(ss.st) {
+			// Nothing this client sent behind the refused finish may
+			// commit: refuse it, and close once the reply is written.
+			c.mu.Lock()
+			c.finishRefused = true
+			c.mu.Unlock()
+		}
 		c.finished(m, t, o.tid, o.err, mine)
 		if o.err != nil && pipelines(ss.st) {
-			c.closeWith("tpc_finish failed: %v", o.err)
+			c.logger().Info("closing connection after a refused tpc_finish", "error", o.err)
+			c.wc.ShutdownWrite(fmt.Errorf("tpc_finish failed: %v", o.err))
 		}
 		return
 	default:
