@@ -20,8 +20,8 @@ import (
 
 // cutter relays to a target and can drop every connection at once.
 type cutter struct {
-	l      net.Listener
-	target string
+	l        net.Listener
+	target   string
 	mu       sync.Mutex
 	conns    []net.Conn
 	accepted int
