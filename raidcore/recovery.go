@@ -903,9 +903,11 @@ func countTransactions(ctx context.Context, st zodb.Storage, start, stop zodb.TI
 // target, so the copy goes at the speed of the slower of the two.
 //
 // A target that pipelines commits (zodb.Pipeliner: the built-in backend)
-// gets up to maxPipelined restores back to back on one connection: each
-// votes once the finish before it was sent, and the backend makes them
-// durable together instead of one fsync each. A restore is counted (and
+// gets up to maxPipelined restores streamed on one connection: each one's
+// vote and finish go out without waiting for answers, and the backend
+// makes them durable together instead of one fsync each (a finish whose
+// vote failed is refused, and the backend then runs nothing sent behind
+// it). A restore is counted (and
 // copied moves past it) only once its finish is confirmed; a failure
 // stops the copy after the confirmed ones. The pipeline shares one
 // connection, so the target then holds a prefix of what was sent, never
@@ -988,10 +990,11 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		return nil
 	}
 	type inFlight struct {
-		rec  *zodb.TransactionRecord
-		txn  *zodb.Transaction
-		size int64
-		wait func(context.Context) (zodb.TID, error)
+		rec   *zodb.TransactionRecord
+		txn   *zodb.Transaction
+		size  int64
+		voted func(context.Context) (zodb.VoteResult, error)
+		wait  func(context.Context) (zodb.TID, error)
 	}
 	var pending []inFlight
 	// settle waits for the pipelined finishes until at most keep are
@@ -1002,9 +1005,13 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 		for len(pending) > keep {
 			f := pending[0]
 			pending = pending[1:]
-			fctx, cancel := context.WithTimeout(ctx, a.cfg.FinishTimeout+a.streamTime(f.txn))
+			fctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.cfg.FinishTimeout+a.streamTime(f.txn))
+			_, verr := f.voted(fctx)
 			tid, err := f.wait(fctx)
 			cancel()
+			if verr != nil {
+				err = fmt.Errorf("vote: %w", verr)
+			}
 			if err == nil && tid != f.rec.TID {
 				err = fmt.Errorf("restored %s under tid %s", f.rec.TID, tid)
 			}
@@ -1053,13 +1060,14 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 			size += int64(len(d.Data))
 		}
 		if pl != nil && !mayHoldBlobs(source, rec) {
+			// The vote and the finish go out without waiting for the
+			// vote's answer: a finish whose vote failed is refused, and
+			// the target then runs nothing sent behind it.
 			vctx, cancel := context.WithTimeout(ctx, a.cfg.VoteTimeout+a.streamTime(txn))
-			_, err := pl.Vote(vctx, txn)
+			voted, err := pl.VoteAsync(vctx, txn)
 			var wait func(context.Context) (zodb.TID, error)
 			if err == nil {
 				wait, err = pl.FinishAsync(txn)
-			} else {
-				pl.Abort(vctx, txn)
 			}
 			cancel()
 			if err != nil {
@@ -1069,7 +1077,7 @@ func (a *Array) copyFrom(ctx context.Context, source, target *member, after zodb
 				}
 				return out, fmt.Errorf("target: restoring %s: %w", rec.TID, err)
 			}
-			pending = append(pending, inFlight{rec: rec, txn: txn, size: size, wait: wait})
+			pending = append(pending, inFlight{rec: rec, txn: txn, size: size, voted: voted, wait: wait})
 			if err := settle(maxPipelined); err != nil {
 				return out, err
 			}

@@ -205,6 +205,13 @@ type Pipeliner interface {
 // another connection.
 type CommitPipeline interface {
 	Vote(ctx context.Context, txn *Transaction) (VoteResult, error)
+	// VoteAsync sends the transaction and its vote and returns at once;
+	// wait returns the vote's answer. FinishAsync may follow before it:
+	// a finish whose vote failed is refused, and the server then executes
+	// nothing the connection sent behind it and closes it, so nothing
+	// later commits. (Only for transactions whose vote cannot be a
+	// conflict to resolve: restores.)
+	VoteAsync(ctx context.Context, txn *Transaction) (wait func(context.Context) (VoteResult, error), err error)
 	// FinishAsync sends tpc_finish and returns at once; wait returns the
 	// outcome (an OutcomeUnknownError when the connection was lost).
 	FinishAsync(txn *Transaction) (wait func(context.Context) (TID, error), err error)

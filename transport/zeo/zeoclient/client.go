@@ -130,6 +130,9 @@ type remoteTxn struct {
 	id    int64
 	oids  []zodb.OID
 	voted bool
+	// voteSent: a streamed vote (pipeline VoteAsync) is on its way; its
+	// tpc_finish may follow before the answer.
+	voteSent bool
 }
 
 // Open connects to the first reachable server, registers, and keeps the

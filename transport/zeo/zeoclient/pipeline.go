@@ -48,7 +48,15 @@ type pipeline struct {
 }
 
 func (p *pipeline) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
-	return p.c.vote(ctx, txn, p.s)
+	return p.c.vote(ctx, txn, p.s, nil)
+}
+
+func (p *pipeline) VoteAsync(ctx context.Context, txn *zodb.Transaction) (func(context.Context) (zodb.VoteResult, error), error) {
+	var wait func(context.Context) (zodb.VoteResult, error)
+	if _, err := p.c.vote(ctx, txn, p.s, &wait); err != nil {
+		return nil, err
+	}
+	return wait, nil
 }
 
 func (p *pipeline) FinishAsync(txn *zodb.Transaction) (func(context.Context) (zodb.TID, error), error) {

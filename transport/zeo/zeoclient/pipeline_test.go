@@ -446,3 +446,76 @@ func TestRefusedPipelinedFinish(t *testing.T) {
 		t.Fatalf("the storage's last transaction is %s (%v): something behind the refused finish committed", last, err)
 	}
 }
+
+// failingVotes refuses the vote of a transaction by user "failvote".
+type failingVotes struct{ *gatedEarly }
+
+func (f failingVotes) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
+	if string(txn.Meta.User) == "failvote" {
+		return zodb.VoteResult{}, zodb.NewStorageError("vote refused for the test")
+	}
+	return f.gatedEarly.Vote(ctx, txn)
+}
+
+// TestStreamedVoteThatFails: a transaction whose vote and finish were
+// streamed without waiting for the vote's answer, and whose vote fails:
+// its finish is refused with an answer, and nothing streamed behind it
+// commits.
+func TestStreamedVoteThatFails(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ge := &gatedEarly{Storage: memstorage.New("mem"), gate: make(chan struct{})}
+	close(ge.gate)
+	st := failingVotes{ge}
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pl, err := c.Pipeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oids, _ := c.NewOIDs(ctx, 3)
+	type sent struct {
+		vote   func(context.Context) (zodb.VoteResult, error)
+		finish func(context.Context) (zodb.TID, error)
+	}
+	var all []sent
+	for i, user := range []string{"pipe", "failvote", "pipe"} {
+		txn := &zodb.Transaction{Meta: zodb.TxnMeta{User: []byte(user)}, Ops: []zodb.Op{store(oids[i], zodb.ZeroTID, "x")}}
+		v, err := pl.VoteAsync(ctx, txn)
+		if err != nil {
+			break // the connection is closing already
+		}
+		f, err := pl.FinishAsync(txn)
+		if err != nil {
+			break
+		}
+		all = append(all, sent{v, f})
+	}
+	if len(all) < 2 {
+		t.Fatalf("only %d transactions were sent", len(all))
+	}
+	first, err := all[0].finish(ctx)
+	if _, verr := all[0].vote(ctx); verr != nil || err != nil {
+		t.Fatalf("the first transaction: vote %v, finish %v", verr, err)
+	}
+	if _, err := all[1].vote(ctx); err == nil {
+		t.Fatal("the failing vote succeeded")
+	}
+	_, err = all[1].finish(ctx)
+	var ou *zodb.OutcomeUnknownError
+	if err == nil || errors.As(err, &ou) {
+		t.Fatalf("finish after a failed vote: %v, want a refusal", err)
+	}
+	if len(all) > 2 {
+		if tid, err := all[2].finish(ctx); err == nil {
+			t.Fatalf("a transaction streamed behind a failed vote committed as %s", tid)
+		}
+	}
+	if last, err := st.LastTransaction(ctx); err != nil || last != first {
+		t.Fatalf("the storage's last transaction is %s (%v), want %s: something behind the failed vote committed", last, err, first)
+	}
+}

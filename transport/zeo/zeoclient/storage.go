@@ -117,11 +117,12 @@ func (c *Client) NewOIDs(ctx context.Context, n int) ([]zodb.OID, error) {
 // a large transaction neither has to fit in memory twice nor makes a slow
 // server look dead. The whole Vote is bounded by ctx (or CallTimeout).
 func (c *Client) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResult, error) {
-	return c.vote(ctx, txn, nil)
+	return c.vote(ctx, txn, nil, nil)
 }
 
-// vote is Vote on session on (nil: the current one).
-func (c *Client) vote(ctx context.Context, txn *zodb.Transaction, on *session) (zodb.VoteResult, error) {
+// vote is Vote on session on (nil: the current one). With async not nil
+// it returns once the vote is sent and sets *async to wait for its answer.
+func (c *Client) vote(ctx context.Context, txn *zodb.Transaction, on *session, async *func(context.Context) (zodb.VoteResult, error)) (zodb.VoteResult, error) {
 	if c.opts.ReadOnly {
 		return zodb.VoteResult{}, zodb.NewReadOnlyError()
 	}
@@ -240,6 +241,23 @@ func (c *Client) vote(ctx context.Context, txn *zodb.Transaction, on *session) (
 		c.forget(txn)
 		return zodb.VoteResult{}, err
 	}
+	if async != nil {
+		c.mu.Lock()
+		rt.voteSent = true
+		c.mu.Unlock()
+		*async = func(ctx context.Context) (zodb.VoteResult, error) {
+			ctx, cancel := c.withDeadline(ctx, c.opts.CallTimeout)
+			defer cancel()
+			return c.voteResult(ctx, s, rt, txn, p)
+		}
+		return zodb.VoteResult{}, nil
+	}
+	return c.voteResult(ctx, s, rt, txn, p)
+}
+
+// voteResult waits for the answer to the vote p of txn and ends the remote
+// transaction unless it voted yes.
+func (c *Client) voteResult(ctx context.Context, s *session, rt *remoteTxn, txn *zodb.Transaction, p *pendingCall) (zodb.VoteResult, error) {
 	res, err := s.wait(ctx, "vote", p)
 	if err != nil {
 		if zodb.IsConflict(err) || isPython(err) {
@@ -295,7 +313,9 @@ func (c *Client) vote(ctx context.Context, txn *zodb.Transaction, on *session) (
 	}
 	c.mu.Lock()
 	rt.voted = true
-	rt.oids = append(rt.oids, out.Changed...)
+	if len(out.Changed) > 0 {
+		rt.oids = append(rt.oids, out.Changed...)
+	}
 	c.mu.Unlock()
 	return out, nil
 }
@@ -359,7 +379,7 @@ func (c *Client) finishAsync(txn *zodb.Transaction) (wait func(context.Context) 
 	c.mu.Lock()
 	rt := c.txns[txn]
 	c.mu.Unlock()
-	if rt == nil || !rt.voted {
+	if rt == nil || !rt.voted && !rt.voteSent {
 		return nil, zodb.NewStorageTransactionError("tpc_finish for a transaction that did not vote here")
 	}
 	var committed zodb.TID

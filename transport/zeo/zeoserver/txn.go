@@ -486,7 +486,13 @@ func (c *conn) tpcFinish(m wire.Message) {
 	}
 	t, ok, err := c.checkTxn(args[0], false)
 	if err != nil || !ok {
-		c.reply(m, nil, err) // Python returns None for an unknown transaction
+		// Python returns None for an unknown transaction (one whose vote
+		// failed is forgotten). A pipelining client may have sent more
+		// behind it: see refuseFinish.
+		if err == nil && c.pipelining() {
+			err = zodb.NewStorageTransactionError("tpc_finish for a transaction that is not voted (its vote failed)")
+		}
+		c.refuseFinish(m, err)
 		return
 	}
 	c.mu.Lock()
@@ -502,11 +508,11 @@ func (c *conn) tpcFinish(m wire.Message) {
 	}
 	c.mu.Unlock()
 	if timedOut {
-		c.reply(m, nil, zodb.NewStorageTransactionError("transaction aborted: it held the commit lock longer than the server's transaction timeout"))
+		c.refuseFinish(m, zodb.NewStorageTransactionError("transaction aborted: it held the commit lock longer than the server's transaction timeout"))
 		return
 	}
 	if !voted {
-		c.reply(m, nil, zodb.NewStorageTransactionError("tpc_finish without a successful vote"))
+		c.refuseFinish(m, zodb.NewStorageTransactionError("tpc_finish without a successful vote"))
 		return
 	}
 	ss := c.ss
@@ -554,16 +560,11 @@ func (c *conn) tpcFinish(m wire.Message) {
 			<-prev
 		}
 		if o.err != nil && pipelines(ss.st) {
-			// Nothing this client sent behind the refused finish may
-			// commit: refuse it, and close once the reply is written.
-			c.mu.Lock()
-			c.finishRefused = true
-			c.mu.Unlock()
+			c.stopAfterRefusal()
 		}
 		c.finished(m, t, o.tid, o.err, mine)
 		if o.err != nil && pipelines(ss.st) {
-			c.logger().Info("closing connection after a refused tpc_finish", "error", o.err)
-			c.wc.ShutdownWrite(fmt.Errorf("tpc_finish failed: %v", o.err))
+			c.closeAfterRefusal(o.err)
 		}
 		return
 	default:
@@ -583,6 +584,40 @@ func (c *conn) tpcFinish(m wire.Message) {
 		}
 		c.finished(m, t, o.tid, o.err, mine)
 	}()
+}
+
+// pipelining tells whether this connection's server offers pipelined
+// commits (a client may have sent its next transaction behind a finish).
+func (c *conn) pipelining() bool { return c.ss != nil && pipelines(c.ss.st) }
+
+// refuseFinish answers a tpc_finish that is refused before the storage is
+// asked. Where the client may pipeline, nothing it sent behind it may run:
+// the connection stops executing and closes once the answer is written.
+func (c *conn) refuseFinish(m wire.Message, err error) {
+	if !c.pipelining() {
+		c.reply(m, nil, err)
+		return
+	}
+	c.stopAfterRefusal()
+	c.reply(m, nil, err)
+	c.closeAfterRefusal(err)
+}
+
+// stopAfterRefusal makes the reader execute nothing more.
+func (c *conn) stopAfterRefusal() {
+	c.mu.Lock()
+	c.finishRefused = true
+	c.mu.Unlock()
+}
+
+// closeAfterRefusal closes the connection once the answers of the
+// connection's pipelined finishes and what is queued are written (its
+// sending side first, so that the client reads them).
+func (c *conn) closeAfterRefusal(err error) {
+	// The answers of earlier pipelined finishes go out first.
+	c.waitFinishes()
+	c.logger().Info("closing connection after a refused tpc_finish", "error", err)
+	c.wc.ShutdownWrite(fmt.Errorf("tpc_finish refused: %v", err))
 }
 
 // finished replies to tpc_finish of t and ends t; chained (if not nil)
