@@ -321,6 +321,7 @@ func (c *Client) connect(addr string) (*session, error) {
 	c.last = tid
 	c.mergeInfo(infoD)
 	s.pipelined = pipelinesFinishes(infoD)
+	s.batchIter = infoFlag(infoD, batchIterKey)
 	c.mu.Unlock()
 
 	// A reconnect to a server whose last tid differs from what we

@@ -14,9 +14,12 @@ import (
 // transaction of the connection is unfinished.
 const pipelineKey = "zeoraid_pipelined_finish"
 
-func pipelinesFinishes(info wire.Dict) bool {
+func pipelinesFinishes(info wire.Dict) bool { return infoFlag(info, pipelineKey) }
+
+// infoFlag reads a boolean of a get_info dict (false when absent).
+func infoFlag(info wire.Dict, key string) bool {
 	for _, it := range info {
-		if k, _ := it.Key.(string); k == pipelineKey {
+		if k, _ := it.Key.(string); k == key {
 			return wire.Truth(it.Value)
 		}
 	}

@@ -20,6 +20,8 @@ type session struct {
 	// pipelined: the server lets a transaction begin on this connection
 	// while the one before is finishing (Pipeline).
 	pipelined bool
+	// batchIter: the server has zeoraid_iterator_batch.
+	batchIter bool
 
 	mu      sync.Mutex
 	pending map[int64]*pendingCall

@@ -59,6 +59,7 @@ func init() {
 		"iterator_next":                   {kind: inline, fn: (*conn).iteratorNext},
 		"iterator_record_start":           {kind: inline, fn: (*conn).iteratorRecordStart},
 		"iterator_record_next":            {kind: inline, fn: (*conn).iteratorRecordNext},
+		"zeoraid_iterator_batch":          {kind: inline, fn: (*conn).iteratorBatch},
 		"iterator_gc":                     {kind: inline, fn: (*conn).iteratorGC},
 		"sendBlob":                        {kind: read, fn: (*conn).sendBlob},
 		"storeBlobStart":                  {kind: inline, fn: (*conn).storeBlobStart},
@@ -154,6 +155,8 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 		"supportsUndo", info.SupportsUndo,
 		"supports_record_iternext", true,
 		"interfaces", ifaces,
+		// zeoraid_iterator_batch is there (zeoclient's Iterate uses it).
+		"zeoraid_iterator_batch", true,
 	}
 	if pipelines(c.ss.st) {
 		// This connection may begin its next transaction while the one
