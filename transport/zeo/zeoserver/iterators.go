@@ -90,12 +90,31 @@ func (c *conn) iteratorNext(ctx context.Context, args []any) (any, error) {
 		return nil, nil
 	}
 	it.last = t
+	return txnTuple(t), nil
+}
+
+// txnTuple is a transaction as iterator_next gives it: (tid, status,
+// user, description, extension).
+func txnTuple(t *zodb.TransactionRecord) wire.Tuple {
 	status := t.Status
 	if status == 0 {
 		status = zodb.StatusNormal
 	}
 	return wire.Tuple{t.TID, string(rune(status)), nonNil(t.Meta.User), nonNil(t.Meta.Description),
-		wire.ExtensionDict(t.Meta.Extension)}, nil
+		wire.ExtensionDict(t.Meta.Extension)}
+}
+
+// recordTuple is a data record as iterator_record_next gives it: (oid,
+// tid, data or None, data_txn or None).
+func recordTuple(r zodb.DataRecord) wire.Tuple {
+	var data, dataTxn any
+	if !r.NoData {
+		data = nonNil(r.Data)
+	}
+	if !r.DataTxn.IsZero() {
+		dataTxn = r.DataTxn
+	}
+	return wire.Tuple{r.OID, r.TID, data, dataTxn}
 }
 
 func (c *conn) iteratorRecordStart(ctx context.Context, args []any) (any, error) {
@@ -141,14 +160,7 @@ func (c *conn) iteratorRecordNext(ctx context.Context, args []any) (any, error) 
 	}
 	r := it.records[0]
 	it.records = it.records[1:]
-	var data, dataTxn any
-	if !r.NoData {
-		data = nonNil(r.Data)
-	}
-	if !r.DataTxn.IsZero() {
-		dataTxn = r.DataTxn
-	}
-	return wire.Tuple{r.OID, r.TID, data, dataTxn}, nil
+	return recordTuple(r), nil
 }
 
 func (c *conn) iteratorGC(ctx context.Context, args []any) (any, error) {
@@ -224,10 +236,6 @@ func (c *conn) iteratorBatch(ctx context.Context, args []any) (any, error) {
 			break
 		}
 		it.last = t
-		status := t.Status
-		if status == 0 {
-			status = zodb.StatusNormal
-		}
 		var records any
 		n := 0
 		for _, r := range t.Records {
@@ -237,19 +245,11 @@ func (c *conn) iteratorBatch(ctx context.Context, args []any) (any, error) {
 			size += n
 			recs := make(wire.List, 0, len(t.Records))
 			for _, r := range t.Records {
-				var data, dataTxn any
-				if !r.NoData {
-					data = nonNil(r.Data)
-				}
-				if !r.DataTxn.IsZero() {
-					dataTxn = r.DataTxn
-				}
-				recs = append(recs, wire.Tuple{r.OID, r.TID, data, dataTxn})
+				recs = append(recs, recordTuple(r))
 			}
 			records = recs
 		}
-		out = append(out, wire.Tuple{t.TID, string(rune(status)), nonNil(t.Meta.User), nonNil(t.Meta.Description),
-			wire.ExtensionDict(t.Meta.Extension), records})
+		out = append(out, append(txnTuple(t), records))
 		if records == nil || size >= iterBatchBytes {
 			break // the client reads this one's records first
 		}
