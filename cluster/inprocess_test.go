@@ -280,11 +280,17 @@ func TestMinorityIsNotWritable(t *testing.T) {
 	if !strings.Contains(why, "no quorum") {
 		t.Fatalf("reason %q", why)
 	}
+	if st := f.Status(); st.Writable || !strings.Contains(st.WritesRefused, "no quorum") {
+		t.Fatalf("status says writable=%v (%q) for a cut-off follower", st.Writable, st.WritesRefused)
+	}
 	tc.heal(f.ID())
 	waitUntil(t, 20*time.Second, "the follower to take writes again", func() bool {
 		ok, _ := f.Writable()
 		return ok
 	})
+	if st := f.Status(); !st.Writable || st.WritesRefused != "" {
+		t.Fatalf("status says writable=%v (%q) after the cut healed", st.Writable, st.WritesRefused)
+	}
 }
 
 // TestLeaseWaitsForTheGrantsState: a holder must use a table at least as

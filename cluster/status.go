@@ -29,6 +29,11 @@ type Status struct {
 	// LastContact is how long ago this follower heard from the leader
 	// (empty on the leader).
 	LastContact string `json:"last_contact,omitempty"`
+	// Writable: a proxy on this member takes writes now (it is part of a
+	// working majority, or lost it less than the quorum grace ago);
+	// WritesRefused says why not.
+	Writable      bool   `json:"writable"`
+	WritesRefused string `json:"writes_refused,omitempty"`
 	// Members: every voter of the raft configuration and every proxy in
 	// the registry or in gossip.
 	Members []MemberStatus `json:"members"`
@@ -94,6 +99,7 @@ func (n *Node) Status() Status {
 	s := Status{ID: n.cfg.ID, Leader: n.Leader(), IsLeader: n.IsLeader(), RaftState: n.raft.State().String(),
 		Term: num("term"), LastIndex: num("last_log_index"), CommitIndex: num("commit_index"), AppliedIndex: st.Applied,
 		Storages: map[string]StorageStatus{}, MaxLease: st.MaxLease.String()}
+	s.Writable, s.WritesRefused = n.Writable()
 	if !s.IsLeader {
 		if lc := n.raft.LastContact(); !lc.IsZero() {
 			s.LastContact = time.Since(lc).Round(time.Millisecond).String()
@@ -206,11 +212,14 @@ func (m *Member) gossipInterval() time.Duration {
 	return time.Second
 }
 
-// Ready tells whether this member can serve: it knows a leader and has
-// applied the state (readyz is 503 until then).
+// Ready tells whether this member can serve: it knows a leader, takes
+// writes (Writable) and has applied the state (readyz is 503 until then).
 func (m *Member) Ready() (bool, string) {
 	if m.Node.Leader() == "" {
 		return false, "no cluster leader known (an election, or no quorum)"
+	}
+	if ok, why := m.Node.Writable(); !ok {
+		return false, why
 	}
 	if m.Node.fsm.f.Applied() == 0 {
 		return false, "the replicated state is not applied yet"

@@ -305,6 +305,17 @@ type apiStatus struct {
 		LastTID  string       `json:"last_tid"`
 		Backends []apiBackend `json:"backends"`
 	} `json:"storages"`
+	// Cluster is absent on a lone proxy.
+	Cluster *struct {
+		Writable      bool   `json:"writable"`
+		WritesRefused string `json:"writes_refused"`
+	} `json:"cluster"`
+}
+
+// serving: every storage optimal and, in a cluster, the proxy takes
+// writes (it reaches a quorum).
+func (s apiStatus) serving() bool {
+	return s.Status == "optimal" && (s.Cluster == nil || s.Cluster.Writable)
 }
 
 // backend returns storage 1's row for a backend.
@@ -337,7 +348,11 @@ func (s apiStatus) brief() string {
 			parts = append(parts, x)
 		}
 	}
-	return s.Status + ": " + strings.Join(parts, "; ")
+	out := s.Status + ": " + strings.Join(parts, "; ")
+	if s.Cluster != nil && !s.Cluster.Writable {
+		out += "; refuses writes: " + s.Cluster.WritesRefused
+	}
+	return out
 }
 
 // apiVerify is POST /v1/storages/1/verify.

@@ -120,8 +120,9 @@ func runStatus(std stdio, args []string) int {
 	return code
 }
 
-// clusterVerdict judges a member's view of the cluster: no leader is
-// critical (nothing can be committed), a member that failed, is suspect
+// clusterVerdict judges a member's view of the cluster: no leader, or a
+// member that refuses writes (no quorum), is critical (nothing can be
+// committed through it), a member that failed, is suspect
 // or is unknown to gossip is a warning (the cluster serves, with less
 // margin).
 func clusterVerdict(c *cluster.Status) (int, []string) {
@@ -130,9 +131,13 @@ func clusterVerdict(c *cluster.Status) (int, []string) {
 	}
 	code := exitOK
 	var problems []string
-	if c.Leader == "" {
+	switch {
+	case c.Leader == "":
 		code = exitCritical
 		problems = append(problems, "no cluster leader: commits are refused")
+	case !c.Writable && c.WritesRefused != "":
+		code = exitCritical
+		problems = append(problems, "this member refuses writes: "+c.WritesRefused)
 	}
 	for _, m := range c.Members {
 		if m.Gossip != "alive" && m.Gossip != "left" {
