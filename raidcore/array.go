@@ -47,6 +47,12 @@ type Config struct {
 	// proxy): in a cluster the next lease may go to another proxy, whose
 	// own connection could reach a backend ahead of this finish.
 	PipelineCommits bool
+	// Clustered: other proxies commit to these backends too (a cluster
+	// member). A backend that reconnects ahead of or behind the array's
+	// position may then only be in step with commits this proxy has not
+	// seen yet; contact waits (bounded) for the two to meet before it
+	// judges (see meet).
+	Clustered bool
 	// VotedHold is how long the commit lease is kept (renewed) for a
 	// transaction that voted and waits for the client's tpc_finish; after
 	// that the lease runs out and the transaction is aborted. 0: the lease
@@ -528,7 +534,7 @@ func (a *Array) check(ctx context.Context, m *member) bool {
 		a.evMu.Unlock()
 		return false
 	}
-	return a.contact(m, last)
+	return a.contact(m, last, false)
 }
 
 // contact takes what an optimal member answered as its last transaction
@@ -553,10 +559,17 @@ func (a *Array) check(ctx context.Context, m *member) bool {
 //   - it is the only one and ahead of P: it is the only copy of a
 //     transaction whose tpc_finish the array lost; its history becomes
 //     the array's, and clients start over.
-func (a *Array) contact(m *member, last zodb.TID) bool {
+//
+// afterReset: last is what the backend reported when it reconnected
+// (backendEvent), and m.reported, set to it then, may have moved on with
+// its later reports.
+func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 	row, _ := a.row(m.name)
 	a.evMu.Lock()
-	m.reported, m.known = last, true
+	if !afterReset || m.reported.Less(last) {
+		m.reported = last
+	}
+	m.known = true
 	if row.State != Optimal {
 		m.suspect, m.inDoubt = false, zodb.ZeroTID
 		a.evMu.Unlock()
@@ -576,6 +589,13 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 		a.evCond.Broadcast()
 		a.evMu.Unlock()
 		return true
+	}
+	if a.cfg.Clustered && others > 0 && doubt.IsZero() && last != pos && !last.Less(row.LastTID) {
+		if a.meet(m, last) {
+			a.log.Debug("backend reconnected in step with the cluster's commits", "backend", m.name, "tid", last, "array", a.announced)
+			return usable()
+		}
+		pos = a.announced
 	}
 	switch {
 	case last.Less(row.LastTID):
@@ -617,6 +637,46 @@ func (a *Array) contact(m *member, last zodb.TID) bool {
 		a.log.Error("cannot degrade backend", "backend", m.name, "reason", verdict, "error", err)
 	}
 	return false
+}
+
+// meet is contact's check for a cluster member (Config.Clustered), with
+// a.evMu held: other proxies commit to the backends, so a backend that
+// reconnects at last may be ahead of this proxy's position (the others'
+// commits it has not announced yet) or behind it (its reports since the
+// reconnection are still on their way). It takes m out of the position
+// (suspect) and waits, at most min(ReadTimeout, 5 s), until the array's
+// position and m's reports have both reached target, the higher of last
+// and the position at the start. It is true when they did and last is a
+// transaction the array announced: m's history then ends in the array's.
+// A backend that lost transactions or holds some nobody acknowledged does
+// not get there (nobody commits them to it again, nor announces them)
+// and is judged by contact's other rules.
+func (a *Array) meet(m *member, last zodb.TID) bool {
+	m.suspect = true
+	a.emitReady()
+	target := last
+	if target.Less(a.announced) {
+		target = a.announced
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.ReadTimeout, 5*time.Second))
+	defer cancel()
+	for a.announced.Less(target) || m.reported.Less(target) {
+		if !waitCond(ctx, a.evCond) {
+			return false
+		}
+		a.emitReady()
+	}
+	return a.announcedTID(last)
+}
+
+// announcedTID tells whether tid is the array's position or one of the
+// transactions it remembers announcing. a.evMu is held.
+func (a *Array) announcedTID(tid zodb.TID) bool {
+	if tid == a.announced {
+		return true
+	}
+	i := sort.Search(len(a.recent), func(i int) bool { return !a.recent[i].Less(tid) })
+	return i < len(a.recent) && a.recent[i] == tid
 }
 
 // optimalEv is optimal() for callers holding evMu.
@@ -706,12 +766,13 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 			// The backend reconnected at another transaction than the
 			// array knew: decide (outside the lock: it may degrade)
 			// whether it can still be used.
+			// What it reports from now on follows ev.TID.
 			was := m.reported
-			m.suspect = true
+			m.suspect, m.reported = true, ev.TID
 			a.spawn(func() {
 				if row, ok := a.row(m.name); ok && row.State == Optimal {
 					a.log.Info("backend reconnected at another transaction; checking it", "backend", m.name, "tid", ev.TID, "was", was)
-					a.contact(m, ev.TID)
+					a.contact(m, ev.TID, true)
 				} else {
 					a.evMu.Lock()
 					m.suspect, m.reported = false, ev.TID
@@ -725,6 +786,9 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 		return
 	}
 	m.reported = ev.TID
+	if m.suspect {
+		a.evCond.Broadcast() // meet may wait for m's reports
+	}
 	if a.announced.Less(ev.TID) {
 		p := a.pending[ev.TID]
 		if p == nil {

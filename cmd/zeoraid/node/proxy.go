@@ -193,6 +193,9 @@ func (p *Proxy) arrayConfig(name string, backends []raidcore.Backend) raidcore.C
 		StateTimeout: p.cfg.StateTimeout, StartupWait: p.cfg.StartupWait,
 		VerifyReads: p.cfg.VerifyReads, CacheSize: p.cfg.CacheSize, VotedHold: p.cfg.TransactionTimeout, Failpoint: p.cfg.Failpoint, Logger: p.cfg.Logger.Named("raid"),
 		BlobTempDir: p.cfg.SpoolDir, PipelineCommits: p.cfg.PipelineCommits,
+		// A cluster member (it has a quorum to ask) shares its backends
+		// with the other proxies.
+		Clustered: p.cfg.Writable != nil,
 	}
 }
 

@@ -1,0 +1,123 @@
+package raidcore_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore"
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/raidcore/zodb/storagetest"
+)
+
+// foreignCommit commits a transaction the way another proxy of the
+// cluster does: a tid from the shared coordinator, the same transaction
+// on every backend, nothing through f.arr.
+func (f *fixture) foreignCommit(oid zodb.OID, serial zodb.TID, value string) zodb.TID {
+	f.t.Helper()
+	lease, err := f.coord.AcquireLease(f.ctx, "1", zodb.ZeroTID)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer lease.Release()
+	for _, m := range f.mems {
+		txn := &zodb.Transaction{TID: lease.TID, Meta: zodb.TxnMeta{Description: []byte("other proxy")},
+			Ops: []zodb.Op{storagetest.Store(oid, serial, storagetest.Record(value))}}
+		if _, err := m.Vote(f.ctx, txn); err != nil {
+			f.t.Fatalf("vote: %v", err)
+		}
+		if _, err := m.Finish(f.ctx, txn); err != nil {
+			f.t.Fatalf("finish: %v", err)
+		}
+	}
+	return lease.TID
+}
+
+func (f *fixture) announced(tid zodb.TID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, ev := range f.events {
+		if ev.TID == tid {
+			return true
+		}
+	}
+	return false
+}
+
+// TestClusterMemberBackendReconnectsInStep: in a cluster, other proxies
+// commit to the backends while one of this proxy's backend connections
+// is down. When it comes back, the backend is ahead of this proxy's
+// position (the others' commits, which the array could not announce while
+// a backend's reports were missing) or behind it (its reports since the
+// reconnection still on their way). Neither is a reason to degrade it
+// (compose tests saw a healthy backend degraded as holding "transactions
+// the array did not acknowledge"); a backend at a transaction nobody
+// committed still is.
+func TestClusterMemberBackendReconnectsInStep(t *testing.T) {
+	f := newFixtureOpts(t, 3, fixOpts{cfg: func(c *raidcore.Config) { c.Clustered = true }})
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := f.state(0).Version
+
+	// Ahead: b0's connection is down while the others commit twice.
+	f.faults[0].mute(true)
+	t2 := f.foreignCommit(oids[0], t1, "b")
+	t3 := f.foreignCommit(oids[0], t2, "c")
+	if f.announced(t2) {
+		t.Fatal("announced a transaction that b0 had not reported")
+	}
+	f.faults[0].mute(false)
+	f.mems[0].Notify(zodb.CommitEvent{TID: t3, Reset: true})
+	waitFor(t, 5*time.Second, "t2 and t3 announced", func() bool { return f.announced(t2) && f.announced(t3) })
+
+	// Behind: b0 reconnects after t4, and its report of t5 comes in
+	// after the others'.
+	f.faults[0].mute(true)
+	t4 := f.foreignCommit(oids[0], t3, "d")
+	t5 := f.foreignCommit(oids[0], t4, "e")
+	f.faults[0].mute(false)
+	f.mems[0].Notify(zodb.CommitEvent{TID: t4, Reset: true})
+	time.Sleep(50 * time.Millisecond)
+	f.mems[0].Notify(zodb.CommitEvent{TID: t5, OIDs: []zodb.OID{oids[0]}})
+	waitFor(t, 5*time.Second, "t4 and t5 announced", func() bool { return f.announced(t4) && f.announced(t5) })
+	if st := f.state(0); st.State != raidcore.Optimal || st.Version != version {
+		t.Fatalf("b0 was changed in the table: %+v (version %d before)", st, version)
+	}
+	if _, err := f.commit(storagetest.Store(oids[0], t5, storagetest.Record("f"))); err != nil {
+		t.Fatalf("commit after the reconnections: %v", err)
+	}
+	f.verifyIdentical()
+
+	// A backend at a transaction nobody committed holds one the cluster
+	// never acknowledged.
+	last, _ := f.arr.LastTransaction(f.ctx)
+	junk := zodb.TIDFromUint64(last.Uint64() + 1<<32)
+	f.mems[0].Notify(zodb.CommitEvent{TID: junk, Reset: true})
+	waitFor(t, 5*time.Second, "b0 degraded", func() bool { return f.state(0).State == raidcore.Degraded })
+	if r := f.state(0).Reason; !strings.Contains(r, "did not acknowledge") {
+		t.Fatalf("reason %q", r)
+	}
+}
+
+// TestLoneProxyBackendReconnectingAheadIsDegraded: without other proxies,
+// a backend that comes back ahead of the array holds what the array never
+// acknowledged, at once.
+func TestLoneProxyBackendReconnectingAheadIsDegraded(t *testing.T) {
+	f := newFixture(t, 3)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.faults[0].mute(true)
+	t2 := f.foreignCommit(oids[0], t1, "b")
+	f.faults[0].mute(false)
+	f.mems[0].Notify(zodb.CommitEvent{TID: t2, Reset: true})
+	waitFor(t, 5*time.Second, "b0 degraded", func() bool { return f.state(0).State == raidcore.Degraded })
+	if r := f.state(0).Reason; !strings.Contains(r, "did not acknowledge") {
+		t.Fatalf("reason %q", r)
+	}
+}
