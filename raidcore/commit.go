@@ -552,8 +552,12 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	var notCommitted, unknown []*member
 	if len(committed) == 0 {
 		// Ask what happened.
-		for _, m := range failed {
-			switch a.outcome(fctx, m, bt.TID) {
+		for i, m := range inf.participants {
+			if !a.isIn(failed, m) {
+				continue
+			}
+			var ou *zodb.OutcomeUnknownError
+			switch a.outcome(fctx, m, bt.TID, errors.As(results[i].err, &ou)) {
 			case outcomeCommitted:
 				committed = append(committed, m)
 			case outcomeNotCommitted:
@@ -707,7 +711,14 @@ const (
 )
 
 // outcome asks a backend whose tpc_finish failed whether it committed tid.
-func (a *Array) outcome(ctx context.Context, m *member, tid zodb.TID) outcomeKind {
+// lost: the finish's connection was lost (or timed out) with the finish on
+// its way (zodb.OutcomeUnknownError). The backend may then still commit
+// it, after it answered (a server reads the finish of a connection that
+// is gone, or writes it, concurrently with the question; a ZEO client
+// answers from its own copy of the last tid, taken when it reconnected),
+// so a last transaction below tid proves nothing: unknown, not "not
+// committed".
+func (a *Array) outcome(ctx context.Context, m *member, tid zodb.TID, lost bool) outcomeKind {
 	if !connected(m) {
 		return outcomeUnknown
 	}
@@ -719,7 +730,7 @@ func (a *Array) outcome(ctx context.Context, m *member, tid zodb.TID) outcomeKin
 		return outcomeUnknown
 	case last == tid:
 		return outcomeCommitted
-	case last.Less(tid):
+	case last.Less(tid) && !lost:
 		return outcomeNotCommitted
 	}
 	return outcomeUnknown

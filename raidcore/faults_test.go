@@ -789,6 +789,40 @@ func TestFinishFailingEverywhere(t *testing.T) {
 			t.Fatalf("%+v", f.coord.Table("1"))
 		}
 	})
+	t.Run("lost connection, committed later", func(t *testing.T) {
+		// Every connection dropped with its tpc_finish on the way, and
+		// the backends commit after the array asked them: their last
+		// transaction then was no proof of "not committed".
+		f := newFixture(t, 2)
+		oids, _ := f.arr.NewOIDs(f.ctx, 1)
+		f.faults[0].set("finish", lateReply)
+		f.faults[1].set("finish", lateReply)
+		_, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+		if err == nil || !strings.Contains(err.Error(), "outcome of transaction") {
+			t.Fatalf("finish with a late commit everywhere: %v", err)
+		}
+		f.faults[0].set("finish", none)
+		f.faults[1].set("finish", none)
+		waitFor(t, 5*time.Second, "the late commit announced", func() bool {
+			rev, err := f.arr.LoadBefore(f.ctx, oids[0], zodb.MaxTID)
+			return err == nil && rev != nil
+		})
+		// The other one was degraded (its outcome unknown too); it
+		// committed as well, so a recovery finds it in step.
+		for n, st := range f.states() {
+			if st == raidcore.Degraded {
+				if err := f.arr.Recover(n, raidcore.RecoveryOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		waitFor(t, 10*time.Second, "every backend optimal again", f.allOptimal)
+		tid, _ := f.arr.LastTransaction(f.ctx)
+		if _, err := f.commit(storagetest.Store(oids[0], tid, storagetest.Record("b"))); err != nil {
+			t.Fatalf("commit after the doubt was resolved: %v", err)
+		}
+		f.verifyIdentical()
+	})
 	t.Run("unknown", func(t *testing.T) {
 		f := newFixture(t, 2)
 		oids, _ := f.arr.NewOIDs(f.ctx, 1)

@@ -21,10 +21,11 @@ const (
 	different        // a different, plausible answer
 	slow             // answers correctly, after 3 ms
 	lostReply        // does it, but the answer is lost (connection drops)
+	lateReply        // the connection drops first; the server does it 100 ms later
 )
 
 func (f fault) String() string {
-	return [...]string{"none", "error", "hang", "disconnect", "different answer", "slow", "lost reply"}[f]
+	return [...]string{"none", "error", "hang", "disconnect", "different answer", "slow", "lost reply", "late reply"}[f]
 }
 
 // faulty wraps a storage and misbehaves at chosen steps.
@@ -193,6 +194,13 @@ func (f *faulty) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, e
 	}
 	if ft == lostReply {
 		f.Storage.Finish(ctx, txn)
+		return zodb.TID{}, &zodb.OutcomeUnknownError{Err: zodb.NewClientDisconnected("connection lost")}
+	}
+	if ft == lateReply {
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			f.Storage.Finish(context.Background(), txn)
+		}()
 		return zodb.TID{}, &zodb.OutcomeUnknownError{Err: zodb.NewClientDisconnected("connection lost")}
 	}
 	if err := misbehave(ctx, ft); err != nil {
