@@ -57,6 +57,9 @@ func TestChaos(t *testing.T) {
 	// ZEORAID_CHAOS_LOGS keeps the proxy's logs, at debug level (every
 	// recovery round), in that directory: what a run that heals slowly
 	// is studied from.
+	// ZEORAID_CHAOS_PROXY_ARGS adds proxy flags (say
+	// --pipeline-commits=true, to put an experimental path through it).
+	proxyArgs = append(proxyArgs, strings.Fields(os.Getenv("ZEORAID_CHAOS_PROXY_ARGS"))...)
 	keepLogs := os.Getenv("ZEORAID_CHAOS_LOGS")
 	if keepLogs != "" {
 		proxyArgs = append(proxyArgs, "--log-level", "debug")
