@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -160,15 +161,22 @@ type member struct {
 	// suspect: the backend's history must be checked before it is used
 	// again (a tpc_finish whose outcome is unknown, or it reconnected at
 	// another transaction than expected).
-	suspect  bool
-	inDoubt  zodb.TID // the transaction whose outcome is unknown
-	lastErr  string   // the last probe or call failure, for status
+	suspect bool
+	// inDoubt: the transactions whose outcome on it is unknown, in tid
+	// order (several when pipelined finishes were lost together; the
+	// backend committed a prefix of them, in order).
+	inDoubt  []zodb.TID
+	lastErr  string // the last probe or call failure, for status
 	probeErr string
 }
 
 type pendingEvent struct {
 	oids []zodb.OID
 	txn  *zodb.Transaction
+	// provisional: made by this proxy's Finish as its tpc_finish went out
+	// (expectFinish), with the oids it knows (not those an undo
+	// changes); a backend's report of the transaction replaces them.
+	provisional bool
 }
 
 type inflight struct {
@@ -562,16 +570,21 @@ func (a *Array) check(ctx context.Context, m *member) bool {
 //
 // afterReset: last is what the backend reported when it reconnected
 // (backendEvent), and m.reported, set to it then, may have moved on with
-// its later reports.
+// its later reports: those are commits it made since, and the rules go by
+// the newest (a tpc_finish in doubt may have landed just after the
+// reconnection: judged by the reconnection's tid alone it was "not
+// committed", and its report, already counted, was dropped with it).
 func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 	row, _ := a.row(m.name)
 	a.evMu.Lock()
-	if !afterReset || m.reported.Less(last) {
+	if afterReset && last.Less(m.reported) {
+		last = m.reported
+	} else {
 		m.reported = last
 	}
 	m.known = true
 	if row.State != Optimal {
-		m.suspect, m.inDoubt = false, zodb.ZeroTID
+		m.suspect, m.inDoubt = false, nil
 		a.evMu.Unlock()
 		return false
 	}
@@ -584,13 +597,13 @@ func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 	pos, doubt := a.announced, m.inDoubt
 	verdict, lost, held := "", false, zodb.ZeroTID
 	usable := func() bool {
-		m.suspect, m.inDoubt = false, zodb.ZeroTID
+		m.suspect, m.inDoubt = false, nil
 		a.emitReady()
 		a.evCond.Broadcast()
 		a.evMu.Unlock()
 		return true
 	}
-	if a.cfg.Clustered && others > 0 && doubt.IsZero() && last != pos && !last.Less(row.LastTID) {
+	if a.cfg.Clustered && others > 0 && len(doubt) == 0 && last != pos && !last.Less(row.LastTID) {
 		if a.meet(m, last) {
 			a.log.Debug("backend reconnected in step with the cluster's commits", "backend", m.name, "tid", last, "array", a.announced)
 			return usable()
@@ -600,12 +613,17 @@ func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 	switch {
 	case last.Less(row.LastTID):
 		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s but held %s", last, row.LastTID), true, row.LastTID
-	case !doubt.IsZero() && last == doubt:
-		a.log.Info("interrupted tpc_finish resolved: committed", "backend", m.name, "tid", doubt)
-		return usable()
-	case !doubt.IsZero() && last == pos:
-		delete(a.pending, doubt)
-		a.log.Info("interrupted tpc_finish resolved: not committed", "backend", m.name, "tid", doubt)
+	case len(doubt) > 0 && (last == pos || slices.Contains(doubt, last)):
+		// It committed the doubted transactions up to last, in order,
+		// and none after: those are forgotten.
+		for _, d := range doubt {
+			if last.Less(d) {
+				delete(a.pending, d)
+				a.log.Info("interrupted tpc_finish resolved: not committed", "backend", m.name, "tid", d)
+			} else {
+				a.log.Info("interrupted tpc_finish resolved: committed", "backend", m.name, "tid", d)
+			}
+		}
 		return usable()
 	case last == pos && a.positioned:
 		return usable()
@@ -794,6 +812,8 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 		if p == nil {
 			p = &pendingEvent{oids: ev.OIDs}
 			a.pending[ev.TID] = p
+		} else if p.provisional {
+			p.oids, p.provisional = ev.OIDs, false
 		}
 		if ev.Txn != nil {
 			if txn, ok := a.own[ev.Txn]; ok {
@@ -1012,7 +1032,7 @@ func (a *Array) reassemble(ctx context.Context) {
 		return
 	}
 	a.evMu.Lock()
-	m.reported, m.known, m.suspect, m.inDoubt = answers[plan.Source], true, false, zodb.ZeroTID
+	m.reported, m.known, m.suspect, m.inDoubt = answers[plan.Source], true, false, nil
 	// What was pending while the array was down is part of the source's
 	// history or of nobody's; clients start over below either way.
 	a.pending = map[zodb.TID]*pendingEvent{}

@@ -1,9 +1,11 @@
 package raidcore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -400,6 +402,56 @@ func (a *Array) take(txn *zodb.Transaction) (*inflight, error) {
 	return inf, nil
 }
 
+// expectFinish records, as bt's tpc_finish goes out, what bt writes, as
+// a provisional pending event: a backend that reconnects at or after
+// bt.TID (its last transaction) committed it, and the announcement of
+// everything up to there must include it even when the Finish that sent
+// it has not taken its answers in yet (a pipelined one, or one whose
+// connection dropped: the reconnection may be handled first). Undone:
+// forgetFinish, when bt turns out committed nowhere.
+func (a *Array) expectFinish(bt *zodb.Transaction) {
+	oids := make([]zodb.OID, 0, len(bt.Ops))
+	for _, op := range bt.Ops {
+		if op.Kind != zodb.OpCheckCurrent && op.Kind != zodb.OpUndo {
+			oids = append(oids, op.OID)
+		}
+	}
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	if a.announced.Less(bt.TID) && a.pending[bt.TID] == nil {
+		a.pending[bt.TID] = &pendingEvent{oids: oids, txn: a.own[bt], provisional: true}
+	}
+}
+
+// forgetFinish drops expectFinish's event of a transaction committed
+// nowhere.
+func (a *Array) forgetFinish(tid zodb.TID) {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	if p := a.pending[tid]; p != nil && p.provisional {
+		delete(a.pending, tid)
+	}
+}
+
+// announcedAsCommitted returns the failed members whose reports since
+// count bt as committed: bt was announced (every usable optimal member
+// reported it or a later transaction, or reconnected at one: a backend
+// takes one connection's finishes in order), and they took part in that.
+func (a *Array) announcedAsCommitted(tid zodb.TID, failed []*member) []*member {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	if !a.announcedTID(tid) {
+		return nil
+	}
+	var out []*member
+	for _, m := range failed {
+		if m.known && !m.suspect && !m.reported.Less(tid) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // abortOne aborts a backend's vote, bounded by the finish timeout.
 func (a *Array) abortOne(m *member, bt *zodb.Transaction) {
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.FinishTimeout)
@@ -465,6 +517,7 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	results := make([]result, len(inf.participants))
 	var wg sync.WaitGroup
 	first := 0
+	a.expectFinish(bt)
 	if inf.pipelined() {
 		// Pipelined: send every tpc_finish, release the lease (the next
 		// transaction may vote behind them), then wait for the answers.
@@ -550,6 +603,11 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 		}
 	}
 	var notCommitted, unknown []*member
+	if len(committed) == 0 {
+		// The backends may have told already: a reconnection at or
+		// after bt, handled before these answers.
+		committed = a.announcedAsCommitted(bt.TID, failed)
+	}
 	if len(committed) == 0 {
 		// Ask what happened.
 		for i, m := range inf.participants {
@@ -643,6 +701,7 @@ func (a *Array) finishFailed(bt *zodb.Transaction, notCommitted, unknown []*memb
 		}
 	}
 	if kept == nil {
+		a.forgetFinish(bt.TID)
 		return zodb.NewStorageError("tpc_finish of %s failed on every backend; it was not committed (%s)", bt.TID, reasons[firstOf(notCommitted, unknown)])
 	}
 	// Keep what the transaction wrote, to announce it if it turns out
@@ -696,7 +755,9 @@ func (a *Array) markSuspect(m *member, doubt zodb.TID) {
 	a.evMu.Lock()
 	m.suspect = true
 	if !doubt.IsZero() {
-		m.inDoubt = doubt
+		if i, found := slices.BinarySearchFunc(m.inDoubt, doubt, func(a, b zodb.TID) int { return cmp.Compare(a.Uint64(), b.Uint64()) }); !found {
+			m.inDoubt = slices.Insert(m.inDoubt, i, doubt)
+		}
 	}
 	a.emitReady()
 	a.evMu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -99,14 +100,14 @@ func (a *Array) Status() Status {
 	type view struct {
 		reported          zodb.TID
 		known, suspect    bool
-		doubt             zodb.TID
+		doubt             []zodb.TID
 		lastErr, probeErr string
 	}
 	a.evMu.Lock()
 	last := a.announced
 	views := map[string]view{}
 	for n, m := range members {
-		views[n] = view{m.reported, m.known, m.suspect, m.inDoubt, m.lastErr, m.probeErr}
+		views[n] = view{m.reported, m.known, m.suspect, slices.Clone(m.inDoubt), m.lastErr, m.probeErr}
 	}
 	a.evMu.Unlock()
 	s := Status{Storage: a.cfg.Storage, LastTID: last, Waiting: waiting}
@@ -135,8 +136,10 @@ func (a *Array) Status() Status {
 		}
 		switch {
 		case st.State != Optimal:
-		case !v.doubt.IsZero():
-			b.Note = fmt.Sprintf("outcome of transaction %s unknown (its tpc_finish failed); waiting for the backend to answer", v.doubt)
+		case len(v.doubt) == 1:
+			b.Note = fmt.Sprintf("outcome of transaction %s unknown (its tpc_finish failed); waiting for the backend to answer", v.doubt[0])
+		case len(v.doubt) > 1:
+			b.Note = fmt.Sprintf("outcome of transactions %s to %s unknown (%d tpc_finish calls failed); waiting for the backend to answer", v.doubt[0], v.doubt[len(v.doubt)-1], len(v.doubt))
 		case v.suspect:
 			b.Note = "being checked (reconnected or failed)"
 		case !v.known || !b.Reachable:

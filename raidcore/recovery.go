@@ -560,7 +560,7 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 		return fmt.Errorf("the commit lease ended during the last round (%v); the recovery starts again", err)
 	}
 	a.evMu.Lock()
-	target.reported, target.known, target.suspect, target.inDoubt = tgtLast, true, false, zodb.ZeroTID
+	target.reported, target.known, target.suspect, target.inDoubt = tgtLast, true, false, nil
 	a.evMu.Unlock()
 	packed := tgtRow.PackedTo
 	if packed.Less(srcRow.PackedTo) {

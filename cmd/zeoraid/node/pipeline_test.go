@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/boltstore"
@@ -366,4 +368,149 @@ func TestPipelineRenewedAfterIdleReconnect(t *testing.T) {
 			t.Fatalf("commit after an idle reconnect: %v", err)
 		}
 	}
+}
+
+// TestPipelinedFinishesLostTogether: the only backend's connection is cut
+// again and again while clients commit through a pipelining proxy, so
+// that several tpc_finish calls are lost at once and the backend, the
+// last optimal one, is kept in doubt for all of them. It committed a
+// prefix of them: the array must announce exactly that prefix. A doubted
+// transaction the backend did not commit must never reach a client as an
+// invalidation (before, only the last one lost was remembered as in
+// doubt, and the others were announced later as if committed), every
+// acknowledged one must be on the backend, and commits go on.
+//
+// Serial commits (one finish at a time) go through the same cuts: there
+// the reconnection may also be handled before the Finish that lost its
+// connection has taken its answers in.
+func TestPipelinedFinishesLostTogether(t *testing.T) {
+	t.Run("pipelined", func(t *testing.T) { finishesLostTogether(t, true) })
+	t.Run("serial", func(t *testing.T) { finishesLostTogether(t, false) })
+}
+
+func finishesLostTogether(t *testing.T, pipelined bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: "b1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, baddr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
+	t.Cleanup(func() { st.Close() })
+	link := newCutter(t, baddr)
+	var logBuf syncBuffer
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(link.l.Addr().String()), PipelineCommits: pipelined,
+		Logger: hclog.New(&hclog.LoggerOptions{Output: &logBuf, Level: hclog.Debug})})
+	defer func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", logBuf.String())
+		}
+	}()
+	waitFor(t, 10*time.Second, "the backend optimal", func() bool { return allOptimal(p) })
+	watcher := client(t, addr)
+	var mu sync.Mutex
+	var seen []zodb.TID
+	resets := 0
+	watcher.Subscribe(func(ev zodb.CommitEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ev.Reset {
+			resets++ // the client starts over: what came before is flushed
+			return
+		}
+		seen = append(seen, ev.TID)
+	})
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var amu sync.Mutex
+	var acked []zodb.TID
+	const clients = 4
+	for range clients {
+		c := client(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				oids, err := c.NewOIDs(ctx, 1)
+				if err != nil {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				tid, err := commit(t, c, storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record(fmt.Sprintf("v%d", i))))
+				if err != nil {
+					time.Sleep(20 * time.Millisecond) // the cut: try again
+					continue
+				}
+				amu.Lock()
+				acked = append(acked, tid)
+				amu.Unlock()
+			}
+		}()
+	}
+	for cut := range 8 {
+		n := st.Written().Transactions
+		waitFor(t, time.Minute, fmt.Sprintf("commits under way before cut %d", cut+1), func() bool { return st.Written().Transactions >= n+20 })
+		link.cut()
+	}
+	n := st.Written().Transactions
+	waitFor(t, time.Minute, "commits after the last cut", func() bool { return st.Written().Transactions >= n+20 })
+	close(stop)
+	wg.Wait()
+	if err := watcher.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	has := map[zodb.TID]bool{}
+	it, err := st.Iterate(ctx, zodb.ZeroTID, zodb.EndOfTime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		rec, err := it.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec == nil {
+			break
+		}
+		has[rec.TID] = true
+	}
+	it.Close()
+	for _, tid := range acked {
+		if !has[tid] {
+			t.Errorf("acknowledged %s is not on the backend", tid)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i, tid := range seen {
+		if !has[tid] {
+			t.Errorf("a client was told of %s, which the backend never committed", tid)
+		}
+		if i > 0 && !seen[i-1].Less(tid) {
+			t.Errorf("invalidations out of order: %s after %s", tid, seen[i-1])
+		}
+	}
+	told := map[zodb.TID]bool{}
+	for _, tid := range seen {
+		told[tid] = true
+	}
+	var notTold []string
+	for tid := range has {
+		if !told[tid] {
+			notTold = append(notTold, tid.String())
+		}
+	}
+	missed := len(notTold)
+	if missed > 0 && resets == 0 {
+		t.Errorf("%d transactions on the backend were never announced, and the client was not told to start over: %v", missed, notTold)
+	}
+	a, _ := p.Array("1")
+	cnt := a.Counters()
+	t.Logf("%d acknowledged, %d on the backend, %d announced (%d not, %d resets); %d pipelined finishes", len(acked), len(has), len(seen), missed, resets, cnt.PipelinedFinishes)
 }
