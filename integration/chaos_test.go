@@ -80,6 +80,9 @@ func TestChaos(t *testing.T) {
 			t.Logf("proxy log (current process):\n%s", tail(px.Log(), 80))
 		}
 	}()
+	// A client that only watches: its invalidation stream is checked at
+	// the end (invariant 6 through the faults).
+	stream := watchStream(t, ctx, px.Addr)
 	load := newRaidLoad("chaos", 8)
 	load.reserve = 10
 	load.errPause = 100 * time.Millisecond
@@ -221,6 +224,13 @@ func TestChaos(t *testing.T) {
 	if len(txns) < 100 {
 		t.Errorf("only %d transactions acknowledged: the load did not get through the faults", len(txns))
 	}
+
+	ackedTIDs := make([]zodb.TID, len(txns))
+	for i, x := range txns {
+		ackedTIDs[i] = x.tid
+	}
+	events, resets := stream.check(t, ctx, ackedTIDs)
+	t.Logf("a watching client got %d invalidations in order, without gaps between its %d restarts", events, resets)
 
 	// Nothing acknowledged is lost, no oid twice, the backends identical.
 	load.checkOIDsAndTIDs(t)
