@@ -165,7 +165,9 @@ type member struct {
 	// inDoubt: the transactions whose outcome on it is unknown, in tid
 	// order (several when pipelined finishes were lost together; the
 	// backend committed a prefix of them, in order).
-	inDoubt  []zodb.TID
+	inDoubt []zodb.TID
+	// resets counts the reconnections reported (Reset events).
+	resets   uint64
 	lastErr  string // the last probe or call failure, for status
 	probeErr string
 }
@@ -542,7 +544,7 @@ func (a *Array) check(ctx context.Context, m *member) bool {
 		a.evMu.Unlock()
 		return false
 	}
-	return a.contact(m, last, false)
+	return a.contact(ctx, m, last, false)
 }
 
 // contact takes what an optimal member answered as its last transaction
@@ -574,26 +576,30 @@ func (a *Array) check(ctx context.Context, m *member) bool {
 // the newest (a tpc_finish in doubt may have landed just after the
 // reconnection: judged by the reconnection's tid alone it was "not
 // committed", and its report, already counted, was dropped with it).
-func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
+//
+// ctx bounds the wait of a cluster member (meet).
+func (a *Array) contact(ctx context.Context, m *member, last zodb.TID, afterReset bool) bool {
 	row, _ := a.row(m.name)
 	a.evMu.Lock()
-	if afterReset && last.Less(m.reported) {
+	if !afterReset && m.known && !m.suspect {
+		// A concurrent contact accepted it while this one probed.
+		a.evMu.Unlock()
+		return true
+	}
+	switch {
+	case afterReset && last.Less(m.reported):
 		last = m.reported
-	} else {
-		m.reported = last
+	case afterReset || !m.known || m.reported.Less(last):
+		m.reported = last // only a reconnection moves it back
 	}
 	m.known = true
+	gen := m.resets
 	if row.State != Optimal {
 		m.suspect, m.inDoubt = false, nil
 		a.evMu.Unlock()
 		return false
 	}
-	others := 0
-	for _, o := range a.optimalEv() {
-		if o != m && o.known && !o.suspect {
-			others++
-		}
-	}
+	others := a.othersUsable(m)
 	pos, doubt := a.announced, m.inDoubt
 	verdict, lost, held := "", false, zodb.ZeroTID
 	usable := func() bool {
@@ -604,16 +610,25 @@ func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 		return true
 	}
 	if a.cfg.Clustered && others > 0 && len(doubt) == 0 && last != pos && !last.Less(row.LastTID) {
-		if a.meet(m, last) {
+		met := a.meet(ctx, m, last)
+		// meet waited with evMu released: judge only if nothing that
+		// this verdict rests on changed meanwhile.
+		if now, _ := a.row(m.name); m.resets != gen || now.State != Optimal || now.Version != row.Version {
+			a.evMu.Unlock()
+			return false // a newer reconnection, or a new row, is judged on its own
+		}
+		if met {
 			a.log.Debug("backend reconnected in step with the cluster's commits", "backend", m.name, "tid", last, "array", a.announced)
 			return usable()
 		}
-		pos = a.announced
+		pos, others = a.announced, a.othersUsable(m)
 	}
 	switch {
 	case last.Less(row.LastTID):
 		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s but held %s", last, row.LastTID), true, row.LastTID
-	case len(doubt) > 0 && (last == pos || slices.Contains(doubt, last)):
+	case len(doubt) > 0 && (last == pos || others == 0 && slices.Contains(doubt, last)):
+		// (With other members serving, which said "not committed", a
+		// doubted transaction it holds is one they lack: below.)
 		// It committed the doubted transactions up to last, in order,
 		// and none after: those are forgotten.
 		for _, d := range doubt {
@@ -669,22 +684,44 @@ func (a *Array) contact(m *member, last zodb.TID, afterReset bool) bool {
 // A backend that lost transactions or holds some nobody acknowledged does
 // not get there (nobody commits them to it again, nor announces them)
 // and is judged by contact's other rules.
-func (a *Array) meet(m *member, last zodb.TID) bool {
+//
+// It also stops when ctx ends, the array closes, or no other member is
+// left to move the position.
+func (a *Array) meet(ctx context.Context, m *member, last zodb.TID) bool {
 	m.suspect = true
 	a.emitReady()
 	target := last
 	if target.Less(a.announced) {
 		target = a.announced
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(a.cfg.ReadTimeout, 5*time.Second))
+	wctx, cancel := context.WithTimeout(ctx, min(a.cfg.ReadTimeout, 5*time.Second))
 	defer cancel()
+	go func() {
+		select {
+		case <-a.stop:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
 	for a.announced.Less(target) || m.reported.Less(target) {
-		if !waitCond(ctx, a.evCond) {
+		if a.othersUsable(m) == 0 || !waitCond(wctx, a.evCond) {
 			return false
 		}
 		a.emitReady()
 	}
 	return a.announcedTID(last)
+}
+
+// othersUsable counts the optimal members other than m that serve (known,
+// not suspect). a.evMu is held.
+func (a *Array) othersUsable(m *member) int {
+	n := 0
+	for _, o := range a.optimalEv() {
+		if o != m && o.known && !o.suspect {
+			n++
+		}
+	}
+	return n
 }
 
 // announcedTID tells whether tid is the array's position or one of the
@@ -787,13 +824,14 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 			// What it reports from now on follows ev.TID.
 			was := m.reported
 			m.suspect, m.reported = true, ev.TID
+			m.resets++
 			a.spawn(func() {
 				if row, ok := a.row(m.name); ok && row.State == Optimal {
 					a.log.Info("backend reconnected at another transaction; checking it", "backend", m.name, "tid", ev.TID, "was", was)
-					a.contact(m, ev.TID, true)
+					a.contact(context.Background(), m, ev.TID, true)
 				} else {
 					a.evMu.Lock()
-					m.suspect, m.reported = false, ev.TID
+					m.suspect = false // (m.reported follows ev.TID since the reset)
 					a.evMu.Unlock()
 				}
 			})
@@ -810,6 +848,13 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 	if a.announced.Less(ev.TID) {
 		p := a.pending[ev.TID]
 		if p == nil {
+			if row, ok := a.row(m.name); !ok || row.State != Optimal {
+				// Only an optimal backend's report makes a transaction
+				// one to announce (a degraded one may hold a
+				// transaction the array decided was not committed).
+				a.emitReady()
+				return
+			}
 			p = &pendingEvent{oids: ev.OIDs}
 			a.pending[ev.TID] = p
 		} else if p.provisional {

@@ -115,7 +115,15 @@ func (a *Array) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResul
 		return zodb.VoteResult{}, err
 	}
 	bctx := context.WithoutCancel(ctx)
-	members, err := a.usable(bctx)
+	// Checking a member may take a while (a probe, or meet in a
+	// cluster): the lease is kept meanwhile, and nothing is sent if it
+	// was lost.
+	uctx, stopUsable := lease.Keep(bctx)
+	members, err := a.usable(uctx)
+	stopUsable()
+	if err == nil {
+		err = lease.Err()
+	}
 	if err != nil {
 		lease.Release()
 		return zodb.VoteResult{}, err
@@ -409,18 +417,44 @@ func (a *Array) take(txn *zodb.Transaction) (*inflight, error) {
 // it has not taken its answers in yet (a pipelined one, or one whose
 // connection dropped: the reconnection may be handled first). Undone:
 // forgetFinish, when bt turns out committed nowhere.
-func (a *Array) expectFinish(bt *zodb.Transaction) {
-	oids := make([]zodb.OID, 0, len(bt.Ops))
-	for _, op := range bt.Ops {
-		if op.Kind != zodb.OpCheckCurrent && op.Kind != zodb.OpUndo {
-			oids = append(oids, op.OID)
-		}
+//
+// Not in a cluster: there the lease is held until the answers are in (no
+// pipelining), other backends' reports carry every transaction, and a
+// provisional event could be passed by another proxy's later commit after
+// this lease was lost.
+func (a *Array) expectFinish(inf *inflight) {
+	if a.cfg.Clustered {
+		return
 	}
+	bt := inf.bt
+	oids := writtenOIDs(inf)
 	a.evMu.Lock()
 	defer a.evMu.Unlock()
 	if a.announced.Less(bt.TID) && a.pending[bt.TID] == nil {
 		a.pending[bt.TID] = &pendingEvent{oids: oids, txn: a.own[bt], provisional: true}
 	}
+}
+
+// writtenOIDs are the oids a transaction changes as far as the proxy
+// knows: what it stores, and what its vote said changed (an undo's).
+func writtenOIDs(inf *inflight) []zodb.OID {
+	oids := make([]zodb.OID, 0, len(inf.bt.Ops)+len(inf.changed))
+	seen := make(map[zodb.OID]bool, len(inf.bt.Ops))
+	add := func(o zodb.OID) {
+		if !seen[o] {
+			seen[o] = true
+			oids = append(oids, o)
+		}
+	}
+	for _, op := range inf.bt.Ops {
+		if op.Kind != zodb.OpCheckCurrent && op.Kind != zodb.OpUndo {
+			add(op.OID)
+		}
+	}
+	for _, o := range inf.changed {
+		add(o)
+	}
+	return oids
 }
 
 // forgetFinish drops expectFinish's event of a transaction committed
@@ -437,14 +471,22 @@ func (a *Array) forgetFinish(tid zodb.TID) {
 // count bt as committed: bt was announced (every usable optimal member
 // reported it or a later transaction, or reconnected at one: a backend
 // takes one connection's finishes in order), and they took part in that.
-func (a *Array) announcedAsCommitted(tid zodb.TID, failed []*member) []*member {
+//
+// Only members whose finish was lost with its connection count (their
+// backend took it or not; one that answered otherwise, or committed under
+// another tid, did not commit it), and only outside a cluster (where
+// another proxy's later commit moves the reports on too).
+func (a *Array) announcedAsCommitted(tid zodb.TID, lost []*member) []*member {
+	if a.cfg.Clustered {
+		return nil
+	}
 	a.evMu.Lock()
 	defer a.evMu.Unlock()
 	if !a.announcedTID(tid) {
 		return nil
 	}
 	var out []*member
-	for _, m := range failed {
+	for _, m := range lost {
 		if m.known && !m.suspect && !m.reported.Less(tid) {
 			out = append(out, m)
 		}
@@ -517,7 +559,7 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	results := make([]result, len(inf.participants))
 	var wg sync.WaitGroup
 	first := 0
-	a.expectFinish(bt)
+	a.expectFinish(inf)
 	if inf.pipelined() {
 		// Pipelined: send every tpc_finish, release the lease (the next
 		// transaction may vote behind them), then wait for the answers.
@@ -606,7 +648,14 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 	if len(committed) == 0 {
 		// The backends may have told already: a reconnection at or
 		// after bt, handled before these answers.
-		committed = a.announcedAsCommitted(bt.TID, failed)
+		var lost []*member
+		for i, m := range inf.participants {
+			var ou *zodb.OutcomeUnknownError
+			if a.isIn(failed, m) && !differs[m] && errors.As(results[i].err, &ou) {
+				lost = append(lost, m)
+			}
+		}
+		committed = a.announcedAsCommitted(bt.TID, lost)
 	}
 	if len(committed) == 0 {
 		// Ask what happened.
@@ -626,7 +675,7 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 		}
 		failed = append(append([]*member(nil), notCommitted...), unknown...)
 		if len(committed) == 0 {
-			return zodb.TID{}, a.finishFailed(bt, notCommitted, unknown, reasons)
+			return zodb.TID{}, a.finishFailed(inf, notCommitted, unknown, reasons)
 		}
 	}
 	for _, m := range failed {
@@ -692,7 +741,21 @@ func (a *Array) FinishEarly(ctx context.Context, txn *zodb.Transaction, released
 // backends that did not commit stay; those whose outcome is unknown are
 // degraded, except that the last optimal backend stays in doubt (unused
 // until it answers, see contact).
-func (a *Array) finishFailed(bt *zodb.Transaction, notCommitted, unknown []*member, reasons map[*member]string) error {
+func (a *Array) finishFailed(inf *inflight, notCommitted, unknown []*member, reasons map[*member]string) error {
+	bt := inf.bt
+	// What the transaction wrote is kept, before any member is put in
+	// doubt, to announce it if it turns out committed. The committing
+	// client is told an error: it must get that invalidation too (txn
+	// nil).
+	a.evMu.Lock()
+	if a.announced.Less(bt.TID) {
+		if p := a.pending[bt.TID]; p == nil {
+			a.pending[bt.TID] = &pendingEvent{oids: writtenOIDs(inf), provisional: true}
+		} else {
+			p.txn = nil
+		}
+	}
+	a.evMu.Unlock()
 	var kept *member
 	for _, m := range unknown {
 		if err := a.degrade(m, reasons[m]); err != nil {
@@ -704,19 +767,6 @@ func (a *Array) finishFailed(bt *zodb.Transaction, notCommitted, unknown []*memb
 		a.forgetFinish(bt.TID)
 		return zodb.NewStorageError("tpc_finish of %s failed on every backend; it was not committed (%s)", bt.TID, reasons[firstOf(notCommitted, unknown)])
 	}
-	// Keep what the transaction wrote, to announce it if it turns out
-	// committed.
-	oids := make([]zodb.OID, 0, len(bt.Ops))
-	for _, op := range bt.Ops {
-		if op.Kind != zodb.OpCheckCurrent && op.Kind != zodb.OpUndo {
-			oids = append(oids, op.OID)
-		}
-	}
-	a.evMu.Lock()
-	if a.announced.Less(bt.TID) && a.pending[bt.TID] == nil {
-		a.pending[bt.TID] = &pendingEvent{oids: oids}
-	}
-	a.evMu.Unlock()
 	a.log.Error("outcome of a transaction unknown: tpc_finish failed on every backend", "tid", bt.TID, "in_doubt", kept.name)
 	return zodb.NewStorageError("the outcome of transaction %s is unknown: tpc_finish failed on every backend (%s); it is decided when backend %s answers again",
 		bt.TID, reasons[kept], kept.name)

@@ -38,6 +38,7 @@ type faulty struct {
 	gate   chan struct{}    // when set, votes wait for it to close
 	// lastOverride, when set, is what LastTransaction answers.
 	lastOverride *zodb.TID
+	finishHook   func(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error)
 }
 
 func newFaulty(st zodb.Storage) *faulty { return &faulty{Storage: st, faults: map[string]fault{}} }
@@ -181,6 +182,9 @@ func (f *faulty) Vote(ctx context.Context, txn *zodb.Transaction) (zodb.VoteResu
 }
 
 func (f *faulty) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	if f.finishHook != nil {
+		return f.finishHook(ctx, txn)
+	}
 	ft := f.get("finish")
 	if ft == different {
 		tid, err := f.Storage.Finish(ctx, txn)

@@ -77,7 +77,7 @@ type fanout struct {
 	// went by before their tpc_finish reply was queued: several when it
 	// pipelines its commits. What is held for a later tid waits for the
 	// reply of the transaction before it.
-	own map[*conn]map[*zodb.Transaction]zodb.TID
+	own map[*conn]map[*zodb.Transaction]heldMsg
 
 	// events are the commit events after the oldest pinned read mark,
 	// oldest first; pins are the marks of the reads in flight, in
@@ -99,7 +99,7 @@ func newFanout(last zodb.TID, invqSize int) *fanout {
 		invqSize:  invqSize,
 		committer: make(map[*zodb.Transaction]*conn),
 		held:      make(map[*conn][]heldMsg),
-		own:       make(map[*conn]map[*zodb.Transaction]zodb.TID),
+		own:       make(map[*conn]map[*zodb.Transaction]heldMsg),
 	}
 }
 
@@ -123,11 +123,18 @@ func (f *fanout) unregister(c *conn) {
 // transaction txn was on its way (call it after queueing the reply): all
 // of it, or, while the events of other transactions of c went by whose
 // replies are still to come (pipelined finishes), what comes before the
-// first of those.
-func (f *fanout) finished(c *conn, txn *zodb.Transaction) {
+// first of those. failed: the reply was an error, though the storage
+// announced txn (a RAID array that could not record a failure, or whose
+// doubt about a lost finish was resolved as committed meanwhile): the
+// client does not know that it committed, so it gets txn's invalidation
+// like everybody else, first.
+func (f *fanout) finished(c *conn, txn *zodb.Transaction, failed bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	own := f.own[c]
+	if mine, ok := own[txn]; ok && failed {
+		c.send(mine.msg)
+	}
 	delete(own, txn)
 	held, ok := f.held[c]
 	if !ok {
@@ -142,9 +149,9 @@ func (f *fanout) finished(c *conn, txn *zodb.Transaction) {
 		return
 	}
 	first := zodb.MaxTID
-	for _, tid := range own {
-		if tid.Less(first) {
-			first = tid
+	for _, o := range own {
+		if o.tid.Less(first) {
+			first = o.tid
 		}
 	}
 	n := 0
@@ -231,10 +238,10 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 			}
 			own := f.own[c]
 			if own == nil {
-				own = map[*zodb.Transaction]zodb.TID{}
+				own = map[*zodb.Transaction]heldMsg{}
 				f.own[c] = own
 			}
-			own[ev.Txn] = ev.TID
+			own[ev.Txn] = heldMsg{ev.TID, msg}
 			continue
 		}
 		if held, ok := f.held[c]; ok {

@@ -82,3 +82,60 @@ func TestFinishReplyPrecedesLaterInvalidations(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// committedButRefused commits a transaction (announcing it as that
+// transaction's, so its own connection is skipped) and then answers
+// tpc_finish with an error, as a RAID array does when it cannot record a
+// failure after the transaction was announced.
+type committedButRefused struct {
+	*memstorage.Storage
+}
+
+func (s *committedButRefused) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	if _, err := s.Storage.Finish(ctx, txn); err != nil {
+		return zodb.TID{}, err
+	}
+	return zodb.TID{}, zodb.NewStorageError("the outcome is unknown")
+}
+
+// A client whose tpc_finish got an error does not know that its
+// transaction committed: it must get the transaction's invalidation like
+// any other client (its cache would otherwise keep what it wrote over).
+func TestRefusedFinishOfACommittedTransactionInvalidates(t *testing.T) {
+	st := &committedButRefused{Storage: memstorage.New("mem")}
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var mu sync.Mutex
+	var seen []zodb.TID
+	a.Subscribe(func(ev zodb.CommitEvent) {
+		mu.Lock()
+		seen = append(seen, ev.TID)
+		mu.Unlock()
+	})
+	oids, err := a.NewOIDs(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oids[0], Data: []byte("x")}}}
+	if _, err := a.Vote(ctx, txn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Finish(ctx, txn); err == nil {
+		t.Fatal("finish did not fail")
+	}
+	committed, _ := st.Storage.LastTransaction(ctx)
+	if err := a.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 1 || seen[0] != committed {
+		t.Fatalf("the client saw %v, want the invalidation of %s", seen, committed)
+	}
+}

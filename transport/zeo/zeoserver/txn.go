@@ -636,7 +636,7 @@ func (c *conn) finished(m wire.Message, t *zeoTxn, tid zodb.TID, err error, chai
 		}
 	}
 	c.reply(m, tid, err)
-	ss.fan.finished(c, t.zt)
+	ss.fan.finished(c, t.zt, err != nil)
 	c.mu.Lock()
 	t.voted = false
 	c.releaseLock(t)
