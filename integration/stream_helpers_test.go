@@ -95,6 +95,9 @@ func (w *streamWatcher) check(t testing.TB, ctx context.Context, acked []zodb.TI
 	for _, e := range entries {
 		if e.reset {
 			closeStretch()
+			if resets > 0 && e.tid.Less(prev) {
+				report("restarted at %s, before what it had seen (%s)", e.tid, prev)
+			}
 			resets++
 			lower, prev, seen = e.tid, e.tid, map[zodb.TID]bool{}
 			continue

@@ -359,6 +359,12 @@ func (a *Array) started(table Table, probes []BackendProbe) {
 	}
 	a.assembled, a.waiting = true, ""
 	a.mu.Unlock()
+	if a.positioned && !a.announced.IsZero() {
+		// A ZEO server made over the array before it was assembled
+		// (a proxy started before its backends) took the empty
+		// position as its last transaction: it learns the real one.
+		a.subs.Notify(zodb.CommitEvent{TID: a.announced, Reset: true})
+	}
 	a.evMu.Unlock()
 	a.unwatch = a.cfg.Coord.Watch(func(storage string, t Table) {
 		if storage != a.cfg.Storage {
@@ -456,6 +462,16 @@ func (a *Array) Ready() (bool, string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.assembled, a.waiting
+}
+
+// Positioned tells whether the array knows its position in the history:
+// some optimal backend answered since start-up (a proxy started before
+// its backends does not know it yet, and its last transaction says
+// nothing).
+func (a *Array) Positioned() bool {
+	a.evMu.Lock()
+	defer a.evMu.Unlock()
+	return a.positioned
 }
 
 // row returns a backend's row in the table the array has applied.
@@ -649,6 +665,9 @@ func (a *Array) contact(ctx context.Context, m *member, last zodb.TID, afterRese
 	case !a.positioned:
 		a.announced, a.positioned = last, true
 		a.cache.Reset(last)
+		// A client that registered before (the server answered with
+		// the old, empty position) starts over.
+		a.subs.Notify(zodb.CommitEvent{TID: last, Reset: true})
 		return usable()
 	case last.Less(pos):
 		verdict, lost, held = fmt.Sprintf("lost transactions: answers at %s, but the array served up to %s", last, pos), true, pos

@@ -14,8 +14,10 @@ import (
 	"github.com/zeoraid/zeoraid/cmd/zeoraid/node"
 	"github.com/zeoraid/zeoraid/raidcore"
 	"github.com/zeoraid/zeoraid/raidcore/boltstore"
+	"github.com/zeoraid/zeoraid/raidcore/localcoord"
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/raidcore/zodb/storagetest"
+	"github.com/zeoraid/zeoraid/transport/zeo/zeoclient"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeoserver"
 	"github.com/zeoraid/zeoraid/transport/zeo/zeotest"
 )
@@ -27,6 +29,19 @@ type cutter struct {
 	mu       sync.Mutex
 	conns    []net.Conn
 	accepted int
+	// down: connections are closed as they come (the target is away).
+	down bool
+}
+
+// setDown makes the target unreachable (and cuts what is open) or
+// reachable again.
+func (c *cutter) setDown(down bool) {
+	c.mu.Lock()
+	c.down = down
+	c.mu.Unlock()
+	if down {
+		c.cut()
+	}
 }
 
 func newCutter(t *testing.T, target string) *cutter {
@@ -40,6 +55,13 @@ func newCutter(t *testing.T, target string) *cutter {
 			in, err := l.Accept()
 			if err != nil {
 				return
+			}
+			c.mu.Lock()
+			down := c.down
+			c.mu.Unlock()
+			if down {
+				in.Close()
+				continue
 			}
 			out, err := net.Dial("tcp", target)
 			if err != nil {
@@ -513,4 +535,98 @@ func finishesLostTogether(t *testing.T, pipelined bool) {
 	a, _ := p.Array("1")
 	cnt := a.Counters()
 	t.Logf("%d acknowledged, %d on the backend, %d announced (%d not, %d resets); %d pipelined finishes", len(acked), len(has), len(seen), missed, resets, cnt.PipelinedFinishes)
+}
+
+// TestRegistrationWaitsForAPosition: a proxy restarted while its
+// optimal backend is away, with only a degraded one answering, assembles
+// with no position in the history, and its ZEO server took the empty one
+// as its last transaction. A client must never be registered at it (a
+// ZODB client would read at tid zero, and the invalidations that follow
+// skip everything before; the chaos test's watching client saw a restart
+// at zero): registrations wait for the array's position, and get the
+// real last transaction.
+func TestRegistrationWaitsForAPosition(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var links []*cutter
+	for i := range 2 {
+		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, baddr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+		t.Cleanup(func() { st.Close() })
+		links = append(links, newCutter(t, baddr))
+	}
+	link := links[0]
+	dir := t.TempDir()
+	start := func() (*node.Proxy, string) {
+		coord, err := localcoord.New(localcoord.Options{Dir: dir, LeaseTimeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := node.Start(ctx, node.Config{Storages: configFor(links[0].l.Addr().String(), links[1].l.Addr().String()), Coord: coord,
+			VoteTimeout: 2 * time.Second, FinishTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second,
+			StartupWait: 200 * time.Millisecond, RegisterSync: 300 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go p.Serve(l)
+		return p, l.Addr().String()
+	}
+	p1, addr1 := start()
+	waitFor(t, 10*time.Second, "both backends optimal", func() bool { return allOptimal(p1) })
+	c := client(t, addr1)
+	oids, err := c.NewOIDs(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := commit(t, c, storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("x"))); err != nil {
+		t.Fatal(err)
+	}
+	links[1].setDown(true) // b2 misses the next one: degraded
+	last, err := commit(t, c, storagetest.Store(oids[1], zodb.ZeroTID, storagetest.Record("y")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if states(p1)["b2"] != raidcore.Degraded {
+		t.Fatalf("b2 is %s after a commit without it", states(p1)["b2"])
+	}
+	c.Close()
+	p1.Close()
+
+	// Only the degraded b2 answers when the proxy starts again.
+	link.setDown(true)
+	links[1].setDown(false)
+	p2, addr2 := start()
+	t.Cleanup(func() { p2.Close() })
+	got := make(chan *zeoclient.Client, 1)
+	go func() {
+		// A client that keeps trying, as ZODB clients do.
+		for ctx.Err() == nil {
+			oc, cancel := context.WithTimeout(ctx, time.Second)
+			c, err := zeoclient.Open(oc, zeoclient.Options{Addrs: []string{addr2}, Storage: "1", WaitTimeout: time.Second})
+			cancel()
+			if err == nil {
+				got <- c
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	time.Sleep(time.Second)
+	link.setDown(false)
+	select {
+	case c := <-got:
+		defer c.Close()
+		if l, _ := c.LastTransaction(ctx); l != last {
+			t.Fatalf("registered at %s, the backend is at %s", l, last)
+		}
+	case <-ctx.Done():
+		t.Fatal("never registered")
+	}
 }

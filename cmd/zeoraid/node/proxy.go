@@ -326,6 +326,17 @@ func (p *Proxy) admit(ctx context.Context, storage string, readOnly bool) error 
 	}
 	sctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	// Until a backend that holds the array's history has answered, the
+	// array's last transaction is no position to give a client (a ZODB
+	// client would read at it): the client waits, then tries again.
+	for !a.Positioned() {
+		select {
+		case <-sctx.Done():
+			p.log.Info("registration refused: the storage has no position yet", "storage", storage)
+			return zodb.NewStorageError("storage %s is not ready: no backend holding its history has answered since the proxy started; try again", storage)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	if err := a.Sync(sctx); err != nil {
 		p.log.Debug("registration: backends not synced", "storage", storage, "error", err)
 		return nil
