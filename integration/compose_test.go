@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
 )
 
 // compose runs docker-compose for the project's compose file.
@@ -144,6 +146,10 @@ func TestComposeCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	// A client that only watches, over all three proxies: its
+	// invalidation stream is checked at the end (invariant 6 across the
+	// proxy kill, the backend kill and the partition).
+	stream := watchStream(t, ctx, addrs[0]...)
 	load := newRaidLoad("compose", 3)
 	load.startOn(t, ctx, addrs, 6, 30*time.Second)
 	defer load.halt()
@@ -199,6 +205,12 @@ func TestComposeCluster(t *testing.T) {
 		t.Errorf("client %d txn %d failed %d times", x.client, x.seq, x.attempts)
 	}
 	load.checkOIDsAndTIDs(t)
+	ackedTIDs := make([]zodb.TID, len(txns))
+	for i, x := range txns {
+		ackedTIDs[i] = x.tid
+	}
+	events, resets := stream.check(t, ctx, ackedTIDs)
+	t.Logf("a watching client got %d invalidations in order, without gaps between its %d restarts", events, resets)
 	// Every proxy back to optimal and taking writes: p3, cut off for
 	// long, rejoins raft only once the leader's backoff lets it reach it.
 	for i, p := range pxs {

@@ -26,11 +26,12 @@ type streamEntry struct {
 	reset bool
 }
 
-// watchStream connects a watching client to addr (reconnecting to it
-// after a restart) and records from its current last transaction on.
-func watchStream(t testing.TB, ctx context.Context, addr string) *streamWatcher {
+// watchStream connects a watching client to addrs (reconnecting after a
+// restart, to any of them) and records from its current last transaction
+// on.
+func watchStream(t testing.TB, ctx context.Context, addrs ...string) *streamWatcher {
 	t.Helper()
-	c, err := openGoClient(ctx, addr, 30*time.Second)
+	c, err := openGoClientAddrs(ctx, addrs, 30*time.Second)
 	if err != nil {
 		t.Fatalf("watching client: %v", err)
 	}
