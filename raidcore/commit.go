@@ -426,12 +426,24 @@ func (a *Array) expectFinish(inf *inflight) {
 	if a.cfg.Clustered {
 		return
 	}
-	bt := inf.bt
-	oids := writtenOIDs(inf)
 	a.evMu.Lock()
 	defer a.evMu.Unlock()
-	if a.announced.Less(bt.TID) && a.pending[bt.TID] == nil {
-		a.pending[bt.TID] = &pendingEvent{oids: oids, txn: a.own[bt], provisional: true}
+	a.keepPending(inf, a.own[inf.bt])
+}
+
+// keepPending makes sure inf's transaction, while not announced, has a
+// pending event: a provisional one, naming the client's transaction txn
+// (nil: the client is told an error, so it must get the invalidation
+// too, and an event already there stops naming it). a.evMu is held.
+func (a *Array) keepPending(inf *inflight, txn *zodb.Transaction) {
+	tid := inf.bt.TID
+	if !a.announced.Less(tid) {
+		return
+	}
+	if p := a.pending[tid]; p == nil {
+		a.pending[tid] = &pendingEvent{oids: writtenOIDs(inf), txn: txn, provisional: true}
+	} else if txn == nil {
+		p.txn = nil
 	}
 }
 
@@ -748,13 +760,7 @@ func (a *Array) finishFailed(inf *inflight, notCommitted, unknown []*member, rea
 	// client is told an error: it must get that invalidation too (txn
 	// nil).
 	a.evMu.Lock()
-	if a.announced.Less(bt.TID) {
-		if p := a.pending[bt.TID]; p == nil {
-			a.pending[bt.TID] = &pendingEvent{oids: writtenOIDs(inf), provisional: true}
-		} else {
-			p.txn = nil
-		}
-	}
+	a.keepPending(inf, nil)
 	a.evMu.Unlock()
 	var kept *member
 	for _, m := range unknown {

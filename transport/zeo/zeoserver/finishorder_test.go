@@ -40,39 +40,17 @@ func (s *overtakenFinish) Finish(ctx context.Context, txn *zodb.Transaction) (zo
 // refuses T as its last tid; the Go client dropped its own commit's event).
 func TestFinishReplyPrecedesLaterInvalidations(t *testing.T) {
 	st := &overtakenFinish{Storage: memstorage.New("mem")}
-	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	var mu sync.Mutex
-	var seen []zodb.TID
-	a.Subscribe(func(ev zodb.CommitEvent) {
-		mu.Lock()
-		seen = append(seen, ev.TID)
-		mu.Unlock()
-	})
-	oids, err := a.NewOIDs(ctx, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oids[0], Data: []byte("x")}}}
-	if _, err := a.Vote(ctx, txn); err != nil {
-		t.Fatal(err)
-	}
-	own, err := a.Finish(ctx, txn)
+	w := commitOneAndWatch(t, ctx, st)
+	own, err := w.finished, w.err
 	if err != nil {
 		t.Fatal(err)
 	}
 	later := *st.later.Load()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		mu.Lock()
-		got := append([]zodb.TID(nil), seen...)
-		mu.Unlock()
+		got := w.seen()
 		if len(got) >= 2 || time.Now().After(deadline) {
 			if len(got) != 2 || got[0] != own || got[1] != later {
 				t.Fatalf("the client saw %v, want its own %s, then %s", got, own, later)
@@ -103,39 +81,61 @@ func (s *committedButRefused) Finish(ctx context.Context, txn *zodb.Transaction)
 // any other client (its cache would otherwise keep what it wrote over).
 func TestRefusedFinishOfACommittedTransactionInvalidates(t *testing.T) {
 	st := &committedButRefused{Storage: memstorage.New("mem")}
-	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	a, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
+	w := commitOneAndWatch(t, ctx, st)
+	if w.err == nil {
+		t.Fatal("finish did not fail")
+	}
+	committed, _ := st.Storage.LastTransaction(ctx)
+	if err := w.c.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if seen := w.seen(); len(seen) != 1 || seen[0] != committed {
+		t.Fatalf("the client saw %v, want the invalidation of %s", seen, committed)
+	}
+}
+
+// watchedCommit is one client's commit of one object, with the
+// invalidations the client saw.
+type watchedCommit struct {
+	c        *zeoclient.Client
+	finished zodb.TID // tpc_finish's answer
+	err      error    // tpc_finish's error
+	mu       sync.Mutex
+	events   []zodb.TID
+}
+
+func (w *watchedCommit) seen() []zodb.TID {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]zodb.TID(nil), w.events...)
+}
+
+// commitOneAndWatch serves st, connects a client that records its
+// invalidations, and commits one new object through it.
+func commitOneAndWatch(t *testing.T, ctx context.Context, st zodb.Storage) *watchedCommit {
+	t.Helper()
+	_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st)})
+	c, err := zeoclient.Open(ctx, zeoclient.Options{Addrs: []string{addr}, HeartbeatInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	var mu sync.Mutex
-	var seen []zodb.TID
-	a.Subscribe(func(ev zodb.CommitEvent) {
-		mu.Lock()
-		seen = append(seen, ev.TID)
-		mu.Unlock()
+	t.Cleanup(func() { c.Close() })
+	w := &watchedCommit{c: c}
+	c.Subscribe(func(ev zodb.CommitEvent) {
+		w.mu.Lock()
+		w.events = append(w.events, ev.TID)
+		w.mu.Unlock()
 	})
-	oids, err := a.NewOIDs(ctx, 1)
+	oids, err := c.NewOIDs(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	txn := &zodb.Transaction{Ops: []zodb.Op{{Kind: zodb.OpStore, OID: oids[0], Data: []byte("x")}}}
-	if _, err := a.Vote(ctx, txn); err != nil {
+	if _, err := c.Vote(ctx, txn); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Finish(ctx, txn); err == nil {
-		t.Fatal("finish did not fail")
-	}
-	committed, _ := st.Storage.LastTransaction(ctx)
-	if err := a.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != 1 || seen[0] != committed {
-		t.Fatalf("the client saw %v, want the invalidation of %s", seen, committed)
-	}
+	w.finished, w.err = c.Finish(ctx, txn)
+	return w
 }

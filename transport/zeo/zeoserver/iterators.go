@@ -71,13 +71,32 @@ func (c *conn) iteratorNext(ctx context.Context, args []any) (any, error) {
 	if err := argc("iterator_next", args, 1, 1); err != nil {
 		return nil, err
 	}
-	id, it, err := c.iter(args[0])
+	id, it, err := c.txnIter(args[0])
 	if err != nil {
 		return nil, err
 	}
-	if it.txns == nil {
-		return nil, zodb.NewTypeError("iterator %d is a record iterator", id)
+	t, err := c.nextTxn(ctx, id, it)
+	if err != nil || t == nil {
+		return nil, err
 	}
+	return txnTuple(t), nil
+}
+
+// txnIter returns a transaction iterator by its id.
+func (c *conn) txnIter(v any) (int64, *iterState, error) {
+	id, it, err := c.iter(v)
+	if err != nil {
+		return 0, nil, err
+	}
+	if it.txns == nil {
+		return 0, nil, zodb.NewTypeError("iterator %d is a record iterator", id)
+	}
+	return id, it, nil
+}
+
+// nextTxn is a transaction iterator's next transaction (remembered for
+// iterator_record_start); at the end (nil) the iterator is gone.
+func (c *conn) nextTxn(ctx context.Context, id int64, it *iterState) (*zodb.TransactionRecord, error) {
 	t, err := it.txns.Next(ctx)
 	if err != nil {
 		return nil, err
@@ -90,7 +109,7 @@ func (c *conn) iteratorNext(ctx context.Context, args []any) (any, error) {
 		return nil, nil
 	}
 	it.last = t
-	return txnTuple(t), nil
+	return t, nil
 }
 
 // txnTuple is a transaction as iterator_next gives it: (tid, status,
@@ -204,12 +223,9 @@ func (c *conn) iteratorBatch(ctx context.Context, args []any) (any, error) {
 	if err := argc("zeoraid_iterator_batch", args, 2, 2); err != nil {
 		return nil, err
 	}
-	id, it, err := c.iter(args[0])
+	id, it, err := c.txnIter(args[0])
 	if err != nil {
 		return nil, err
-	}
-	if it.txns == nil {
-		return nil, zodb.NewTypeError("iterator %d is a record iterator", id)
 	}
 	limit, ok := wire.Int(args[1])
 	if !ok || limit < 1 {
@@ -220,7 +236,7 @@ func (c *conn) iteratorBatch(ctx context.Context, args []any) (any, error) {
 	size := 0
 	more := true
 	for int64(len(out)) < limit {
-		t, err := it.txns.Next(ctx)
+		t, err := c.nextTxn(ctx, id, it)
 		if err != nil {
 			if len(out) > 0 {
 				break // this batch; the error comes with the next call
@@ -228,14 +244,9 @@ func (c *conn) iteratorBatch(ctx context.Context, args []any) (any, error) {
 			return nil, err
 		}
 		if t == nil {
-			c.mu.Lock()
-			delete(c.iters, id)
-			c.mu.Unlock()
-			it.close()
 			more = false
 			break
 		}
-		it.last = t
 		var records any
 		n := 0
 		for _, r := range t.Records {
