@@ -267,6 +267,30 @@ type Packer interface {
 	Pack(ctx context.Context, packTID TID) error
 }
 
+// Truncater is implemented by storages that can drop their newest
+// transactions (the built-in backend). A RAID array uses it on a degraded
+// backend that made durable transactions the array never acknowledged
+// (every backend lost while a tpc_finish was in flight), so that the
+// backend can be recovered in place instead of rebuilt.
+type Truncater interface {
+	// Truncate drops every transaction after `after`, provided the
+	// storage's last transaction is still last (else it fails and drops
+	// nothing). It keeps a copy of what it dropped (TruncateResult.KeptIn)
+	// and tells its subscribers with a Reset event at its new last tid.
+	Truncate(ctx context.Context, after, last TID) (TruncateResult, error)
+}
+
+// TruncateResult says what a Truncate dropped.
+type TruncateResult struct {
+	// Dropped are the tids of the dropped transactions, in order.
+	Dropped []TID
+	// Last is the storage's last transaction afterwards.
+	Last TID
+	// KeptIn is where the storage keeps a copy of the dropped
+	// transactions (a file name on its machine; empty if none dropped).
+	KeptIn string
+}
+
 // Watcher announces commits.
 //
 // Locking rule: a storage may call subscribers with its internal locks
