@@ -42,6 +42,11 @@ type Progress struct {
 	// SourceFailed: the recovery failed because its source did (none was
 	// usable, or it was lost or degraded during the copy), not its target.
 	SourceFailed bool `json:"source_failed,omitempty"`
+	// Dropped counts the target's transactions the array never
+	// acknowledged that the recovery dropped (RecoveryOptions.MaxDrop);
+	// DroppedKeptIn is where the backend keeps a copy of them.
+	Dropped       int    `json:"dropped_transactions,omitempty"`
+	DroppedKeptIn string `json:"dropped_kept_in,omitempty"`
 }
 
 // RecoveryOptions tune recoveries.
@@ -56,11 +61,81 @@ type RecoveryOptions struct {
 	// FullVerify verifies the target's whole history against the source,
 	// not only what follows the row's VerifiedTo.
 	FullVerify bool
+	// MaxDrop: a target whose history leaves the source's by at most this
+	// many transactions at its end (transactions the array never
+	// acknowledged) drops them, where the backend can (the built-in one
+	// keeps a copy), instead of failing with ErrNeedsRebuild. 0: never.
+	MaxDrop int
 }
 
 // ErrNeedsRebuild reports a target that holds transactions the source
 // does not: it cannot be repaired in place.
 var ErrNeedsRebuild = errors.New("raidcore: the backend has transactions the optimal backends do not have; it cannot be recovered in place and must be rebuilt (emptied) first")
+
+// divergence is ErrNeedsRebuild with where the target's history leaves
+// the source's.
+type divergence struct {
+	at zodb.TID // the first tid at which they differ
+	// droppable: one of them lacks a transaction the other has (not one
+	// tid with two contents, nor history a pack on the source dropped), so
+	// dropping the target's transactions from at on makes it a prefix.
+	droppable bool
+	msg       string
+}
+
+func (d *divergence) Error() string { return ErrNeedsRebuild.Error() + " (" + d.msg + ")" }
+func (d *divergence) Unwrap() error { return ErrNeedsRebuild }
+
+// dropUnacknowledged makes the target drop its transactions from div.at
+// on (zodb.Truncater: the built-in backend keeps a copy of them), when
+// they are at most opts.MaxDrop, and returns the target's new last
+// transaction. Safe for the array's history whatever the dropped
+// transactions are: everything the array acknowledged is on the source
+// (it is optimal), and the copy that follows brings every source
+// transaction after the new last over, including any the source committed
+// after it was iterated; what only the target had was never acknowledged
+// (a finish whose answers were all lost), and the backend keeps it.
+func (a *Array) dropUnacknowledged(ctx context.Context, target *member, r *recovery, opts RecoveryOptions, div *divergence, last zodb.TID) (zodb.TID, error) {
+	tr, ok := target.st.(zodb.Truncater)
+	if !ok || opts.MaxDrop <= 0 {
+		return last, div
+	}
+	it, err := target.st.Iterate(ctx, div.at, last)
+	if err != nil {
+		return last, fmt.Errorf("target: %w", err)
+	}
+	n := 0
+	for {
+		rec, err := it.Next(ctx)
+		if err != nil {
+			it.Close()
+			return last, fmt.Errorf("target: %w", err)
+		}
+		if rec == nil {
+			break
+		}
+		if n++; n > opts.MaxDrop {
+			it.Close()
+			return last, fmt.Errorf("%w; dropping them would take more than %d transactions (the recovery drop limit), so the backend must be rebuilt", div, opts.MaxDrop)
+		}
+	}
+	it.Close()
+	res, err := tr.Truncate(ctx, div.at.Prev(), last)
+	var unsupported *zodb.Unsupported
+	if errors.As(err, &unsupported) {
+		return last, fmt.Errorf("%w; the backend cannot drop transactions (%v)", div, err)
+	}
+	if err != nil {
+		return last, fmt.Errorf("target: dropping the transactions from %s on: %w", div.at, err)
+	}
+	a.log.Warn("recovery dropped transactions the array never acknowledged from the target; the backend keeps a copy",
+		"backend", target.name, "why", div.msg, "dropped", len(res.Dropped), "kept_in", res.KeptIn, "last", res.Last)
+	r.update(func(p *Progress) {
+		p.Dropped += len(res.Dropped)
+		p.DroppedKeptIn = res.KeptIn
+	})
+	return res.Last, nil
+}
 
 type recovery struct {
 	mu     sync.Mutex
@@ -345,7 +420,21 @@ func (a *Array) recoverFrom(ctx context.Context, target *member, r *recovery, op
 	if opts.FullVerify || last.Less(from) {
 		from = zodb.ZeroTID
 	}
-	if err := a.verifyPrefix(ctx, source, target, from, last, packedTo, r); err != nil {
+	err = a.verifyPrefix(ctx, source, target, from, last, packedTo, r)
+	var div *divergence
+	if errors.As(err, &div) && div.droppable {
+		// The target made durable transactions the array never
+		// acknowledged (every backend lost with a tpc_finish in flight):
+		// a built-in backend can drop them, keeping a copy.
+		if last, err = a.dropUnacknowledged(ctx, target, r, opts, div, last); err != nil {
+			return err
+		}
+		if last.Less(from) {
+			from = zodb.ZeroTID
+		}
+		err = a.verifyPrefix(ctx, source, target, from, last, packedTo, r)
+	}
+	if err != nil {
 		return err
 	}
 	r.update(func(p *Progress) { p.Phase = "copying" })
@@ -629,10 +718,12 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 	for t != nil || s != nil {
 		switch {
 		case t == nil || s != nil && s.TID.Less(t.TID):
-			return fmt.Errorf("%w (the target lacks %s below its last transaction %s)", ErrNeedsRebuild, s.TID, last)
+			return &divergence{at: s.TID, droppable: !s.TID.Less(packedTo),
+				msg: fmt.Sprintf("the target lacks %s below its last transaction %s", s.TID, last)}
 		case s == nil || t.TID.Less(s.TID):
 			if !t.TID.Less(packedTo) {
-				return fmt.Errorf("%w (first difference at %s: the source does not have it)", ErrNeedsRebuild, t.TID)
+				return &divergence{at: t.TID, droppable: true,
+					msg: fmt.Sprintf("first difference at %s: the source does not have it", t.TID)}
 			}
 			// Packed away on the source only.
 			r.update(func(p *Progress) { p.TID = t.TID })
@@ -642,11 +733,11 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 			continue
 		case s.TID.Less(packedTo):
 			if d := packedDifference(s, t); d != "" {
-				return fmt.Errorf("%w (%s)", ErrNeedsRebuild, d)
+				return &divergence{at: s.TID, msg: d}
 			}
 		default:
 			if d := txnDifference(s, t); d != "" {
-				return fmt.Errorf("%w (%s)", ErrNeedsRebuild, d)
+				return &divergence{at: s.TID, msg: d}
 			}
 		}
 		r.update(func(p *Progress) { p.TID = t.TID })

@@ -55,6 +55,7 @@ func registerProxyFlags(s *settings) {
 	s.dirKey("spool-dir", "", "where large transactions are spooled while they arrive (default: <data>/spool; emptied at start-up)")
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
+	s.intKey("recovery-max-drop", 100, 0, math.MaxInt32, "a recovered backend whose history ends with at most this many transactions the array never acknowledged (every backend lost while a tpc_finish was in flight) drops them, keeping a copy in <its data file>.dropped/ (built-in backends; 0: never, the backend must be rebuilt by hand)")
 	s.boolKey("pipeline-commits", false, "EXPERIMENTAL (chaos runs with it on can end with a backend that must be rebuilt): a lone proxy releases the commit lease once a transaction's tpc_finish is on its way to every backend, so that the next one votes while they make it durable (built-in backends only; cluster members never do)")
 	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost; bypasses the cache)")
 	s.sizeKey("cache-size", defaultCacheSize, 0, math.MaxInt64, "revision cache shared by the proxy's clients, per storage, in bytes, e.g. 512MiB (0: none); kept exact by the commit stream")
@@ -81,6 +82,7 @@ type proxyCfg struct {
 	ccr, autoRecover, verify  bool
 	vote, finish, read        time.Duration
 	rate, cacheSize           int64
+	maxDrop                   int
 	maxFrame                  int
 }
 
@@ -91,7 +93,7 @@ func proxyConfig(s *settings) (proxyCfg, error) {
 		listen: s.str("listen"), http: s.str("http"), data: s.str("data"), token: s.str("admin-token"),
 		ccr: s.boolean("client-conflict-resolution"), autoRecover: s.boolean("auto-recover"), verify: s.boolean("verify-reads"), pipeline: s.boolean("pipeline-commits"),
 		vote: s.dur("vote-timeout"), finish: s.dur("finish-timeout"), read: s.dur("read-timeout"),
-		rate: s.integer("recovery-rate"), cacheSize: s.integer("cache-size"), maxFrame: int(s.integer("max-frame")),
+		rate: s.integer("recovery-rate"), maxDrop: int(s.integer("recovery-max-drop")), cacheSize: s.integer("cache-size"), maxFrame: int(s.integer("max-frame")),
 		lease: s.dur("lease-timeout"), txnTimeout: s.dur("transaction-timeout"), wait: s.dur("startup-wait"),
 		spoolDir: s.str("spool-dir"), nodeID: s.str("node-id"),
 	}
@@ -313,7 +315,7 @@ func runProxy(std stdio, args []string) int {
 	p, err = node.Start(ctx, node.Config{Writable: writable, Failpoint: failpoint,
 		Storages: cfg.storages, Coord: coord, ProxyID: cfg.nodeID, Encoding: cfg.encoding, ClientConflictResolution: cfg.ccr,
 		MaxFrame: cfg.maxFrame, VoteTimeout: cfg.vote, FinishTimeout: cfg.finish, ReadTimeout: cfg.read,
-		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, VerifyReads: cfg.verify, CacheSize: cfg.cacheSize, Reload: reload, Logger: log,
+		AutoRecover: cfg.autoRecover, RecoveryRate: cfg.rate, RecoveryMaxDrop: cfg.maxDrop, VerifyReads: cfg.verify, CacheSize: cfg.cacheSize, Reload: reload, Logger: log,
 		TransactionTimeout: cfg.txnTimeout, StartupWait: cfg.wait, SpoolDir: cfg.spoolDir,
 		// Only a lone proxy is sure that the next commit lease is its own.
 		PipelineCommits: cfg.pipeline && member == nil,

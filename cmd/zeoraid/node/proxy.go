@@ -60,6 +60,8 @@ type Config struct {
 	// PipelineCommits: see raidcore.Config (a lone proxy only).
 	PipelineCommits bool
 	RecoveryRate    int64
+	// RecoveryMaxDrop: see raidcore.RecoveryOptions.MaxDrop.
+	RecoveryMaxDrop int
 	// VerifyReads compares every load across two backends.
 	VerifyReads bool
 	// CacheSize bounds each storage's revision cache, in bytes (0: none).
@@ -407,7 +409,7 @@ func (p *Proxy) Recover(storage, backend, by string, fullVerify bool) error {
 	p.mu.Lock()
 	delete(p.backoff, storage+"/"+backend)
 	p.mu.Unlock()
-	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: by, FullVerify: fullVerify})
+	return a.Recover(backend, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, MaxDrop: p.cfg.RecoveryMaxDrop, By: by, FullVerify: fullVerify})
 }
 
 // ReloadReport says what a reload changed.
@@ -523,7 +525,7 @@ func (p *Proxy) autoRecover() {
 					continue
 				}
 				p.log.Info("starting automatic recovery", "storage", name, "backend", b.Name)
-				if err := arr.Recover(b.Name, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, By: "proxy (automatic recovery)"}); err != nil {
+				if err := arr.Recover(b.Name, raidcore.RecoveryOptions{MaxBytesPerSecond: p.cfg.RecoveryRate, MaxDrop: p.cfg.RecoveryMaxDrop, By: "proxy (automatic recovery)"}); err != nil {
 					p.log.Debug("automatic recovery not started", "backend", b.Name, "error", err)
 				}
 			}

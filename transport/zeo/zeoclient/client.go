@@ -322,6 +322,7 @@ func (c *Client) connect(addr string) (*session, error) {
 	c.mergeInfo(infoD)
 	s.pipelined = pipelinesFinishes(infoD)
 	s.batchIter = infoFlag(infoD, batchIterKey)
+	s.truncate = infoFlag(infoD, truncateKey)
 	c.mu.Unlock()
 
 	// A reconnect to a server whose last tid differs from what we

@@ -22,6 +22,8 @@ type session struct {
 	pipelined bool
 	// batchIter: the server has zeoraid_iterator_batch.
 	batchIter bool
+	// truncate: the server has zeoraid_truncate.
+	truncate bool
 
 	mu      sync.Mutex
 	pending map[int64]*pendingCall

@@ -86,6 +86,9 @@ type fanout struct {
 	// so memory is bounded by the commits during the longest read.
 	events []readEvent
 	pins   []pinCount
+	// spared are connections a storage Reset leaves open: the one whose
+	// zeoraid_truncate causes it (see conn.truncate).
+	spared map[*conn]bool
 }
 
 func newFanout(last zodb.TID, invqSize int) *fanout {
@@ -101,6 +104,20 @@ func newFanout(last zodb.TID, invqSize int) *fanout {
 		held:      make(map[*conn][]heldMsg),
 		own:       make(map[*conn]map[*zodb.Transaction]heldMsg),
 	}
+}
+
+// spare makes a storage Reset leave c open (on), or close it again (off).
+func (f *fanout) spare(c *conn, on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !on {
+		delete(f.spared, c)
+		return
+	}
+	if f.spared == nil {
+		f.spared = map[*conn]bool{}
+	}
+	f.spared[c] = true
 }
 
 // register adds c and returns the last tid, atomically.
@@ -198,6 +215,9 @@ func (f *fanout) event(ev zodb.CommitEvent) {
 		f.invq = []invEntry{{tid: ev.TID, all: true}}
 		f.keepEvent(readEvent{seq: f.seq, tid: ev.TID, reset: true})
 		for c := range f.conns {
+			if f.spared[c] {
+				continue
+			}
 			c.closeWith("storage %s was reset; reconnect to verify caches", c.storageName())
 			delete(f.conns, c)
 		}

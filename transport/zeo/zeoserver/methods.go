@@ -60,6 +60,7 @@ func init() {
 		"iterator_record_start":           {kind: inline, fn: (*conn).iteratorRecordStart},
 		"iterator_record_next":            {kind: inline, fn: (*conn).iteratorRecordNext},
 		"zeoraid_iterator_batch":          {kind: inline, fn: (*conn).iteratorBatch},
+		"zeoraid_truncate":                {kind: inline, fn: (*conn).truncate},
 		"iterator_gc":                     {kind: inline, fn: (*conn).iteratorGC},
 		"sendBlob":                        {kind: read, fn: (*conn).sendBlob},
 		"storeBlobStart":                  {kind: inline, fn: (*conn).storeBlobStart},
@@ -157,6 +158,9 @@ func (c *conn) getInfo(ctx context.Context, args []any) (any, error) {
 		"interfaces", ifaces,
 		// zeoraid_iterator_batch is there (zeoclient's Iterate uses it).
 		"zeoraid_iterator_batch", true,
+	}
+	if _, ok := c.ss.st.(zodb.Truncater); ok && !c.srv.cfg.ReadOnly && !info.ReadOnly {
+		items = append(items, truncateKey, true)
 	}
 	if pipelines(c.ss.st) {
 		// This connection may begin its next transaction while the one

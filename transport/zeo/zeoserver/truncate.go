@@ -1,0 +1,59 @@
+package zeoserver
+
+import (
+	"context"
+
+	"github.com/zeoraid/zeoraid/raidcore/zodb"
+	"github.com/zeoraid/zeoraid/transport/zeo/wire"
+)
+
+// truncateKey is the get_info key by which a server says its storage has
+// zeoraid_truncate (zeoclient's Truncate looks for it).
+const truncateKey = "zeoraid_truncate"
+
+// truncate is zeoraid_truncate(after, last) -> (dropped tids, last tid,
+// kept_in): zodb.Truncater's Truncate, for a RAID array bringing back a
+// backend that holds transactions the array never acknowledged. The
+// storage's Reset closes every other connection (their clients saw
+// transactions that are gone and must verify their caches); the calling
+// connection stays open, since it asked and is told the new last tid.
+func (c *conn) truncate(ctx context.Context, args []any) (any, error) {
+	if err := argc("zeoraid_truncate", args, 2, 2); err != nil {
+		return nil, err
+	}
+	tr, ok := c.ss.st.(zodb.Truncater)
+	if !ok {
+		return nil, zodb.NewUnsupported("storage %s cannot drop transactions", c.storageName())
+	}
+	if c.readOnly {
+		return nil, zodb.NewReadOnlyError()
+	}
+	after, err := wire.AsTID(args[0])
+	if err != nil {
+		return nil, typeErr("zeoraid_truncate", err)
+	}
+	last, err := wire.AsTID(args[1])
+	if err != nil {
+		return nil, typeErr("zeoraid_truncate", err)
+	}
+	c.waitFinishes()
+	c.mu.Lock()
+	busy := c.txn != nil
+	c.mu.Unlock()
+	if busy {
+		return nil, zodb.NewStorageTransactionError("zeoraid_truncate during a transaction of this connection")
+	}
+	c.logger().Warn("dropping the newest transactions at a client's request", "after", after, "last", last)
+	c.ss.fan.spare(c, true)
+	defer c.ss.fan.spare(c, false)
+	res, err := tr.Truncate(ctx, after, last)
+	if err != nil {
+		c.logger().Error("truncation failed", "after", after, "error", err)
+		return nil, err
+	}
+	dropped := make([]any, len(res.Dropped))
+	for i, t := range res.Dropped {
+		dropped[i] = t
+	}
+	return wire.Tuple{dropped, res.Last, res.KeptIn}, nil
+}
