@@ -64,6 +64,8 @@ type recoveryProgress struct {
 	Rate            float64   `json:"bytes_per_second"`
 	Started         time.Time `json:"started"`
 	Error           string    `json:"error,omitempty"`
+	Dropped         int64     `json:"dropped_transactions,omitempty"`
+	DroppedKeptIn   string    `json:"dropped_kept_in,omitempty"`
 }
 
 // arrayStatus is GET /v1/storages/{s}, as far as recover needs it.
@@ -270,6 +272,10 @@ func (w *recoverWait) observe(p recoveryProgress, state, reason string) (code in
 		}
 		fmt.Fprintf(std.out, "recovered %s%s: %d transactions, %s copied in %v; %s is optimal\n",
 			w.backend, fromText(p.Source), p.Transactions, humanBytes(p.Bytes), time.Since(w.start).Round(time.Second), w.backend)
+		if p.Dropped > 0 {
+			fmt.Fprintf(std.out, "%s had %d transactions the array never acknowledged (every backend was lost while they were finishing); they were dropped, and the backend keeps a copy in %s\n",
+				w.backend, p.Dropped, p.DroppedKeptIn)
+		}
 		return exitOK, true
 	case "failed":
 		w.endLine()
@@ -329,6 +335,9 @@ func (w *recoverWait) progressText(p recoveryProgress) string {
 	}
 	if p.Rate > 0 {
 		parts = append(parts, humanBytes(int64(p.Rate))+"/s")
+	}
+	if p.Dropped > 0 {
+		parts = append(parts, fmt.Sprintf("dropped %d transactions the array never acknowledged (the backend keeps them in %s)", p.Dropped, p.DroppedKeptIn))
 	}
 	return strings.Join(parts, ", ")
 }

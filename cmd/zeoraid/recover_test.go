@@ -147,6 +147,21 @@ func TestRecoverDonePhase(t *testing.T) {
 	}
 }
 
+// TestRecoverTellsWhatWasDropped: a recovery that dropped transactions the
+// array never acknowledged says how many and where the backend keeps them.
+func TestRecoverTellsWhatWasDropped(t *testing.T) {
+	clearEnv(t, os.Environ())
+	fastPolling(t)
+	p := progressJSON(7, "done", "")
+	p["dropped_transactions"], p["dropped_kept_in"] = 2, "/var/lib/b1/data.db.dropped/truncated-x.jsonl"
+	url := startFake(t, &fakeProxy{steps: []func() any{storageJSON("recovering", p)}})
+	code, out, _ := runCmd(t, "recover", "--url", url, "b1")
+	if code != 0 || !strings.Contains(out, "b1 had 2 transactions the array never acknowledged") ||
+		!strings.Contains(out, "keeps a copy in /var/lib/b1/data.db.dropped/truncated-x.jsonl") {
+		t.Fatalf("exit %d, stdout:\n%s", code, out)
+	}
+}
+
 func TestRecoverFails(t *testing.T) {
 	clearEnv(t, os.Environ())
 	fastPolling(t)

@@ -41,5 +41,7 @@
 // revisions nobody can read at or after the pack time and, following
 // references like ZODB's referencesf, objects unreachable from the root;
 // it computes without locks and holds the commit lock only to re-check
-// what was committed meanwhile and delete.
+// what was committed meanwhile and delete. Truncate (truncate.go) drops
+// the newest transactions for a RAID array that never acknowledged them,
+// after keeping a copy in <path>.dropped.
 package boltstore
