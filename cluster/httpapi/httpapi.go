@@ -452,6 +452,8 @@ func writeMetrics(w http.ResponseWriter, o Overall) {
 		})
 	recoveryGauge("zeoraid_recovery_lag_seconds", "Time between the last transaction a recovering backend holds and the source's last.",
 		func(p *raidcore.Progress) string { return fmt.Sprintf("%.3f", p.LagSeconds) })
+	recoveryGauge("zeoraid_recovery_dropped_transactions", "Transactions the array never acknowledged that the current or last recovery dropped from its backend (which keeps a copy).",
+		func(p *raidcore.Progress) string { return fmt.Sprint(p.Dropped) })
 }
 
 var page = template.Must(template.New("status").Parse(`<!doctype html>
@@ -464,7 +466,7 @@ var page = template.Must(template.New("status").Parse(`<!doctype html>
 {{with .Waiting}}<p class="failed">{{.}}</p>{{end}}{{range .Warnings}}<p class="degraded">warning: {{.}}</p>{{end}}
 <table><tr><th>backend</th><th>state</th><th>since</th><th>last tid</th><th>reason / recovery</th></tr>
 {{range .Backends}}<tr class="{{.State}}"><td>{{.Name}}</td><td>{{.State}}</td><td>{{.Since.Format "2006-01-02 15:04:05"}}</td><td>{{.LastTID}}</td>
-<td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{if .LagLowerBound}}at least {{end}}{{.LagTransactions}} behind{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
+<td>{{.Reason}}{{with .By}} ({{.}}){{end}}{{with .Note}}; {{.}}{{end}}{{with .Recovery}} {{.Phase}} at {{.TID}}, {{.Transactions}} transactions / {{.Bytes}} bytes copied, {{if .LagLowerBound}}at least {{end}}{{.LagTransactions}} behind{{if .Dropped}}; dropped {{.Dropped}} transactions the array never acknowledged (kept in {{.DroppedKeptIn}}){{end}}{{if .Error}}: {{.Error}}{{end}}{{end}}</td></tr>
 {{end}}</table>{{end}}
 {{with .Cluster}}<h2>cluster: member {{.ID}}, {{if .IsLeader}}the leader{{else if .Leader}}leader {{.Leader}}{{else}}<span class="failed">no leader</span>{{end}}</h2>
 <p>raft {{.RaftState}}, term {{.Term}}, applied index {{.AppliedIndex}} of {{.LastIndex}}{{with .LastContact}}, last contact with the leader {{.}} ago{{end}}; longest lease {{.MaxLease}}</p>
