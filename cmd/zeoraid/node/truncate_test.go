@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -274,5 +275,149 @@ func TestTruncateOverZEO(t *testing.T) {
 	var unsupported *zodb.Unsupported
 	if _, err := m.Truncate(ctx, zodb.ZeroTID, zodb.ZeroTID); !errors.As(err, &unsupported) {
 		t.Fatalf("Truncate on a storage without it: %v, want Unsupported", err)
+	}
+}
+
+// gatedStore is a built-in backend whose tpc_finish can be stopped: with
+// commitFirst, after the transaction is durable (its answer is then lost
+// with the connection); without, before, and then it aborts (as a server
+// killed before it wrote the transaction).
+type gatedStore struct {
+	*boltstore.Store
+	mu          sync.Mutex
+	armed       bool
+	commitFirst bool
+	reached     chan struct{}
+	release     chan struct{}
+}
+
+func (g *gatedStore) arm(commitFirst bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.armed, g.commitFirst = true, commitFirst
+	g.reached, g.release = make(chan struct{}), make(chan struct{})
+}
+
+func (g *gatedStore) Finish(ctx context.Context, txn *zodb.Transaction) (zodb.TID, error) {
+	return g.FinishEarly(ctx, txn, nil)
+}
+
+func (g *gatedStore) FinishEarly(ctx context.Context, txn *zodb.Transaction, released func()) (zodb.TID, error) {
+	g.mu.Lock()
+	armed, commitFirst, reached, release := g.armed, g.commitFirst, g.reached, g.release
+	g.armed = false
+	g.mu.Unlock()
+	if !armed {
+		return g.Store.FinishEarly(ctx, txn, released)
+	}
+	if commitFirst {
+		tid, err := g.Store.FinishEarly(ctx, txn, released)
+		close(reached)
+		<-release
+		return tid, err
+	}
+	close(reached)
+	<-release
+	g.Store.Abort(ctx, txn)
+	if released != nil {
+		released()
+	}
+	return zodb.TID{}, zodb.NewStorageError("killed before the transaction was written")
+}
+
+// TestEveryBackendLostWithAFinishInFlightHeals: the way to a backend that
+// holds a transaction the array never acknowledged, end to end. Both
+// backends lose their connection with tpc_finish in flight: b1 had made
+// the transaction durable, b2 had not. The array degrades b1 and keeps b2
+// in doubt (the last optimal backend); b2 answers first, without the
+// transaction, so the array decides it was not committed and goes on
+// with b2. When b1 answers again, automatic recovery drops the stray
+// transaction (keeping a copy) and copies what b1 missed: the array is
+// optimal again on its own, and the backends are identical.
+func TestEveryBackendLostWithAFinishInFlightHeals(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stores []*gatedStore
+	var links []*cutter
+	for i := range 2 {
+		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &gatedStore{Store: st}
+		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: map[string]zodb.Storage{"1": g}, ClientConflictResolution: true})
+		t.Cleanup(func() { st.Close() })
+		stores, links = append(stores, g), append(links, newCutter(t, addr))
+	}
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(links[0].l.Addr().String(), links[1].l.Addr().String()),
+		AutoRecover: true, RecoveryMaxDrop: 10})
+	a, _ := p.Array("1")
+	waitFor(t, 10*time.Second, "both backends optimal", func() bool { return allOptimal(p) })
+	c := client(t, addr)
+	oids, err := c.NewOIDs(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t1, err := commit(t, c, storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("one")))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	stores[0].arm(true)
+	stores[1].arm(false)
+	lost := make(chan error, 1)
+	go func() {
+		_, err := commit(t, c, storagetest.Store(oids[0], t1, storagetest.Record("lost")), storagetest.Store(oids[1], zodb.ZeroTID, storagetest.Record("new")))
+		lost <- err
+	}()
+	for _, g := range stores {
+		select {
+		case <-g.reached:
+		case <-ctx.Done():
+			t.Fatal("tpc_finish did not reach both backends")
+		}
+	}
+	// Both backends go away with their answers; b1's failure is handled
+	// first, so b2 is the one kept in doubt.
+	links[0].setDown(true)
+	links[1].setDown(true)
+	close(stores[0].release)
+	close(stores[1].release)
+	if err := <-lost; err == nil {
+		t.Fatal("a commit whose tpc_finish was lost everywhere was acknowledged")
+	} else {
+		t.Logf("the client was told: %v", err)
+	}
+	stray, _ := stores[0].LastTransaction(ctx)
+	if !t1.Less(stray) {
+		t.Fatalf("b1 did not make the transaction durable (last %s)", stray)
+	}
+	// b2 answers first, without it.
+	links[1].setDown(false)
+	waitFor(t, 30*time.Second, "the array serving again from b2", func() bool { return states(p)["b2"] == raidcore.Optimal && a.Reachable("b2") })
+	var t2 zodb.TID
+	waitFor(t, 30*time.Second, "a commit after the loss", func() bool {
+		t2, err = commit(t, c, storagetest.Store(oids[0], t1, storagetest.Record("two")))
+		return err == nil
+	})
+	if got := states(p)["b1"]; got == raidcore.Optimal {
+		t.Fatalf("b1, holding a transaction the array went on without, is %s", got)
+	}
+	// b1 answers again: automatic recovery drops the stray transaction.
+	links[0].setDown(false)
+	waitFor(t, time.Minute, "both backends optimal again", func() bool { return allOptimal(p) })
+	pr := a.Recoveries()["b1"]
+	if pr.Dropped != 1 || pr.DroppedKeptIn == "" {
+		t.Fatalf("b1's recovery: %+v, want one transaction dropped and kept", pr)
+	}
+	if _, err := stores[0].LoadSerial(ctx, oids[0], stray); err == nil {
+		t.Fatal("b1 still holds the stray revision")
+	}
+	if _, err := commit(t, c, storagetest.Store(oids[0], t2, storagetest.Record("three"))); err != nil {
+		t.Fatal(err)
+	}
+	h1, h2 := history(t, stores[0].Store), history(t, stores[1].Store)
+	if len(h1) != 3 || strings.Join(h1, "\n") != strings.Join(h2, "\n") {
+		t.Fatalf("histories:\nb1 %v\nb2 %v", h1, h2)
 	}
 }
