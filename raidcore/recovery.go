@@ -78,7 +78,9 @@ type divergence struct {
 	at zodb.TID // the first tid at which they differ
 	// droppable: one of them lacks a transaction the other has (not one
 	// tid with two contents, nor history a pack on the source dropped), so
-	// dropping the target's transactions from at on makes it a prefix.
+	// dropping the target's transactions from at on makes it a prefix;
+	// and both share a transaction below at (a target whose history has
+	// nothing in common with the source's may be another database's).
 	droppable bool
 	msg       string
 }
@@ -715,14 +717,18 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 	if err != nil {
 		return errSourceFailed{err}
 	}
+	// shared: the histories have a transaction in common below where
+	// they part (the row says so for what is below from). Without one,
+	// the target may hold another database: never dropped.
+	shared := !from.IsZero()
 	for t != nil || s != nil {
 		switch {
 		case t == nil || s != nil && s.TID.Less(t.TID):
-			return &divergence{at: s.TID, droppable: !s.TID.Less(packedTo),
+			return &divergence{at: s.TID, droppable: shared && !s.TID.Less(packedTo),
 				msg: fmt.Sprintf("the target lacks %s below its last transaction %s", s.TID, last)}
 		case s == nil || t.TID.Less(s.TID):
 			if !t.TID.Less(packedTo) {
-				return &divergence{at: t.TID, droppable: true,
+				return &divergence{at: t.TID, droppable: shared,
 					msg: fmt.Sprintf("first difference at %s: the source does not have it", t.TID)}
 			}
 			// Packed away on the source only.
@@ -740,6 +746,7 @@ func (a *Array) verifyPrefix(ctx context.Context, source, target *member, from, 
 				return &divergence{at: s.TID, msg: d}
 			}
 		}
+		shared = true
 		r.update(func(p *Progress) { p.TID = t.TID })
 		if t, err = ti.Next(ctx); err != nil {
 			return fmt.Errorf("target: %w", err)

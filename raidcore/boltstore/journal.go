@@ -321,6 +321,20 @@ func (j *journal) reset() error {
 	return nil
 }
 
+// empty truncates the journal and syncs that, whatever its size says.
+func (j *journal) empty() error {
+	if err := j.f.Truncate(0); err != nil {
+		return fmt.Errorf("journal %s: %w", j.path, err)
+	}
+	j.size = 0
+	if j.sync {
+		if err := j.f.Sync(); err != nil {
+			return fmt.Errorf("journal %s: %w", j.path, err)
+		}
+	}
+	return nil
+}
+
 func (j *journal) close() error { return j.f.Close() }
 
 // encodeJournalBatch: oid limit (8), count (4), then per transaction its

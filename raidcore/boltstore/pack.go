@@ -29,6 +29,11 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 	if s.opts.ReadOnly {
 		return zodb.NewReadOnlyError()
 	}
+	release, err := s.maintenance(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	start := time.Now()
 	// The scan reads bbolt: what the journal holds goes there first, and
 	// last is bbolt's last tid, not the storage's: a transaction
@@ -94,6 +99,16 @@ func (s *Store) Pack(ctx context.Context, packTID zodb.TID) error {
 	s.log.Info("pack complete", "storage", s.opts.Name, "pack_tid", packTID, "revisions_removed", stats.revisions,
 		"objects_removed", stats.objects, "bytes_removed", stats.bytes, "gc", gc, "duration", time.Since(start))
 	return nil
+}
+
+// maintenance waits (within ctx) until no other Pack or Truncate runs.
+func (s *Store) maintenance(ctx context.Context) (release func(), err error) {
+	select {
+	case s.maint <- struct{}{}:
+		return func() { <-s.maint }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // reachable extends seen (nil: start anew from the root) with every oid

@@ -55,6 +55,10 @@ type Store struct {
 	log  hclog.Logger
 
 	commit *txnplan.Lock // held from Vote to Finish/Abort, and by pack's final phase
+	// maint is held by a whole Pack and a whole Truncate: a pack computes
+	// reachability before it takes the commit lock, and a truncation in
+	// between would leave it collecting by a history that is gone.
+	maint chan struct{}
 
 	// Group commit (groupcommit.go).
 	pmu      sync.Mutex    // guards the fields below
@@ -142,7 +146,7 @@ func Open(path string, opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock(),
+	s := &Store{db: db, path: path, opts: opts, log: opts.Logger, commit: txnplan.NewLock(), maint: make(chan struct{}, 1),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), committerDone: make(chan struct{}),
 		progress: make(chan struct{}), staged: map[*zodb.Transaction][]stagedBlob{}}
 	if err := s.init(); err != nil {

@@ -59,6 +59,11 @@ func (s *Store) Truncate(ctx context.Context, after, last zodb.TID) (zodb.Trunca
 	if s.opts.ReadOnly {
 		return res, zodb.NewReadOnlyError()
 	}
+	release, err := s.maintenance(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer release()
 	if err := s.waitApplied(ctx); err != nil {
 		return res, err
 	}
@@ -71,14 +76,16 @@ func (s *Store) Truncate(ctx context.Context, after, last zodb.TID) (zodb.Trunca
 	// dropped transaction would bring it back on the next Open.
 	s.drain()
 	s.pmu.Lock()
-	err := s.broken
+	err = s.broken
 	if err == nil {
 		err = s.applyErr
 	}
-	if err == nil && s.j != nil && s.j.size != 0 {
+	if err == nil && s.j != nil {
 		// The committer is idle (the commit lock is held and nothing is
-		// queued): emptying the journal here does not race with it.
-		if rerr := s.j.reset(); rerr != nil {
+		// queued): emptying the journal here does not race with it. Even
+		// when it looks empty: an earlier reset whose sync failed leaves
+		// size 0 over records a crash could bring back.
+		if rerr := s.j.empty(); rerr != nil {
 			err = zodb.NewStorageError("storage %s: cannot truncate: the journal cannot be emptied: %v", s.opts.Name, rerr)
 		}
 	}
@@ -132,7 +139,7 @@ func (s *Store) Truncate(ctx context.Context, after, last zodb.TID) (zodb.Trunca
 	if err != nil {
 		return res, zodb.NewStorageError("storage %s: cannot keep the transactions to drop, so none is dropped: %v", s.opts.Name, err)
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error { return dropTxns(tx, dropped, newLast) }); err != nil {
+	if err := s.db.Update(func(tx *bolt.Tx) error { return dropTxns(tx, dropped, after, newLast) }); err != nil {
 		return res, s.wrap(err)
 	}
 	s.mu.Lock()
@@ -151,14 +158,45 @@ func (s *Store) Truncate(ctx context.Context, after, last zodb.TID) (zodb.Trunca
 	return res, nil
 }
 
-// dropTxns removes the transactions (oldest first in dropped) from tx,
-// newest first, so that each oid's current revision goes back to the one
-// before.
-func dropTxns(tx *bolt.Tx, dropped []*zodb.TransactionRecord, newLast zodb.TID) error {
+// dropTxns removes the transactions after `after` (dropped, oldest
+// first) from tx, and points each oid they wrote back at its newest
+// revision up to after. Those are found before anything is deleted: a
+// bbolt cursor over pages emptied in the same write transaction can loop
+// for ever (Cursor.Last in bbolt 1.5.0), so no cursor moves after the
+// first delete.
+func dropTxns(tx *bolt.Tx, dropped []*zodb.TransactionRecord, after, newLast zodb.TID) error {
 	records, current, txns, meta := tx.Bucket(bucketRecords), tx.Bucket(bucketCurrent), tx.Bucket(bucketTxns), tx.Bucket(bucketMeta)
-	size := int64(u64(meta.Get(keySize)))
-	for i := len(dropped) - 1; i >= 0; i-- {
-		t := dropped[i]
+	size, length := int64(u64(meta.Get(keySize))), int64(u64(meta.Get(keyLength)))
+	type newCurrent struct {
+		tid   zodb.TID
+		found bool
+	}
+	next := map[zodb.OID]newCurrent{}
+	live := func(v []byte) bool { return len(v) > 0 && v[0]&flagNoData == 0 }
+	for _, t := range dropped {
+		for _, r := range t.Records {
+			if _, ok := next[r.OID]; ok {
+				continue
+			}
+			rec, found, _, _, err := revisionBefore(tx, r.OID, after.Next())
+			if err != nil {
+				return err
+			}
+			wasLive := false
+			if cv := current.Get(r.OID[:]); cv != nil {
+				wasLive = live(records.Get(recordKey(r.OID, zodb.TID(pad8(cv)))))
+			}
+			willLive := found && !rec.NoData
+			switch {
+			case wasLive && !willLive:
+				length--
+			case !wasLive && willLive:
+				length++
+			}
+			next[r.OID] = newCurrent{rec.TID, found}
+		}
+	}
+	for _, t := range dropped {
 		for _, r := range t.Records {
 			key := recordKey(r.OID, t.TID)
 			if records.Get(key) == nil {
@@ -171,36 +209,31 @@ func dropTxns(tx *bolt.Tx, dropped []*zodb.TransactionRecord, newLast zodb.TID) 
 			if err := trashBlob(tx, key); err != nil {
 				return err
 			}
-			if cv := current.Get(r.OID[:]); cv == nil || zodb.TID(pad8(cv)) != t.TID {
-				continue
-			}
-			c := records.Cursor()
-			k, _ := c.Seek(key)
-			if k == nil {
-				k, _ = c.Last()
-			} else {
-				k, _ = c.Prev()
-			}
-			if k != nil && sameOID(k, r.OID) {
-				_, prev := splitRecordKey(k)
-				if err := current.Put(append([]byte{}, r.OID[:]...), append([]byte{}, prev[:]...)); err != nil {
-					return err
-				}
-			} else if err := current.Delete(r.OID[:]); err != nil {
-				return err
-			}
 		}
 		if err := txns.Delete(t.TID[:]); err != nil {
 			return err
 		}
 	}
-	if err := meta.Put(keySize, b64(uint64(max(size, 0)))); err != nil {
-		return err
+	for oid, n := range next {
+		var err error
+		if n.found {
+			err = current.Put(append([]byte{}, oid[:]...), append([]byte{}, n.tid[:]...))
+		} else {
+			err = current.Delete(oid[:])
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if err := meta.Put(keyLength, b64(uint64(countLive(tx)))); err != nil {
-		return err
+	put := map[string][]byte{
+		string(keySize): b64(uint64(max(size, 0))), string(keyLength): b64(uint64(max(length, 0))), string(keyLastTID): append([]byte{}, newLast[:]...),
 	}
-	return meta.Put(keyLastTID, append([]byte{}, newLast[:]...))
+	for k, v := range put {
+		if err := meta.Put([]byte(k), v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // keepDropped writes the transactions to drop to a new file in the

@@ -130,7 +130,7 @@ func TestRecoveryDropsWhatTheArrayNeverAcknowledged(t *testing.T) {
 		t.Fatal("a recovery beyond MaxDrop changed the target")
 	}
 	// A backend that cannot drop them.
-	if _, err := recoverWith(b3, 10); err == nil || !errors.Is(err, err) || !strings.Contains(err.Error(), "cannot drop transactions") {
+	if _, err := recoverWith(b3, 10); err == nil || !strings.Contains(err.Error(), "must be rebuilt") || !strings.Contains(err.Error(), "cannot drop transactions") {
 		t.Fatalf("recovery of a backend without zeoraid_truncate: %v", err)
 	}
 	// Within the limit: dropped, kept, recovered.
@@ -419,5 +419,53 @@ func TestEveryBackendLostWithAFinishInFlightHeals(t *testing.T) {
 	h1, h2 := history(t, stores[0].Store), history(t, stores[1].Store)
 	if len(h1) != 3 || strings.Join(h1, "\n") != strings.Join(h2, "\n") {
 		t.Fatalf("histories:\nb1 %v\nb2 %v", h1, h2)
+	}
+}
+
+// TestRecoveryNeverEmptiesAnotherDatabase: a backend whose history has
+// nothing in common with the array's (another database's backend,
+// configured by mistake) is not dropped into shape, whatever MaxDrop.
+func TestRecoveryNeverEmptiesAnotherDatabase(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stores []*boltstore.Store
+	var addrs []string
+	for i := range 2 {
+		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
+		t.Cleanup(func() { st.Close() })
+		stores, addrs = append(stores, st), append(addrs, addr)
+	}
+	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs...)})
+	a, _ := p.Array("1")
+	waitFor(t, 10*time.Second, "the backends optimal", func() bool { return allOptimal(p) })
+	if err := a.Disable("b2", "test", "another database"); err != nil {
+		t.Fatal(err)
+	}
+	var other zodb.TID
+	for i := range 3 {
+		tid, err := commit(t, stores[1], storagetest.Store(zodb.OIDFromUint64(uint64(50+i)), zodb.ZeroTID, storagetest.Record("other")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		other = tid
+	}
+	time.Sleep(2 * time.Millisecond)
+	c := client(t, addr)
+	if _, err := commit(t, c, storagetest.Store(zodb.OID{}, zodb.ZeroTID, storagetest.Record("root"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Recover("b2", raidcore.RecoveryOptions{By: "test", MaxDrop: 100}); err != nil {
+		t.Fatal(err)
+	}
+	err := a.WaitRecovery(ctx, "b2")
+	if err == nil || !strings.Contains(err.Error(), "rebuilt") {
+		t.Fatalf("recovery of another database's backend: %v, want a rebuild error", err)
+	}
+	if last, _ := stores[1].LastTransaction(ctx); last != other || a.Recoveries()["b2"].Dropped != 0 {
+		t.Fatalf("the other database lost transactions: last %s (had %s)", last, other)
 	}
 }

@@ -106,18 +106,31 @@ func newFanout(last zodb.TID, invqSize int) *fanout {
 	}
 }
 
-// spare makes a storage Reset leave c open (on), or close it again (off).
+// spare makes a storage Reset leave c open, and holds back the
+// invalidations for c until its reply is queued (on); off sends them,
+// after that reply. c has no transaction of its own meanwhile.
 func (f *fanout) spare(c *conn, on bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !on {
+		if !f.spared[c] {
+			return
+		}
 		delete(f.spared, c)
+		held := f.held[c]
+		delete(f.held, c)
+		for _, h := range held {
+			c.send(h.msg)
+		}
 		return
 	}
 	if f.spared == nil {
 		f.spared = map[*conn]bool{}
 	}
 	f.spared[c] = true
+	if _, ok := f.held[c]; !ok {
+		f.held[c] = nil
+	}
 }
 
 // register adds c and returns the last tid, atomically.
@@ -392,6 +405,11 @@ func (f *fanout) replyCurrent(c *conn, m *readMark, call wire.Message, oid zodb.
 	defer f.unpinLocked(m)
 	later, reset := f.laterCommits(m, oid)
 	if reset {
+		if _, open := f.conns[c]; open {
+			// A connection the reset spared (zeoraid_truncate's): the
+			// read may have seen what is gone, and its client waits.
+			c.reply(call, nil, zodb.NewStorageError("storage %s was reset during this read; read again", c.storageName()))
+		}
 		return
 	}
 	c.reply(call, build(later), nil)

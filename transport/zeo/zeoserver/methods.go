@@ -60,7 +60,7 @@ func init() {
 		"iterator_record_start":           {kind: inline, fn: (*conn).iteratorRecordStart},
 		"iterator_record_next":            {kind: inline, fn: (*conn).iteratorRecordNext},
 		"zeoraid_iterator_batch":          {kind: inline, fn: (*conn).iteratorBatch},
-		"zeoraid_truncate":                {kind: inline, fn: (*conn).truncate},
+		"zeoraid_truncate":                {kind: custom, custom: (*conn).truncate},
 		"iterator_gc":                     {kind: inline, fn: (*conn).iteratorGC},
 		"sendBlob":                        {kind: read, fn: (*conn).sendBlob},
 		"storeBlobStart":                  {kind: inline, fn: (*conn).storeBlobStart},

@@ -1,8 +1,6 @@
 package zeoserver
 
 import (
-	"context"
-
 	"github.com/zeoraid/zeoraid/raidcore/zodb"
 	"github.com/zeoraid/zeoraid/transport/zeo/wire"
 )
@@ -16,8 +14,17 @@ const truncateKey = "zeoraid_truncate"
 // backend that holds transactions the array never acknowledged. The
 // storage's Reset closes every other connection (their clients saw
 // transactions that are gone and must verify their caches); the calling
-// connection stays open, since it asked and is told the new last tid.
-func (c *conn) truncate(ctx context.Context, args []any) (any, error) {
+// connection stays open, since it asked and is told the new last tid, and
+// the invalidations of commits after the truncation reach it only after
+// that reply (its client moves its last tid back when it reads the reply).
+func (c *conn) truncate(m wire.Message) {
+	fan := c.ss.fan
+	res, err := c.runTruncate(m.CallArgs(), func() { fan.spare(c, true) })
+	c.reply(m, res, err)
+	fan.spare(c, false)
+}
+
+func (c *conn) runTruncate(args []any, spare func()) (any, error) {
 	if err := argc("zeoraid_truncate", args, 2, 2); err != nil {
 		return nil, err
 	}
@@ -44,9 +51,8 @@ func (c *conn) truncate(ctx context.Context, args []any) (any, error) {
 		return nil, zodb.NewStorageTransactionError("zeoraid_truncate during a transaction of this connection")
 	}
 	c.logger().Warn("dropping the newest transactions at a client's request", "after", after, "last", last)
-	c.ss.fan.spare(c, true)
-	defer c.ss.fan.spare(c, false)
-	res, err := tr.Truncate(ctx, after, last)
+	spare()
+	res, err := tr.Truncate(c.ctx, after, last)
 	if err != nil {
 		c.logger().Error("truncation failed", "after", after, "error", err)
 		return nil, err
