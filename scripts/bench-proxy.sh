@@ -2,11 +2,11 @@
 # Measures what the RAID-1 proxy costs, in one run of "zeoraid bench":
 #   direct   a zeoraid backend, no proxy
 #   proxy-1  a proxy over one zeoraid backend (its own), pipelining commits
-#            (--pipeline-commits=true, experimental)
+#            (the default --pipeline-commits=true)
 #   proxy-3  a proxy over three zeoraid backends (its own), pipelining
 #   proxy-3-nocache  the same with its revision cache off (--cache-size 0):
 #            every load a miss that crosses to a backend
-#   proxy-1-serial   a proxy over one backend with the default
+#   proxy-1-serial   a proxy over one backend with
 #            --pipeline-commits=false: each commit holds the lease until its
 #            backend answered tpc_finish
 # Each target has backends to itself (a proxy must be the only writer of

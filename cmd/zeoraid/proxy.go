@@ -56,7 +56,7 @@ func registerProxyFlags(s *settings) {
 	s.boolKey("auto-recover", true, "recover degraded backends automatically when they answer again")
 	s.sizeKey("recovery-rate", 0, 0, math.MaxInt64, "recovery copy limit in bytes per second, e.g. 50MiB (0: none)")
 	s.intKey("recovery-max-drop", 16, 0, math.MaxInt32, "a recovered backend whose history ends with at most this many transactions the array never acknowledged (every backend lost while a tpc_finish was in flight) drops them, keeping a copy in <its data file>.dropped/ (built-in backends; 0: never, the backend must be rebuilt by hand)")
-	s.boolKey("pipeline-commits", false, "EXPERIMENTAL (chaos runs with it on can end with a backend that must be rebuilt): a lone proxy releases the commit lease once a transaction's tpc_finish is on its way to every backend, so that the next one votes while they make it durable (built-in backends only; cluster members never do)")
+	s.boolKey("pipeline-commits", true, "a lone proxy releases the commit lease once a transaction's tpc_finish is on its way to every backend, so that the next one votes while they make it durable and their group commit writes both (built-in backends only; cluster members never do; false: each commit holds the lease until every backend answered its tpc_finish)")
 	s.boolKey("verify-reads", false, "read every load from two backends and degrade one that answers differently (doubles read cost; bypasses the cache)")
 	s.sizeKey("cache-size", defaultCacheSize, 0, math.MaxInt64, "revision cache shared by the proxy's clients, per storage, in bytes, e.g. 512MiB (0: none); kept exact by the commit stream")
 	s.sizeKey("max-frame", wire.DefaultMaxFrame, 1<<16, math.MaxUint32, "largest message accepted from a client, in bytes (at least 64KiB)")
