@@ -306,19 +306,7 @@ func (j *journal) reset() error {
 	if j.size == 0 {
 		return nil
 	}
-	if err := j.f.Truncate(0); err != nil {
-		return fmt.Errorf("journal %s: %w", j.path, err)
-	}
-	// From here on the file is empty, whatever the sync says: the next
-	// record goes at its start, not after a hole.
-	j.size = 0
-	if j.sync {
-		if err := j.f.Sync(); err != nil {
-			return fmt.Errorf("journal %s: %w", j.path, err)
-		}
-	}
-	j.size = 0
-	return nil
+	return j.empty()
 }
 
 // empty truncates the journal and syncs that, whatever its size says.
@@ -326,6 +314,8 @@ func (j *journal) empty() error {
 	if err := j.f.Truncate(0); err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
+	// From here on the file is empty, whatever the sync says: the next
+	// record goes at its start, not after a hole.
 	j.size = 0
 	if j.sync {
 		if err := j.f.Sync(); err != nil {

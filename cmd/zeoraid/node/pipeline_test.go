@@ -22,6 +22,24 @@ import (
 	"github.com/zeoraid/zeoraid/transport/zeo/zeotest"
 )
 
+// builtInBackends starts n ZEO servers, each over a built-in backend of
+// its own (storage "1", named b1, b2, ...).
+func builtInBackends(t *testing.T, n int) ([]*boltstore.Store, []string) {
+	t.Helper()
+	var stores []*boltstore.Store
+	var addrs []string
+	for i := range n {
+		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
+		t.Cleanup(func() { st.Close() })
+		stores, addrs = append(stores, st), append(addrs, addr)
+	}
+	return stores, addrs
+}
+
 // cutter relays to a target and can drop every connection at once.
 type cutter struct {
 	l        net.Listener
@@ -121,17 +139,7 @@ func (c *cutter) cut() {
 func TestRecoveryPipelinesIntoABuiltInBackend(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var stores []*boltstore.Store
-	var addrs []string
-	for i := range 2 {
-		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
-		t.Cleanup(func() { st.Close() })
-		stores, addrs = append(stores, st), append(addrs, addr)
-	}
+	stores, addrs := builtInBackends(t, 2)
 	link := newCutter(t, addrs[1])
 	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs[0], link.l.Addr().String())})
 	c := client(t, addr)
@@ -219,17 +227,7 @@ func TestRecoveryPipelinesIntoABuiltInBackend(t *testing.T) {
 func TestPipelinedCommitsThroughALoneProxy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	var stores []*boltstore.Store
-	var addrs []string
-	for i := range 2 {
-		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
-		t.Cleanup(func() { st.Close() })
-		stores, addrs = append(stores, st), append(addrs, addr)
-	}
+	stores, addrs := builtInBackends(t, 2)
 	link := newCutter(t, addrs[1])
 	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs[0], link.l.Addr().String()), PipelineCommits: true})
 	a, _ := p.Array("1")

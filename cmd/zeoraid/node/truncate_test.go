@@ -32,17 +32,7 @@ import (
 func TestRecoveryDropsWhatTheArrayNeverAcknowledged(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var stores []*boltstore.Store
-	var addrs []string
-	for i := range 2 {
-		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
-		t.Cleanup(func() { st.Close() })
-		stores, addrs = append(stores, st), append(addrs, addr)
-	}
+	stores, addrs := builtInBackends(t, 2)
 	// A third backend that cannot drop transactions.
 	mem := memstorage.New("1")
 	_, memAddr := zeotest.StartServer(t, zeoserver.Config{Storages: map[string]zodb.Storage{"1": mem}, ClientConflictResolution: true})
@@ -428,17 +418,7 @@ func TestEveryBackendLostWithAFinishInFlightHeals(t *testing.T) {
 func TestRecoveryNeverEmptiesAnotherDatabase(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var stores []*boltstore.Store
-	var addrs []string
-	for i := range 2 {
-		st, err := boltstore.Open(filepath.Join(t.TempDir(), "data.db"), boltstore.Options{Name: fmt.Sprintf("b%d", i+1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, addr := zeotest.StartServer(t, zeoserver.Config{Storages: zeotest.Storages(st), ClientConflictResolution: true})
-		t.Cleanup(func() { st.Close() })
-		stores, addrs = append(stores, st), append(addrs, addr)
-	}
+	stores, addrs := builtInBackends(t, 2)
 	p, _, addr := startProxy(t, node.Config{Storages: configFor(addrs...)})
 	a, _ := p.Array("1")
 	waitFor(t, 10*time.Second, "the backends optimal", func() bool { return allOptimal(p) })
