@@ -332,3 +332,4 @@ func TestRPCRefusesStrangers(t *testing.T) {
 		}
 	}
 }
+

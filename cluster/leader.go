@@ -83,7 +83,7 @@ func (l local) Barrier(ctx context.Context) (uint64, error) {
 	if !l.n.IsLeader() {
 		return 0, ErrNotLeader
 	}
-	if err := l.n.raft.Barrier(l.n.cfg.ApplyTimeout).Error(); err != nil {
+	if err := l.n.await(l.n.raft.Barrier(l.n.cfg.ApplyTimeout)); err != nil {
 		return 0, fmt.Errorf("%w (%v)", ErrNotLeader, err)
 	}
 	// The index of the last command applied: barriers and configuration

@@ -290,7 +290,7 @@ func (s *leaseService) takeBack(holder string) []string {
 func (s *leaseService) renew(storage string, id uint64) (time.Time, error) {
 	// A deposed leader that does not know it yet must not extend a lease
 	// the new leader may be about to grant again.
-	if err := s.n.raft.VerifyLeader().Error(); err != nil {
+	if err := s.n.await(s.n.raft.VerifyLeader()); err != nil {
 		return time.Time{}, fmt.Errorf("%w (%v)", ErrNotLeader, err)
 	}
 	s.mu.Lock()

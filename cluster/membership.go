@@ -29,7 +29,7 @@ func (n *Node) join(p fsm.Proxy) error {
 			present = true
 		case s.ID == raft.ServerID(p.ID):
 			// The member comes back with another address: move it.
-			if err := n.raft.RemoveServer(s.ID, 0, n.cfg.ApplyTimeout).Error(); err != nil {
+			if err := n.await(n.raft.RemoveServer(s.ID, 0, n.cfg.ApplyTimeout)); err != nil {
 				return leaderErr(err)
 			}
 		case s.Address == raft.ServerAddress(p.Raft):
@@ -37,7 +37,7 @@ func (n *Node) join(p fsm.Proxy) error {
 		}
 	}
 	if !present {
-		if err := n.raft.AddVoter(raft.ServerID(p.ID), raft.ServerAddress(p.Raft), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.await(n.raft.AddVoter(raft.ServerID(p.ID), raft.ServerAddress(p.Raft), 0, n.cfg.ApplyTimeout)); err != nil {
 			return leaderErr(err)
 		}
 		n.log.Info("member joined the cluster", "member", p.ID, "raft", p.Raft, "http", p.HTTP)
@@ -83,7 +83,7 @@ func (n *Node) leave(id string) error {
 		}
 	}
 	if found {
-		if err := n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.await(n.raft.RemoveServer(raft.ServerID(id), 0, n.cfg.ApplyTimeout)); err != nil {
 			return leaderErr(err)
 		}
 		n.log.Info("member left the cluster", "member", id)

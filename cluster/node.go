@@ -257,7 +257,7 @@ func (n *Node) startLeading() func() {
 // predecessors could have granted has run out.
 func (n *Node) establishLeadership(ctx context.Context) {
 	for ctx.Err() == nil {
-		if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		if err := n.await(n.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
 			n.log.Warn("barrier after gaining leadership failed; retrying", "error", err)
 			select {
 			case <-ctx.Done():
@@ -300,9 +300,30 @@ func (n *Node) applyLocal(c fsm.Command) (any, uint64, error) {
 	return n.applyEntry(b)
 }
 
+// await waits for a raft future, or until the node closes. Raft does not
+// answer every future it took before a shutdown (an entry committed but
+// not yet applied when its FSM goroutine stops is dropped, and an Apply
+// or Barrier future has no shutdown channel to fall back on), and a
+// leader's goroutine blocked on one kept Close waiting for ever.
+func (n *Node) await(f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-n.stop:
+		select {
+		case err := <-done:
+			return err
+		default:
+			return raft.ErrRaftShutdown
+		}
+	}
+}
+
 func (n *Node) applyEntry(b []byte) (any, uint64, error) {
 	f := n.raft.Apply(b, n.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := n.await(f); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
 			return nil, 0, fmt.Errorf("%w (%v)", ErrNotLeader, err)
 		}
