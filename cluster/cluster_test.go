@@ -332,4 +332,3 @@ func TestRPCRefusesStrangers(t *testing.T) {
 		}
 	}
 }
-
