@@ -34,7 +34,9 @@ import (
 // restart or a reconnect to another proxy, fails the test.
 //
 // ZEORAID_STALE_FAULTS_DURATION sets how long the random faults go on
-// (default 20 s), ZEORAID_STALE_FAULTS_SEED the schedule's seed.
+// (default 20 s), ZEORAID_STALE_FAULTS_SEED the schedule's seed;
+// ZEORAID_STALE_FAULTS_LOGS=<dir> keeps the proxies' whole logs there when
+// the test fails.
 func TestNoStaleReadsUnderFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: faults with real processes take a minute")
@@ -203,6 +205,12 @@ func TestNoStaleReadsUnderFaults(t *testing.T) {
 			t.Logf("faults:\n  %s", f.log())
 			for i, p := range pxs {
 				t.Logf("proxy n%d log (current process):\n%s", i+1, tail(p.Log(), 60))
+				if dir := os.Getenv("ZEORAID_STALE_FAULTS_LOGS"); dir != "" {
+					name := fmt.Sprintf("%s/n%d.log", dir, i+1)
+					if err := os.WriteFile(name, []byte(p.Log()), 0o644); err != nil {
+						t.Logf("cannot keep the log: %v", err)
+					}
+				}
 			}
 		}
 	}()
