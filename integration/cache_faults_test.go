@@ -207,7 +207,7 @@ func TestNoStaleReadsUnderFaults(t *testing.T) {
 				t.Logf("proxy n%d log (current process):\n%s", i+1, tail(p.Log(), 60))
 				if dir := os.Getenv("ZEORAID_STALE_FAULTS_LOGS"); dir != "" {
 					name := fmt.Sprintf("%s/n%d.log", dir, i+1)
-					if err := os.WriteFile(name, []byte(p.Log()), 0o644); err != nil {
+					if err := os.WriteFile(name, []byte(p.proc.AllLogs()), 0o644); err != nil {
 						t.Logf("cannot keep the log: %v", err)
 					}
 				}

@@ -276,6 +276,21 @@ func (s *server) Log() string {
 	return string(b)
 }
 
+// AllLogs is the log of every process started on this log path, oldest
+// first (see startProcess).
+func (s *server) AllLogs() string {
+	var b strings.Builder
+	for n := 1; ; n++ {
+		data, err := os.ReadFile(fmt.Sprintf("%s.%d", s.LogPath, n))
+		if err != nil {
+			break
+		}
+		fmt.Fprintf(&b, "=== process %d\n%s", n, data)
+	}
+	fmt.Fprintf(&b, "=== current process\n%s", s.Log())
+	return b.String()
+}
+
 func (s *server) exited() bool {
 	select {
 	case <-s.done:
@@ -290,6 +305,16 @@ func (s *server) exited() bool {
 // test. It does not wait for anything.
 func startProcess(t testing.TB, cmd *exec.Cmd, logPath string) *server {
 	t.Helper()
+	// The log of an earlier process on the same path is kept as
+	// <path>.1, <path>.2, ... (earlierLogs).
+	if _, err := os.Stat(logPath); err == nil {
+		for n := 1; ; n++ {
+			if _, err := os.Stat(fmt.Sprintf("%s.%d", logPath, n)); os.IsNotExist(err) {
+				os.Rename(logPath, fmt.Sprintf("%s.%d", logPath, n))
+				break
+			}
+		}
+	}
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
