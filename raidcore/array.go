@@ -128,8 +128,14 @@ type Array struct {
 	// backend answered since start-up).
 	positioned bool
 	pending    map[zodb.TID]*pendingEvent
-	own        map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
-	subs       zodb.Subscribers
+	// unpended are tids above announced that a backend reported while it
+	// was not optimal here (no pending event was made for them; see
+	// emitReady); beyond maxUnpended of them only their range is kept
+	// (overflowFrom..overflowTo, zero when none).
+	unpended                 map[zodb.TID]struct{}
+	overflowFrom, overflowTo zodb.TID
+	own                      map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
+	subs                     zodb.Subscribers
 	// recent holds the tids of the last announced transactions, oldest
 	// first, to tell how many transactions a backend is behind.
 	recent []zodb.TID
@@ -871,6 +877,10 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 				// Only an optimal backend's report makes a transaction
 				// one to announce (a degraded one may hold a
 				// transaction the array decided was not committed).
+				// It is remembered: should the position pass it
+				// without an event (this backend made optimal while
+				// no other reported it), the clients would miss it.
+				a.noteUnpended(ev.TID)
 				a.emitReady()
 				return
 			}
@@ -906,6 +916,26 @@ func (a *Array) emitReady() {
 	if n == 0 || !a.announced.Less(water) {
 		return
 	}
+	if a.skipsUnpended(water) {
+		// The position would pass transactions that no optimal
+		// backend's report made events of (a backend became optimal
+		// here with reports this proxy dropped while it was not, and
+		// no other optimal backend reported them: a recovery that
+		// finished at another proxy while this one's backends were
+		// away). Their invalidations cannot be sent: the clients and
+		// the cache start over at the new position.
+		for tid := range a.pending {
+			if !water.Less(tid) {
+				delete(a.pending, tid)
+			}
+		}
+		a.log.Warn("transactions learned of only from a backend that was not optimal here; clients start over", "from", a.announced, "to", water)
+		a.announced = water
+		a.cache.Reset(water)
+		a.subs.Notify(zodb.CommitEvent{TID: water, Reset: true})
+		a.evCond.Broadcast()
+		return
+	}
 	var tids []zodb.TID
 	for tid := range a.pending {
 		if !water.Less(tid) {
@@ -935,6 +965,56 @@ func (a *Array) emitReady() {
 	a.cache.Announce(a.announced, water, events)
 	a.announced = water
 	a.evCond.Broadcast()
+}
+
+// maxUnpended bounds Array.unpended.
+const maxUnpended = 1 << 16
+
+// noteUnpended remembers a reported tid no pending event was made for.
+// a.evMu is held.
+func (a *Array) noteUnpended(tid zodb.TID) {
+	if !a.announced.Less(tid) {
+		return
+	}
+	if len(a.unpended) >= maxUnpended {
+		if a.overflowFrom.IsZero() || tid.Less(a.overflowFrom) {
+			a.overflowFrom = tid
+		}
+		if a.overflowTo.Less(tid) {
+			a.overflowTo = tid
+		}
+		return
+	}
+	if a.unpended == nil {
+		a.unpended = map[zodb.TID]struct{}{}
+	}
+	a.unpended[tid] = struct{}{}
+}
+
+// skipsUnpended tells whether moving the position to water would pass a
+// reported transaction that has no pending event, and forgets the
+// remembered tids up to water. a.evMu is held.
+func (a *Array) skipsUnpended(water zodb.TID) bool {
+	skips := false
+	for tid := range a.unpended {
+		if water.Less(tid) {
+			continue
+		}
+		if _, ok := a.pending[tid]; !ok && a.announced.Less(tid) {
+			skips = true
+		}
+		delete(a.unpended, tid)
+	}
+	if !a.overflowFrom.IsZero() && !water.Less(a.overflowFrom) {
+		// Too many to tell which have events: passing the first may
+		// skip one; what is left of the range starts after water.
+		skips = true
+		a.overflowFrom = water.Next()
+		if !water.Less(a.overflowTo) {
+			a.overflowFrom, a.overflowTo = zodb.ZeroTID, zodb.ZeroTID
+		}
+	}
+	return skips
 }
 
 // recentTIDs bounds Array.recent (about 1 MiB).

@@ -121,3 +121,63 @@ func TestLoneProxyBackendReconnectingAheadIsDegraded(t *testing.T) {
 		t.Fatalf("reason %q", r)
 	}
 }
+
+// TestPositionNeverSkipsUnannouncedTransactions: in a cluster, this
+// proxy's b0 is away while other proxies commit; b1, degraded here (its
+// reports are not ones to announce), gets those commits. When the table
+// then makes b1 optimal and b0 degraded (another proxy recovered b1, and
+// the cluster gave up on b0), the array's position jumps to b1's last
+// transaction. No event was ever made for the commits in between: moving
+// there silently left clients (and the revision cache) without their
+// invalidations, and loads answered revisions those commits had replaced
+// (TestNoStaleReadsUnderFaults, 222 stale loads). The array must either
+// announce every one of them or make its clients start over.
+func TestPositionNeverSkipsUnannouncedTransactions(t *testing.T) {
+	f := newFixtureOpts(t, 2, fixOpts{cfg: func(c *raidcore.Config) { c.Clustered = true }})
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.arr.Disable("b1", "test", "recovering at another proxy"); err != nil {
+		t.Fatal(err)
+	}
+	f.faults[0].mute(true)
+	t2 := f.foreignCommit(oids[0], t1, "b")
+	t3 := f.foreignCommit(oids[0], t2, "c")
+	f.mu.Lock()
+	seen := len(f.events)
+	f.mu.Unlock()
+	b0, b1 := f.state(0), f.state(1)
+	b1.State, b1.Reason, b1.LastTID = raidcore.Optimal, "recovered at another proxy", t3
+	if _, err := f.coord.Update(f.ctx, "1", raidcore.Change{Backend: "b1", Version: b1.Version, To: b1}); err != nil {
+		t.Fatal(err)
+	}
+	b0.State, b0.Reason = raidcore.Degraded, "unreachable from the other proxies"
+	if _, err := f.coord.Update(f.ctx, "1", raidcore.Change{Backend: "b0", Version: b0.Version, To: b0}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the position at t3", func() bool {
+		last, _ := f.arr.LastTransaction(f.ctx)
+		return last == t3
+	})
+	f.mu.Lock()
+	after := append([]zodb.CommitEvent(nil), f.events[seen:]...)
+	f.mu.Unlock()
+	got := map[zodb.TID]bool{}
+	reset := false
+	for _, ev := range after {
+		got[ev.TID] = true
+		if ev.Reset && !ev.TID.Less(t3) {
+			reset = true
+		}
+	}
+	if !reset && !(got[t2] && got[t3]) {
+		t.Fatalf("the position moved to %s past t2 %s and t3 %s without announcing them or a reset: events %+v", t3, t2, t3, after)
+	}
+	// Loads see t3's revision.
+	rev, err := f.arr.LoadBefore(f.ctx, oids[0], zodb.MaxTID)
+	if err != nil || rev.TID != t3 {
+		t.Fatalf("current load after the jump: %+v %v, want the revision of %s", rev, err, t3)
+	}
+}
