@@ -128,12 +128,6 @@ type Array struct {
 	// backend answered since start-up).
 	positioned bool
 	pending    map[zodb.TID]*pendingEvent
-	// unpended are tids above announced that a backend reported while it
-	// was not optimal here (no pending event was made for them; see
-	// emitReady); beyond maxUnpended of them only their range is kept
-	// (overflowFrom..overflowTo, zero when none).
-	unpended                 map[zodb.TID]struct{}
-	overflowFrom, overflowTo zodb.TID
 	own                      map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
 	subs                     zodb.Subscribers
 	// recent holds the tids of the last announced transactions, oldest
@@ -161,6 +155,12 @@ type member struct {
 
 	// reported is the last transaction the backend reported.
 	reported zodb.TID
+	// blind: reported rose to this tid without this proxy making events
+	// of the transactions on the way (reports while the backend was not
+	// optimal here, a reconnection at a later tid while it was not):
+	// while it is above the position, the backend's reports do not
+	// prove that every transaction up to them has an event (emitReady).
+	blind zodb.TID
 	// known: reported is the backend's real last transaction (it answered
 	// at least once since the array started).
 	known bool
@@ -361,6 +361,13 @@ func (a *Array) started(table Table, probes []BackendProbe) {
 				a.announced = m.reported
 				a.cache.Reset(a.announced)
 			}
+		}
+	}
+	for _, m := range a.backends {
+		// What non-optimal backends hold above the position was not
+		// reported here (see member.blind).
+		if a.announced.Less(m.reported) {
+			m.blind = m.reported
 		}
 	}
 	a.assembled, a.waiting = true, ""
@@ -618,6 +625,9 @@ func (a *Array) contact(ctx context.Context, m *member, last zodb.TID, afterRese
 	gen := m.resets
 	if row.State != Optimal {
 		m.suspect, m.inDoubt = false, nil
+		if a.announced.Less(m.reported) {
+			m.blind = m.reported
+		}
 		a.evMu.Unlock()
 		return false
 	}
@@ -850,6 +860,12 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 			was := m.reported
 			m.suspect, m.reported = true, ev.TID
 			m.resets++
+			if a.announced.Less(ev.TID) {
+				// Its reports up to ev.TID were not seen here (contact
+				// decides whether it may count; until the position
+				// reaches ev.TID it does not prove the events).
+				m.blind = ev.TID
+			}
 			a.spawn(func() {
 				if row, ok := a.row(m.name); ok && row.State == Optimal {
 					a.log.Info("backend reconnected at another transaction; checking it", "backend", m.name, "tid", ev.TID, "was", was)
@@ -880,7 +896,7 @@ func (a *Array) backendEvent(m *member, ev zodb.CommitEvent) {
 				// It is remembered: should the position pass it
 				// without an event (this backend made optimal while
 				// no other reported it), the clients would miss it.
-				a.noteUnpended(ev.TID)
+				m.blind = ev.TID
 				a.emitReady()
 				return
 			}
@@ -916,7 +932,7 @@ func (a *Array) emitReady() {
 	if n == 0 || !a.announced.Less(water) {
 		return
 	}
-	if a.skipsUnpended(water) {
+	if a.blindTo(water, opt) {
 		// The position would pass transactions that no optimal
 		// backend's report made events of (a backend became optimal
 		// here with reports this proxy dropped while it was not, and
@@ -931,6 +947,8 @@ func (a *Array) emitReady() {
 		}
 		a.log.Warn("transactions learned of only from a backend that was not optimal here; clients start over", "from", a.announced, "to", water)
 		a.announced = water
+		// What was skipped is not counted: counts become lower bounds.
+		a.recent = nil
 		a.cache.Reset(water)
 		a.subs.Notify(zodb.CommitEvent{TID: water, Reset: true})
 		a.evCond.Broadcast()
@@ -967,54 +985,21 @@ func (a *Array) emitReady() {
 	a.evCond.Broadcast()
 }
 
-// maxUnpended bounds Array.unpended.
-const maxUnpended = 1 << 16
-
-// noteUnpended remembers a reported tid no pending event was made for.
-// a.evMu is held.
-func (a *Array) noteUnpended(tid zodb.TID) {
-	if !a.announced.Less(tid) {
-		return
+// blindTo tells whether moving the position to water would pass
+// transactions without events: no counted optimal backend (opt, known
+// and in step) reported every transaction above the position while it
+// was optimal here. One that did made an event of each (pending), and
+// water is at most its last report. a.evMu is held.
+func (a *Array) blindTo(water zodb.TID, opt []*member) bool {
+	if !a.announced.Less(water) {
+		return false
 	}
-	if len(a.unpended) >= maxUnpended {
-		if a.overflowFrom.IsZero() || tid.Less(a.overflowFrom) {
-			a.overflowFrom = tid
-		}
-		if a.overflowTo.Less(tid) {
-			a.overflowTo = tid
-		}
-		return
-	}
-	if a.unpended == nil {
-		a.unpended = map[zodb.TID]struct{}{}
-	}
-	a.unpended[tid] = struct{}{}
-}
-
-// skipsUnpended tells whether moving the position to water would pass a
-// reported transaction that has no pending event, and forgets the
-// remembered tids up to water. a.evMu is held.
-func (a *Array) skipsUnpended(water zodb.TID) bool {
-	skips := false
-	for tid := range a.unpended {
-		if water.Less(tid) {
-			continue
-		}
-		if _, ok := a.pending[tid]; !ok && a.announced.Less(tid) {
-			skips = true
-		}
-		delete(a.unpended, tid)
-	}
-	if !a.overflowFrom.IsZero() && !water.Less(a.overflowFrom) {
-		// Too many to tell which have events: passing the first may
-		// skip one; what is left of the range starts after water.
-		skips = true
-		a.overflowFrom = water.Next()
-		if !water.Less(a.overflowTo) {
-			a.overflowFrom, a.overflowTo = zodb.ZeroTID, zodb.ZeroTID
+	for _, m := range opt {
+		if m.known && !m.suspect && !a.announced.Less(m.blind) {
+			return false
 		}
 	}
-	return skips
+	return true
 }
 
 // recentTIDs bounds Array.recent (about 1 MiB).

@@ -133,6 +133,12 @@ func TestLoneProxyBackendReconnectingAheadIsDegraded(t *testing.T) {
 // (TestNoStaleReadsUnderFaults, 222 stale loads). The array must either
 // announce every one of them or make its clients start over.
 func TestPositionNeverSkipsUnannouncedTransactions(t *testing.T) {
+	t.Run("reports", func(t *testing.T) { positionNeverSkips(t, false) })
+	// b1's connection is lost with its reports and comes back at t3.
+	t.Run("reconnection", func(t *testing.T) { positionNeverSkips(t, true) })
+}
+
+func positionNeverSkips(t *testing.T, reconnect bool) {
 	f := newFixtureOpts(t, 2, fixOpts{cfg: func(c *raidcore.Config) { c.Clustered = true }})
 	oids, _ := f.arr.NewOIDs(f.ctx, 1)
 	t1, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
@@ -143,8 +149,16 @@ func TestPositionNeverSkipsUnannouncedTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.faults[0].mute(true)
+	if reconnect {
+		f.faults[1].mute(true)
+	}
 	t2 := f.foreignCommit(oids[0], t1, "b")
 	t3 := f.foreignCommit(oids[0], t2, "c")
+	if reconnect {
+		f.faults[1].mute(false)
+		f.mems[1].Notify(zodb.CommitEvent{TID: t3, Reset: true})
+		time.Sleep(50 * time.Millisecond)
+	}
 	f.mu.Lock()
 	seen := len(f.events)
 	f.mu.Unlock()
@@ -179,5 +193,37 @@ func TestPositionNeverSkipsUnannouncedTransactions(t *testing.T) {
 	rev, err := f.arr.LoadBefore(f.ctx, oids[0], zodb.MaxTID)
 	if err != nil || rev.TID != t3 {
 		t.Fatalf("current load after the jump: %+v %v, want the revision of %s", rev, err, t3)
+	}
+}
+
+// TestStrayReportOfADegradedBackendResetsNobody: a degraded backend that
+// reports a transaction the array never committed (a finish that landed
+// after it was degraded) does not make the next ordinary commit a reset
+// of every client.
+func TestStrayReportOfADegradedBackendResetsNobody(t *testing.T) {
+	f := newFixture(t, 2)
+	oids, _ := f.arr.NewOIDs(f.ctx, 1)
+	t1, err := f.commit(storagetest.Store(oids[0], zodb.ZeroTID, storagetest.Record("a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.arr.Disable("b1", "test", "lost a finish"); err != nil {
+		t.Fatal(err)
+	}
+	stray := zodb.TIDFromUint64(t1.Uint64() + 10)
+	f.mems[1].Notify(zodb.CommitEvent{TID: stray, OIDs: []zodb.OID{oids[0]}})
+	time.Sleep(20 * time.Millisecond)
+	f.mu.Lock()
+	seen := len(f.events)
+	f.mu.Unlock()
+	t2, err := f.commit(storagetest.Store(oids[0], t1, storagetest.Record("b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	after := append([]zodb.CommitEvent(nil), f.events[seen:]...)
+	f.mu.Unlock()
+	if len(after) != 1 || after[0].Reset || after[0].TID != t2 {
+		t.Fatalf("events of an ordinary commit after a degraded backend's stray report: %+v, want just %s", after, t2)
 	}
 }
