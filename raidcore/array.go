@@ -128,8 +128,8 @@ type Array struct {
 	// backend answered since start-up).
 	positioned bool
 	pending    map[zodb.TID]*pendingEvent
-	own                      map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
-	subs                     zodb.Subscribers
+	own        map[*zodb.Transaction]*zodb.Transaction // backend txn -> client txn
+	subs       zodb.Subscribers
 	// recent holds the tids of the last announced transactions, oldest
 	// first, to tell how many transactions a backend is behind.
 	recent []zodb.TID
